@@ -1,0 +1,654 @@
+"""One TLS request on a fresh connection, classified as a Response or a Rejection.
+
+Theory of operation
+-------------------
+An mTLS check needs to know *how* a listener refused a client, not merely that
+"something failed". The same refusal reaches the client in different shapes:
+
+* TLS 1.2: the server verifies the client certificate inside the handshake, so
+  a fatal alert ends ``do_handshake()``.
+* TLS 1.3: the client finishes its side of the handshake before the server has
+  looked at the certificate. ``do_handshake()`` succeeds and the alert only
+  arrives on the first read. A connection is therefore never called accepted
+  until a response has been read.
+* Some servers complete the handshake and then close (NGINX ``444``), reset, or
+  answer with an HTTP error status.
+
+:func:`probe` records the phase (``connect``, ``handshake``, ``first-read``) and
+the kind (``alert``, ``reset``, ``closed``, ``timeout``, ``refused``, ``error``)
+of every failure. Alert names come from two places that should agree: the
+OpenSSL message callback (CPython's private ``SSLContext._msg_callback``, also
+used to see whether the server sent a CertificateRequest) and, when that hook is
+missing, the reason code of the ``SSLError``.
+
+Each call builds its own ``SSLContext``: no pooling and no session resumption,
+so one probe's SNI or client certificate can never leak into the next.
+
+This module must not import ``fixtures/``; the client certificate is any object
+with ``chain_file`` and ``key_file`` paths.
+"""
+
+from __future__ import annotations
+
+import errno
+import http
+import json as _json
+import re
+import shlex
+import socket
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import h11
+
+__all__ = [
+    "Outcome",
+    "Rejection",
+    "Response",
+    "TLSInfo",
+    "alert_name",
+    "curl_command",
+    "openssl_command",
+    "probe",
+]
+
+_TLS_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+
+# RFC 8446 6 / RFC 5246 7.2 alert descriptions, spelled as OpenSSL prints them
+# ("tlsv13 alert certificate required") minus the prefix.
+_ALERT_NAMES = {
+    0: "close notify",
+    10: "unexpected message",
+    20: "bad record mac",
+    21: "decryption failed",
+    22: "record overflow",
+    30: "decompression failure",
+    40: "handshake failure",
+    41: "no certificate",
+    42: "bad certificate",
+    43: "unsupported certificate",
+    44: "certificate revoked",
+    45: "certificate expired",
+    46: "certificate unknown",
+    47: "illegal parameter",
+    48: "unknown ca",
+    49: "access denied",
+    50: "decode error",
+    51: "decrypt error",
+    60: "export restriction",
+    70: "protocol version",
+    71: "insufficient security",
+    80: "internal error",
+    86: "inappropriate fallback",
+    90: "user canceled",
+    100: "no renegotiation",
+    109: "missing extension",
+    110: "unsupported extension",
+    111: "certificate unobtainable",
+    112: "unrecognized name",
+    113: "bad certificate status response",
+    114: "bad certificate hash value",
+    115: "unknown psk identity",
+    116: "certificate required",
+    120: "no application protocol",
+}
+
+# OpenSSL reason codes for a *received* alert: SSLV3_ALERT_BAD_CERTIFICATE,
+# TLSV1_ALERT_UNKNOWN_CA, TLSV13_ALERT_CERTIFICATE_REQUIRED, and the odd one
+# out, TLSV1_UNRECOGNIZED_NAME.
+_ALERT_REASON = re.compile(r"^(?:SSLV3|TLSV1|TLSV13)_(?:ALERT_)?(?P<name>[A-Z_]+)$")
+
+# The TLS record and handshake constants the message callback reports.
+_CONTENT_ALERT = 21
+_CONTENT_HANDSHAKE = 22
+_HANDSHAKE_CERTIFICATE_REQUEST = 13
+_HANDSHAKE_SERVER_HELLO = 2
+
+
+def alert_name(reason: str | None) -> str | None:
+    """Map an OpenSSL reason code for a received alert to the alert's name.
+
+    >>> alert_name("TLSV13_ALERT_CERTIFICATE_REQUIRED")
+    'certificate required'
+    >>> alert_name("CERTIFICATE_VERIFY_FAILED") is None
+    True
+    """
+    if not reason:
+        return None
+    match = _ALERT_REASON.match(reason)
+    if not match:
+        return None
+    name = match.group("name").replace("_", " ").lower()
+    return name if name in _ALERT_NAMES.values() else None
+
+
+class ClientCertificate(Protocol):
+    chain_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True)
+class TLSInfo:
+    version: str | None
+    cipher: str | None
+    alpn: str | None
+    # None when the message callback is unavailable and we cannot tell.
+    certificate_requested: bool | None
+    server_certificate_pem: str | None
+
+    def describe(self) -> str:
+        parts = [self.version or "TLS version unknown"]
+        if self.certificate_requested is True:
+            parts.append("client certificate requested")
+        elif self.certificate_requested is False:
+            parts.append("client certificate not requested")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    reason: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    tls: TLSInfo | None
+
+    @property
+    def json(self) -> dict | None:
+        content_type = (self.header("content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            return None
+        try:
+            value = _json.loads(self.body)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    def header(self, name: str) -> str | None:
+        values = [v for k, v in self.headers if k.lower() == name.lower()]
+        return ", ".join(values) if values else None
+
+    def describe(self) -> str:
+        text = f"HTTP {self.status}"
+        if self.reason:
+            text += f" {self.reason}"
+        if self.tls is not None:
+            text += f" over {self.tls.describe()}"
+        return text
+
+
+@dataclass(frozen=True)
+class Rejection:
+    phase: str  # "connect" | "handshake" | "first-read"
+    kind: str  # "alert" | "reset" | "closed" | "timeout" | "refused" | "error"
+    alert: str | None
+    detail: str
+    tls: TLSInfo | None
+
+    def describe(self) -> str:
+        where = {"connect": "on connect", "handshake": "during handshake", "first-read": "on first read"}[
+            self.phase
+        ]
+        what = {
+            "alert": f"TLS alert {self.alert!r}",
+            "reset": "connection reset",
+            "closed": "connection closed without a response",
+            "timeout": "timed out",
+            "refused": "connection refused",
+            "error": f"error ({self.detail})",
+        }[self.kind]
+        text = f"{what} {where}"
+        if self.tls is not None and (self.tls.version or self.tls.certificate_requested is not None):
+            text += f" ({self.tls.describe()})"
+        return text
+
+
+Outcome = Response | Rejection
+
+
+class _Observer:
+    """What the OpenSSL message callback saw on one connection."""
+
+    def __init__(self) -> None:
+        self.available = False
+        self.certificate_requested = False
+        self.received_alert: str | None = None
+        self.sent_alert: str | None = None
+        self.version: str | None = None
+
+    def install(self, context: ssl.SSLContext) -> None:
+        try:
+            context._msg_callback = self._callback  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):
+            return  # not CPython, or a build without the hook: reason codes only
+        self.available = True
+
+    def _callback(self, conn: Any, direction: str, version: Any, content_type: Any, msg_type: Any, data: bytes) -> None:
+        content_type = int(content_type)
+        if content_type == _CONTENT_HANDSHAKE and direction == "read":
+            if int(msg_type) == _HANDSHAKE_CERTIFICATE_REQUEST:
+                self.certificate_requested = True
+            if isinstance(version, ssl.TLSVersion) and int(msg_type) != _HANDSHAKE_SERVER_HELLO:
+                # After ServerHello OpenSSL reports the negotiated version; the
+                # ServerHello itself carries the TLS 1.2 legacy version.
+                self.version = _VERSION_NAMES.get(version, self.version)
+        elif content_type == _CONTENT_ALERT and len(data) >= 2:
+            # close_notify is a normal end of stream, not a refusal.
+            if data[1] == 0:
+                return
+            name = _ALERT_NAMES.get(data[1], f"alert {data[1]}")
+            if direction == "read" and self.received_alert is None:
+                self.received_alert = name
+            elif direction == "write" and self.sent_alert is None:
+                self.sent_alert = name
+
+    def tls_info(self, sock: ssl.SSLSocket | None) -> TLSInfo:
+        version = cipher = alpn = pem = None
+        if sock is not None:
+            version = sock.version()
+            cipher_tuple = sock.cipher()
+            cipher = cipher_tuple[0] if cipher_tuple else None
+            alpn = sock.selected_alpn_protocol()
+            try:
+                der = sock.getpeercert(binary_form=True)
+            except (ValueError, OSError):
+                der = None
+            pem = ssl.DER_cert_to_PEM_cert(der) if der else None
+        return TLSInfo(
+            version=version or self.version,
+            cipher=cipher,
+            alpn=alpn,
+            certificate_requested=self.certificate_requested if self.available else None,
+            server_certificate_pem=pem,
+        )
+
+
+_VERSION_NAMES = {ssl.TLSVersion.TLSv1_2: "TLSv1.2", ssl.TLSVersion.TLSv1_3: "TLSv1.3"}
+
+
+def _build_context(
+    *,
+    sni: str | None,
+    client_cert: ClientCertificate | None,
+    trust_pem: bytes | None,
+    tls_version: str | None,
+    http2: bool,
+) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if trust_pem is None:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context.load_verify_locations(cadata=trust_pem.decode("ascii"))
+        # Without SNI there is no name to check; the chain is still verified.
+        context.check_hostname = sni is not None
+    if tls_version is not None:
+        if tls_version not in _TLS_VERSIONS:
+            raise ValueError(f"tls_version must be one of {sorted(_TLS_VERSIONS)} or None, got {tls_version!r}")
+        context.minimum_version = context.maximum_version = _TLS_VERSIONS[tls_version]
+    if client_cert is not None:
+        context.load_cert_chain(str(client_cert.chain_file), str(client_cert.key_file))
+    context.set_alpn_protocols(["h2"] if http2 else ["http/1.1"])
+    return context
+
+
+class _Failure(Exception):
+    def __init__(self, phase: str, kind: str, detail: str, alert: str | None = None) -> None:
+        super().__init__(detail)
+        self.phase, self.kind, self.detail, self.alert = phase, kind, detail, alert
+
+
+def _classify(exc: BaseException, phase: str, timeout: float) -> _Failure:
+    """Turn a socket or TLS exception into (phase, kind, alert, detail)."""
+    if isinstance(exc, _Failure):
+        return exc
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return _Failure(phase, "timeout", f"no progress within {timeout:g}s ({detail})")
+    if isinstance(exc, ConnectionRefusedError):
+        return _Failure(phase, "refused", detail)
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError)) or (
+        isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE)
+    ):
+        return _Failure(phase, "reset", detail)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _Failure(phase, "error", f"server certificate rejected by the probe: {exc.verify_message}")
+    if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return _Failure(phase, "closed", detail)
+    if isinstance(exc, ssl.SSLError):
+        alert = alert_name(getattr(exc, "reason", None))
+        if alert is not None:
+            return _Failure(phase, "alert", detail, alert)
+        if getattr(exc, "reason", None) == "UNEXPECTED_EOF_WHILE_READING":
+            return _Failure(phase, "closed", detail)
+        return _Failure(phase, "error", detail)
+    if isinstance(exc, h11.RemoteProtocolError):
+        return _Failure(phase, "error", f"malformed HTTP response: {exc}")
+    return _Failure(phase, "error", detail)
+
+
+def probe(
+    address: tuple[str, int],
+    *,
+    sni: str | None,
+    host: str | None = None,
+    path: str = "/",
+    client_cert: ClientCertificate | None = None,
+    trust_pem: bytes | None = None,
+    tls_version: str | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+    method: str = "GET",
+    http2: bool = False,
+    timeout: float = 10.0,
+) -> Outcome:
+    """Send one request over a new TCP+TLS connection and classify what came back.
+
+    ``timeout`` bounds each phase (connect, handshake, the whole response).
+    ``trust_pem=None`` skips server verification; otherwise the chain is checked
+    against it and the hostname against ``sni``.
+    """
+    context = _build_context(sni=sni, client_cert=client_cert, trust_pem=trust_pem, tls_version=tls_version, http2=http2)
+    observer = _Observer()
+    observer.install(context)
+    authority = host or sni or _format_host(address[0])
+
+    phase = "connect"
+    tls_sock: ssl.SSLSocket | None = None
+    try:
+        try:
+            raw = socket.create_connection(address, timeout=timeout)
+        except BaseException as exc:
+            raise _classify(exc, phase, timeout) from exc
+        phase = "handshake"
+        try:
+            tls_sock = context.wrap_socket(raw, server_hostname=sni, do_handshake_on_connect=False)
+            tls_sock.settimeout(timeout)
+            tls_sock.do_handshake()
+        except BaseException as exc:
+            raw.close()
+            raise _classify(exc, phase, timeout) from exc
+        phase = "first-read"
+        if http2:
+            if tls_sock.selected_alpn_protocol() != "h2":
+                raise _Failure(
+                    "handshake",
+                    "error",
+                    f"server did not select h2 via ALPN (selected {tls_sock.selected_alpn_protocol()!r})",
+                )
+            status, reason, resp_headers, body = _exchange_h2(
+                tls_sock, method=method, authority=authority, path=path, headers=headers, timeout=timeout
+            )
+        else:
+            status, reason, resp_headers, body = _exchange_h11(
+                tls_sock, method=method, authority=authority, path=path, headers=headers, timeout=timeout
+            )
+        return Response(status, reason, resp_headers, body, observer.tls_info(tls_sock))
+    except _Failure as failure:
+        # The callback saw the alert's exact description; the reason code is the
+        # fallback and covers builds without the hook.
+        alert = failure.alert
+        kind = failure.kind
+        if observer.received_alert is not None and failure.phase != "connect":
+            alert, kind = observer.received_alert, "alert"
+        return Rejection(
+            phase=failure.phase,
+            kind=kind,
+            alert=alert,
+            detail=failure.detail,
+            tls=observer.tls_info(tls_sock) if failure.phase != "connect" else None,
+        )
+    finally:
+        if tls_sock is not None:
+            tls_sock.close()
+
+
+def _recv(sock: ssl.SSLSocket, deadline: float, timeout: float) -> bytes:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise _Failure("first-read", "timeout", f"response not complete within {timeout:g}s")
+    sock.settimeout(remaining)
+    return sock.recv(65536)
+
+
+def _send_then_read(sock: ssl.SSLSocket, data: bytes, timeout: float) -> bytes:
+    """Send the request and return the first bytes of the answer.
+
+    A server that rejects the client certificate under TLS 1.3 may already have
+    sent its alert and closed by the time we write; the write then fails with
+    EPIPE/ECONNRESET while the alert is still waiting in our receive buffer. We
+    read anyway so the alert, not the broken pipe, is what gets reported.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        sock.sendall(data)
+    except BaseException as write_exc:
+        try:
+            _recv(sock, deadline, timeout)
+        except BaseException as read_exc:
+            read_failure = _classify(read_exc, "first-read", timeout)
+            if read_failure.kind == "alert":
+                raise read_failure from read_exc
+        raise _classify(write_exc, "first-read", timeout) from write_exc
+    try:
+        return _recv(sock, deadline, timeout)
+    except BaseException as exc:
+        raise _classify(exc, "first-read", timeout) from exc
+
+
+def _exchange_h11(
+    sock: ssl.SSLSocket,
+    *,
+    method: str,
+    authority: str,
+    path: str,
+    headers: Sequence[tuple[str, str]],
+    timeout: float,
+) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
+    conn = h11.Connection(our_role=h11.CLIENT)
+    request_headers = list(headers)
+    names = {name.lower() for name, _ in request_headers}
+    if "host" not in names:
+        request_headers.insert(0, ("Host", authority))
+    if "connection" not in names:
+        # Matches the upstream suite's transport with keep-alives disabled.
+        request_headers.append(("Connection", "close"))
+    data = conn.send(h11.Request(method=method, target=path, headers=request_headers))
+    data += conn.send(h11.EndOfMessage())
+
+    deadline = time.monotonic() + timeout
+    chunk = _send_then_read(sock, data, timeout)
+    if not chunk:
+        raise _Failure("first-read", "closed", "server closed the connection (EOF) before sending any response bytes")
+    conn.receive_data(chunk)
+    response: h11.Response | None = None
+    body = bytearray()
+    try:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    chunk = _recv(sock, deadline, timeout)
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    chunk = b""  # h11 decides whether EOF was a valid end
+                conn.receive_data(chunk)
+            elif isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                break
+            # InformationalResponse (1xx) is skipped; the final response follows.
+    except _Failure:
+        raise
+    except BaseException as exc:
+        failure = _classify(exc, "first-read", timeout)
+        if response is not None:
+            failure = _Failure(
+                "first-read",
+                failure.kind,
+                f"response HTTP {response.status_code} began but did not complete: {failure.detail}",
+                failure.alert,
+            )
+        raise failure from exc
+    assert response is not None  # h11 emits Response before Data/EndOfMessage
+    return (
+        response.status_code,
+        response.reason.decode("latin-1"),
+        tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers),
+        bytes(body),
+    )
+
+
+def _exchange_h2(
+    sock: ssl.SSLSocket,
+    *,
+    method: str,
+    authority: str,
+    path: str,
+    headers: Sequence[tuple[str, str]],
+    timeout: float,
+) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    stream_id = conn.get_next_available_stream_id()
+    request_headers = [(":method", method), (":scheme", "https"), (":authority", authority), (":path", path)]
+    request_headers += [(k.lower(), v) for k, v in headers if k.lower() not in ("host", "connection")]
+    conn.send_headers(stream_id, request_headers, end_stream=True)
+
+    deadline = time.monotonic() + timeout
+    chunk = _send_then_read(sock, conn.data_to_send(), timeout)
+    status: int | None = None
+    resp_headers: tuple[tuple[str, str], ...] = ()
+    body = bytearray()
+    try:
+        while True:
+            if not chunk:
+                if status is None:
+                    raise _Failure("first-read", "closed", "server closed the HTTP/2 connection (EOF) before a response")
+                raise _Failure("first-read", "closed", f"HTTP/2 response {status} truncated by EOF")
+            for event in conn.receive_data(chunk):
+                if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id:
+                    pairs = [(str(k), str(v)) for k, v in event.headers]
+                    status = int(dict(pairs)[":status"])
+                    resp_headers = tuple((k, v) for k, v in pairs if not k.startswith(":"))
+                elif isinstance(event, h2.events.DataReceived) and event.stream_id == stream_id:
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
+                elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id:
+                    assert status is not None
+                    return status, _reason_phrase(status), resp_headers, bytes(body)
+                elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream_id:
+                    raise _Failure("first-read", "reset", f"HTTP/2 RST_STREAM with error code {event.error_code!r}")
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    raise _Failure(
+                        "first-read",
+                        "closed",
+                        f"HTTP/2 GOAWAY with error code {event.error_code!r} before the response completed",
+                    )
+            outgoing = conn.data_to_send()
+            if outgoing:
+                sock.sendall(outgoing)
+            try:
+                chunk = _recv(sock, deadline, timeout)
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                chunk = b""
+    except _Failure:
+        raise
+    except BaseException as exc:
+        raise _classify(exc, "first-read", timeout) from exc
+
+
+def _reason_phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _format_host(ip: str) -> str:
+    return f"[{ip}]" if ":" in ip else ip
+
+
+def curl_command(
+    address: tuple[str, int],
+    *,
+    sni: str | None,
+    host: str | None = None,
+    path: str = "/",
+    client_cert: ClientCertificate | None = None,
+    trust_file: Path | str | None = None,
+    tls_version: str | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+    method: str = "GET",
+    http2: bool = False,
+) -> str:
+    """The curl command line that repeats a :func:`probe` by hand.
+
+    Trust is a file here (``--cacert``), not PEM bytes; without one the command
+    uses ``--insecure``, as ``probe(trust_pem=None)`` does.
+    """
+    ip, port = address
+    argv = ["curl", "-v", "--no-progress-meter", "--http2" if http2 else "--http1.1"]
+    if sni is not None:
+        argv += ["--resolve", f"{sni}:{port}:{_format_host(ip)}"]
+        url = f"https://{sni}:{port}{path}"
+    else:
+        url = f"https://{_format_host(ip)}:{port}{path}"
+    if trust_file is not None:
+        argv += ["--cacert", str(trust_file)]
+    else:
+        argv += ["--insecure"]
+    if client_cert is not None:
+        argv += ["--cert", str(client_cert.chain_file), "--key", str(client_cert.key_file)]
+    if tls_version is not None:
+        flag = {"TLSv1.2": "1.2", "TLSv1.3": "1.3"}[tls_version]
+        argv += [f"--tlsv{flag}", "--tls-max", flag]
+    if method != "GET":
+        argv += ["-X", method]
+    if host is not None and host != sni:
+        argv += ["-H", f"Host: {host}"]
+    for name, value in headers:
+        argv += ["-H", f"{name}: {value}"]
+    argv.append(url)
+    return shlex.join(argv)
+
+
+def openssl_command(
+    address: tuple[str, int],
+    *,
+    sni: str | None,
+    client_cert: ClientCertificate | None = None,
+    trust_file: Path | str | None = None,
+    tls_version: str | None = None,
+    http2: bool = False,
+) -> str:
+    """The ``openssl s_client`` command line for the handshake of a :func:`probe`."""
+    ip, port = address
+    argv = ["openssl", "s_client", "-connect", f"{_format_host(ip)}:{port}"]
+    argv += ["-servername", sni] if sni is not None else ["-noservername"]
+    if trust_file is not None:
+        argv += ["-CAfile", str(trust_file), "-verify_return_error"]
+        if sni is not None:
+            argv += ["-verify_hostname", sni]
+    if client_cert is not None:
+        # -cert reads the leaf; -cert_chain sends the intermediates after it.
+        argv += [
+            "-cert",
+            str(client_cert.chain_file),
+            "-cert_chain",
+            str(client_cert.chain_file),
+            "-key",
+            str(client_cert.key_file),
+        ]
+    if tls_version is not None:
+        argv.append({"TLSv1.2": "-tls1_2", "TLSv1.3": "-tls1_3"}[tls_version])
+    argv += ["-alpn", "h2" if http2 else "http/1.1"]
+    return shlex.join(argv)
