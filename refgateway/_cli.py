@@ -1,0 +1,83 @@
+"""Command line: ``python -m refgateway --config-dir D --state-dir S``.
+
+``main(argv)`` returns an exit status instead of exiting so tests can call it.
+Unusable arguments produce one line on stderr naming the argument and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from .faults import FAULTS, UnknownFault, check_faults
+from .translator import DEFAULT_CONTROLLER
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + message
+        self.exit(2, f"refgateway: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m refgateway",
+                description="Reference Gateway API implementation serving on 127.0.0.1 (see docs/refgateway.md).")
+    p.add_argument("--config-dir", type=Path, help="directory of manifests to watch (docs/local-target.md)")
+    p.add_argument("--state-dir", type=Path, help="directory for ready, status/, ports/ and errors.yaml")
+    p.add_argument("--controller-name", default=DEFAULT_CONTROLLER,
+                   help=f"GatewayClass controllerName to own (default {DEFAULT_CONTROLLER})")
+    p.add_argument("--fault", action="append", default=[], metavar="NAME",
+                   help="enable a deliberate deviation; repeatable; see --list-faults")
+    p.add_argument("--list-faults", action="store_true", help="print the fault names and exit")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def _check_dirs(config_dir: Path, state_dir: Path) -> str | None:
+    if not config_dir.is_dir():
+        return f"--config-dir {config_dir}: not an existing directory"
+    if not os.access(config_dir, os.R_OK | os.X_OK):
+        return f"--config-dir {config_dir}: not readable"
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=state_dir, prefix=".probe"):
+            pass
+    except OSError as exc:
+        return f"--state-dir {state_dir}: not a writable directory ({exc.strerror or exc})"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.list_faults:
+        width = max(map(len, FAULTS))
+        for name, text in FAULTS.items():
+            print(f"{name:<{width}}  {text}")
+        return 0
+    try:
+        faults = check_faults(args.fault)
+    except UnknownFault as exc:
+        print(f"refgateway: error: {exc}", file=sys.stderr)
+        return 2
+    if args.config_dir is None or args.state_dir is None:
+        print("refgateway: error: --config-dir and --state-dir are required", file=sys.stderr)
+        return 2
+    config_dir, state_dir = args.config_dir.resolve(), args.state_dir.resolve()
+    problem = _check_dirs(config_dir, state_dir)
+    if problem:
+        print(f"refgateway: error: {problem}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s refgateway[%(process)d] %(levelname)s %(message)s")
+    from ._server import Gateway  # imports pyOpenSSL; keep --help and --list-faults fast
+
+    gw = Gateway(config_dir, state_dir, controller=args.controller_name, faults=faults)
+    asyncio.run(gw.run())
+    return 0

@@ -1,0 +1,368 @@
+"""The data plane: one asyncio.Protocol per client connection.
+
+Bytes from the socket go into a pyOpenSSL memory BIO; OpenSSL's output is read back
+out of the BIO and written to the socket. That way every TLS alert OpenSSL produces
+(``certificate required``, ``unknown ca``...) reaches the client, which asyncio's
+own TLS transport does not guarantee. Plaintext goes to an h11 state machine; each
+request is proxied to the backend over a fresh plain HTTP/1.1 connection.
+
+A connection keeps the TLS configuration it was accepted with (a config change does
+not disturb established connections), while routing looks at the port's *current*
+plan for every request, so route changes apply to keep-alive connections too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import TYPE_CHECKING
+
+import h11
+from OpenSSL import SSL
+
+from . import routing
+from ._tls import ALERT_HANDSHAKE_FAILURE, leaf_identity, pin_mismatch, short_reason, verify_mode
+from .translator import ALLOW_INSECURE_FALLBACK, Listener
+
+if TYPE_CHECKING:
+    from ._server import Site
+
+log = logging.getLogger("refgateway.edge")
+
+IDENTITY_PREFIX = b"x-refgateway-"
+HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
+              b"trailer", b"upgrade", b"proxy-authenticate", b"proxy-authorization", b"content-length"}
+BACKEND_TIMEOUT = 10.0
+_rng = random.Random()
+
+
+def on_sni(conn: SSL.Connection) -> None:
+    edge = conn.get_app_data()
+    if edge is not None:
+        edge.choose_listener(conn)
+
+
+def on_verify(conn: SSL.Connection, cert, errno: int, depth: int, ok: int) -> bool:
+    edge = conn.get_app_data()
+    return edge.verify(cert, errno, depth, ok) if edge is not None else bool(ok)
+
+
+class Edge(asyncio.Protocol):
+    def __init__(self, site: "Site"):
+        self.site = site
+        self.port = site.port  # TLS snapshot
+        self.contexts = site.contexts
+        self.faults = site.faults
+        self.transport: asyncio.Transport | None = None
+        self.tls: SSL.Connection | None = None
+        self.listener: Listener | None = None
+        self.handshaken = False
+        self.reject = False
+        self.verify_error: int | str | None = None
+        self.identity: list[tuple[bytes, bytes]] = [(b"x-refgateway-client-verify", b"NONE")]
+        self.h = h11.Connection(h11.SERVER)
+        self.data = asyncio.Event()
+        self.eof = False
+        self.closed = False
+        self.task: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ transport side
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.site.edges.add(self)
+        if self.port.protocol == "HTTPS":
+            base = self.site.base_context
+            if base is None:
+                self.reject = True
+            else:
+                self.tls = SSL.Connection(base, None)
+                self.tls.set_app_data(self)
+                self.tls.set_accept_state()
+        else:
+            self.handshaken = True
+        self.task = asyncio.get_running_loop().create_task(self._serve())
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.eof = True
+        self.data.set()
+        self.site.edges.discard(self)
+        if self.tls is not None:
+            self.tls.set_app_data(None)  # break the reference cycle
+
+    def eof_received(self):
+        self.eof = True
+        self.data.set()
+        return True  # keep the write side open to finish an in-flight response
+
+    def data_received(self, data: bytes) -> None:
+        if self.tls is None:
+            if self.reject:
+                return self._refuse()
+            self.h.receive_data(data)
+            self.data.set()
+            return
+        self.tls.bio_write(data)
+        if not self.handshaken:
+            try:
+                self.tls.do_handshake()
+            except SSL.WantReadError:
+                pass
+            except SSL.Error as exc:
+                log.debug("handshake failed: %s", exc)
+                if self.reject:
+                    return self._refuse()
+                self._flush()
+                return self.close()
+            else:
+                self.handshaken = True
+                self._record_identity()
+            if self.reject:
+                return self._refuse()
+            self._flush()
+            if not self.handshaken:
+                return
+        while True:
+            try:
+                chunk = self.tls.recv(65536)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                self.eof = True
+                break
+            except SSL.Error:
+                self._flush()
+                return self.close()
+            self.h.receive_data(chunk)
+        self._flush()
+        self.data.set()
+
+    def _refuse(self) -> None:
+        """Fail closed: drop whatever OpenSSL prepared and send a handshake_failure alert."""
+        if self.tls is not None:
+            while True:
+                try:
+                    if not self.tls.bio_read(65536):
+                        break
+                except SSL.WantReadError:
+                    break
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(ALERT_HANDSHAKE_FAILURE)
+        self.close(graceful=False)
+
+    def _flush(self) -> None:
+        if self.tls is None or self.transport is None:
+            return
+        out = bytearray()
+        while True:
+            try:
+                chunk = self.tls.bio_read(65536)
+            except SSL.WantReadError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        if out and not self.transport.is_closing():
+            self.transport.write(bytes(out))
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self.transport is None or self.transport.is_closing():
+            return
+        if self.tls is None:
+            self.transport.write(data)
+            return
+        view = memoryview(data)
+        while view:
+            n = self.tls.send(view[:16384].tobytes())
+            view = view[n:]
+        self._flush()
+
+    def close(self, graceful: bool = True) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if graceful and self.tls is not None and self.handshaken:
+            try:
+                self.tls.shutdown()
+            except SSL.Error:
+                pass
+            self._flush()
+        if self.transport is not None:
+            self.transport.close()
+        self.data.set()
+
+    # ------------------------------------------------------------------ TLS callbacks
+    def choose_listener(self, conn: SSL.Connection) -> None:
+        raw = conn.get_servername()
+        name = raw.decode("ascii", "replace").lower() if raw else ""
+        ls = routing.select_listener(self.port.listeners, name) if name else None
+        if ls is None:
+            # No SNI or an unknown name: the first listener without a hostname, else the first one.
+            ls = next((x for x in self.port.listeners if x.hostname is None), self.port.listeners[0])
+        self.listener = ls
+        ctx = self.contexts.get(ls.name)
+        if not ls.servable or ctx is None:
+            self.reject = True
+            return
+        conn.set_context(ctx)
+        conn.set_verify(verify_mode(ls.validation, self.faults), on_verify)
+
+    def verify(self, cert, errno: int, depth: int, ok: int) -> bool:
+        v = self.listener.validation if self.listener else None
+        if not ok:
+            if self.verify_error is None:
+                self.verify_error = errno
+        elif depth == 0 and v is not None and self.verify_error is None:
+            problem = pin_mismatch(cert.to_cryptography(), v)
+            if problem:
+                self.verify_error = problem
+                ok = 0
+        if v is not None and v.mode == ALLOW_INSECURE_FALLBACK:
+            return True
+        if "accept-any-client-cert" in self.faults:
+            return True
+        return bool(ok)
+
+    def _record_identity(self) -> None:
+        v = self.listener.validation if self.listener else None
+        cert = self.tls.get_peer_certificate(as_cryptography=True)
+        if v is None or cert is None:
+            verdict = "NONE"
+        elif self.verify_error is None:
+            verdict = "SUCCESS"
+        elif v.mode == ALLOW_INSECURE_FALLBACK and "report-fallback-as-verified" in self.faults:
+            verdict = "SUCCESS"
+        else:
+            verdict = "FAILED:" + short_reason(self.verify_error)
+        self.identity = [(b"x-refgateway-client-verify", verdict.encode())]
+        if cert is not None:
+            digest, subject = leaf_identity(cert)
+            self.identity += [(b"x-refgateway-client-cert-sha256", digest.encode()),
+                              (b"x-refgateway-client-cert-subject", subject.encode("utf-8", "replace"))]
+
+    # ------------------------------------------------------------------ HTTP side
+    async def _next(self):
+        while True:
+            ev = self.h.next_event()
+            if ev is not h11.NEED_DATA:
+                return ev
+            if self.eof or self.closed:
+                self.h.receive_data(b"")
+                ev = self.h.next_event()
+                return ev if ev is not h11.NEED_DATA else h11.ConnectionClosed()
+            self.data.clear()
+            await self.data.wait()
+
+    async def _serve(self) -> None:
+        try:
+            while not self.closed:
+                ev = await self._next()
+                if isinstance(ev, h11.ConnectionClosed) or ev is h11.PAUSED:
+                    break
+                if not isinstance(ev, h11.Request):
+                    continue
+                body = bytearray()
+                while True:
+                    part = await self._next()
+                    if isinstance(part, h11.Data):
+                        body += part.data
+                    elif isinstance(part, h11.EndOfMessage):
+                        break
+                    else:
+                        return
+                status, headers, payload = await self._handle(ev, bytes(body))
+                self._respond(status, headers, payload)
+                if self.h.our_state is not h11.DONE or self.h.their_state is not h11.DONE:
+                    break
+                self.h.start_next_cycle()
+        except h11.RemoteProtocolError:
+            if self.h.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                self._respond(400, [], b"bad request\n")
+        except Exception:  # a bug must not take the gateway down
+            log.exception("connection handler failed")
+        finally:
+            self.close()
+
+    def _respond(self, status: int, headers: list, payload: bytes) -> None:
+        headers = [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP]
+        headers.append((b"content-length", str(len(payload)).encode()))
+        out = self.h.send(h11.Response(status_code=status, headers=headers))
+        if payload:
+            out += self.h.send(h11.Data(data=payload))
+        out += self.h.send(h11.EndOfMessage())
+        self.write(out)
+
+    async def _handle(self, req: h11.Request, body: bytes) -> tuple[int, list, bytes]:
+        headers = [(k.lower(), v) for k, v in req.headers]
+        host = routing.split_host(next((v.decode("latin-1") for k, v in headers if k == b"host"), ""))
+        port = self.site.port  # current plan, for routing
+        if port.protocol == "HTTPS":
+            sni = self.listener
+            if sni is None:
+                return 421, [], b"misdirected request\n"
+            if routing.misdirected(port, sni, host):
+                return 421, [], b"misdirected request: Host does not belong to the TLS listener\n"
+            listener = next((x for x in port.listeners if x.name == sni.name), sni)
+            if not routing.host_matches_listener(listener, host):
+                return 404, [], b"no listener for this host\n"
+        else:
+            listener = routing.select_listener(port.listeners, host)
+            if listener is None:
+                return 404, [], b"no listener for this host\n"
+        if not listener.servable:
+            return 404, [], b"listener is not programmed\n"
+        if "keep-client-identity-headers" not in self.faults:
+            headers = [(k, v) for k, v in headers if not k.startswith(IDENTITY_PREFIX)]
+        headers += self.identity
+        target = req.target.decode("latin-1")
+        rule = routing.select_rule(listener.rules, host=host, path=target, method=req.method.decode(),
+                                   headers={k.decode("latin-1"): v.decode("latin-1") for k, v in headers})
+        if rule is None:
+            return 404, [], b"no route\n"
+        status, endpoint = routing.pick_endpoint(rule.backends, _rng)
+        if endpoint is None:
+            return status, [], b"no usable backend for this rule\n"
+        return await proxy(endpoint, req, headers, body, tls=self.tls is not None,
+                           client=self.transport.get_extra_info("peername"))
+
+
+async def proxy(endpoint: tuple[str, int], req: h11.Request, headers: list, body: bytes, *,
+                tls: bool, client) -> tuple[int, list, bytes]:
+    """Send one request to a backend over plain HTTP/1.1 and buffer its response."""
+    out = [(k, v) for k, v in headers if k not in HOP_BY_HOP]
+    if client:
+        out.append((b"x-forwarded-for", str(client[0]).encode()))
+    out.append((b"x-forwarded-proto", b"https" if tls else b"http"))
+    out.append((b"connection", b"close"))
+    if body or req.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
+        out.append((b"content-length", str(len(body)).encode()))
+    conn = h11.Connection(h11.CLIENT)
+    writer = None
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(*endpoint), BACKEND_TIMEOUT)
+        data = conn.send(h11.Request(method=req.method, target=req.target, headers=out))
+        if body:
+            data += conn.send(h11.Data(data=body))
+        data += conn.send(h11.EndOfMessage())
+        writer.write(data)
+        response, payload = None, bytearray()
+        while True:
+            ev = conn.next_event()
+            if ev is h11.NEED_DATA:
+                conn.receive_data(await asyncio.wait_for(reader.read(65536), BACKEND_TIMEOUT))
+            elif isinstance(ev, h11.Response):
+                response = ev
+            elif isinstance(ev, h11.Data):
+                payload += ev.data
+            elif isinstance(ev, (h11.EndOfMessage, h11.ConnectionClosed)):
+                break
+        if response is None:
+            return 502, [], b"backend closed without a response\n"
+        return response.status_code, list(response.headers), bytes(payload)
+    except (OSError, asyncio.TimeoutError, h11.ProtocolError) as exc:
+        log.info("backend %s:%s failed: %r", endpoint[0], endpoint[1], exc)
+        return 502, [], b"backend unavailable\n"
+    finally:
+        if writer is not None:
+            writer.close()

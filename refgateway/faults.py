@@ -1,0 +1,46 @@
+"""Deliberate deviations ("faults") that make the reference gateway wrong on purpose.
+
+The harness proves that each scenario can fail by running it against a gateway with
+one fault enabled. A fault is therefore a single, targeted deviation: it changes one
+behaviour and leaves everything else correct, so a scenario that still passes with it
+enabled is not checking what it claims to check.
+
+Faults are enabled only with ``--fault NAME`` on the command line; nothing turns them
+on implicitly. ``FAULTS`` is the registry (name -> one-line description) and is what
+``--list-faults`` prints.
+"""
+
+from __future__ import annotations
+
+__all__ = ["FAULTS", "UnknownFault", "check_faults"]
+
+FAULTS: dict[str, str] = {
+    "accept-any-client-cert": "AllowValidOnly accepts any presented client certificate (no certificate is still rejected)",
+    "accept-no-client-cert": "AllowValidOnly accepts connections that present no client certificate",
+    "accept-expired-client-cert": "client certificate verification ignores the validity window",
+    "ignore-per-port": "spec.tls.frontend.perPort is ignored; the default applies to every HTTPS port",
+    "reject-insecure-fallback": "AllowInsecureFallback behaves like AllowValidOnly in the data plane",
+    "fallback-without-cert-request": "AllowInsecureFallback does not request a client certificate at all",
+    "keep-client-identity-headers": "client-sent x-refgateway-* headers are passed to the backend unchanged",
+    "report-fallback-as-verified": "in AllowInsecureFallback the backend is told SUCCESS even when verification failed",
+    "no-insecure-condition": "the Gateway condition InsecureFrontendValidationMode is never set",
+    "stale-insecure-condition": "InsecureFrontendValidationMode is never removed once it was set",
+    "fail-open-invalid-ca": "when every CA reference is invalid the port is served without client verification and status reports it valid",
+    "ignore-ca-rotation": "each Gateway keeps using the first CA bundle loaded for it",
+    "ignore-pinning": "the verify-subject-alt-names / verify-certificate-hash listener options are ignored",
+    "stale-observed-generation": "every observedGeneration is reported as 1",
+}
+
+
+class UnknownFault(ValueError):
+    pass
+
+
+def check_faults(names: list[str] | tuple[str, ...]) -> frozenset[str]:
+    """Return the names as a set, or raise UnknownFault naming the valid ones."""
+    unknown = [n for n in names if n not in FAULTS]
+    if unknown:
+        raise UnknownFault(
+            f"unknown fault {', '.join(map(repr, unknown))}; valid faults: {', '.join(sorted(FAULTS))}"
+        )
+    return frozenset(names)
