@@ -246,7 +246,7 @@ class _Observer:
             elif direction == "write" and self.sent_alert is None:
                 self.sent_alert = name
 
-    def tls_info(self, sock: ssl.SSLSocket | None) -> TLSInfo:
+    def tls_info(self, sock: ssl.SSLObject | None) -> TLSInfo:
         version = cipher = alpn = pem = None
         if sock is not None:
             version = sock.version()
@@ -331,6 +331,79 @@ def _classify(exc: BaseException, phase: str, timeout: float) -> _Failure:
     return _Failure(phase, "error", detail)
 
 
+class _TLSConnection:
+    """TLS over memory BIOs, with the socket I/O done here.
+
+    ``SSLSocket`` cannot tell a reset from a clean close on CPython 3.11 with
+    OpenSSL 3: both surface from a read as ``SSLEOFError`` (or an empty read).
+    Feeding an ``SSLObject`` ourselves keeps the socket-level outcome (RST,
+    FIN) apart from the TLS-level one (alert, close_notify).
+    """
+
+    def __init__(self, context: ssl.SSLContext, sock: socket.socket, sni: str | None, timeout: float) -> None:
+        self.sock = sock
+        self.timeout = timeout
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=sni)
+        self.deadline = 0.0
+        self.peer_eof = False
+
+    def start_phase(self) -> None:
+        self.deadline = time.monotonic() + self.timeout
+
+    def _flush(self) -> None:
+        data = self.outgoing.read()
+        if data:
+            self._settimeout()
+            self.sock.sendall(data)
+
+    def _settimeout(self) -> None:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout(f"deadline of {self.timeout:g}s passed")
+        self.sock.settimeout(remaining)
+
+    def _fill(self) -> None:
+        self._settimeout()
+        data = self.sock.recv(65536)
+        if data:
+            self.incoming.write(data)
+        else:
+            self.peer_eof = True
+            self.incoming.write_eof()
+
+    def handshake(self) -> None:
+        while True:
+            try:
+                self.tls.do_handshake()
+            except ssl.SSLWantReadError:
+                # The ClientHello or our Finished may still be queued; send before waiting.
+                self._flush()
+                self._fill()
+                continue
+            self._flush()
+            return
+
+    def send(self, data: bytes) -> None:
+        self.tls.write(data)
+        self._flush()
+
+    def recv(self) -> bytes:
+        """Plaintext bytes; b"" after a close_notify or a bare TCP close."""
+        while True:
+            try:
+                return self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                self._flush()  # e.g. a key update answer
+                self._fill()
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError) as exc:
+                self.close_reason = "close_notify" if isinstance(exc, ssl.SSLZeroReturnError) else "TCP FIN without close_notify"
+                return b""
+
+    close_reason = ""
+
+
 def probe(
     address: tuple[str, int],
     *,
@@ -356,37 +429,38 @@ def probe(
     observer.install(context)
     authority = host or sni or _format_host(address[0])
 
-    phase = "connect"
-    tls_sock: ssl.SSLSocket | None = None
+    raw: socket.socket | None = None
+    conn: _TLSConnection | None = None
     try:
         try:
             raw = socket.create_connection(address, timeout=timeout)
         except BaseException as exc:
-            raise _classify(exc, phase, timeout) from exc
-        phase = "handshake"
+            raise _classify(exc, "connect", timeout) from exc
         try:
-            tls_sock = context.wrap_socket(raw, server_hostname=sni, do_handshake_on_connect=False)
-            tls_sock.settimeout(timeout)
-            tls_sock.do_handshake()
+            conn = _TLSConnection(context, raw, sni, timeout)
+            conn.start_phase()
+            conn.handshake()
         except BaseException as exc:
-            raw.close()
-            raise _classify(exc, phase, timeout) from exc
-        phase = "first-read"
+            failure = _classify(exc, "handshake", timeout)
+            if failure.kind == "closed" and conn is not None and conn.peer_eof:
+                failure = _Failure("handshake", "closed", f"server closed the connection during the handshake ({failure.detail})")
+            raise failure from exc
+        conn.start_phase()
         if http2:
-            if tls_sock.selected_alpn_protocol() != "h2":
+            if conn.tls.selected_alpn_protocol() != "h2":
                 raise _Failure(
                     "handshake",
                     "error",
-                    f"server did not select h2 via ALPN (selected {tls_sock.selected_alpn_protocol()!r})",
+                    f"server did not select h2 via ALPN (selected {conn.tls.selected_alpn_protocol()!r})",
                 )
             status, reason, resp_headers, body = _exchange_h2(
-                tls_sock, method=method, authority=authority, path=path, headers=headers, timeout=timeout
+                conn, method=method, authority=authority, path=path, headers=headers
             )
         else:
             status, reason, resp_headers, body = _exchange_h11(
-                tls_sock, method=method, authority=authority, path=path, headers=headers, timeout=timeout
+                conn, method=method, authority=authority, path=path, headers=headers
             )
-        return Response(status, reason, resp_headers, body, observer.tls_info(tls_sock))
+        return Response(status, reason, resp_headers, body, observer.tls_info(conn.tls))
     except _Failure as failure:
         # The callback saw the alert's exact description; the reason code is the
         # fallback and covers builds without the hook.
@@ -399,22 +473,14 @@ def probe(
             kind=kind,
             alert=alert,
             detail=failure.detail,
-            tls=observer.tls_info(tls_sock) if failure.phase != "connect" else None,
+            tls=observer.tls_info(conn.tls if conn else None) if failure.phase != "connect" else None,
         )
     finally:
-        if tls_sock is not None:
-            tls_sock.close()
+        if raw is not None:
+            raw.close()
 
 
-def _recv(sock: ssl.SSLSocket, deadline: float, timeout: float) -> bytes:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise _Failure("first-read", "timeout", f"response not complete within {timeout:g}s")
-    sock.settimeout(remaining)
-    return sock.recv(65536)
-
-
-def _send_then_read(sock: ssl.SSLSocket, data: bytes, timeout: float) -> bytes:
+def _send_then_read(conn: _TLSConnection, data: bytes) -> bytes:
     """Send the request and return the first bytes of the answer.
 
     A server that rejects the client certificate under TLS 1.3 may already have
@@ -422,33 +488,36 @@ def _send_then_read(sock: ssl.SSLSocket, data: bytes, timeout: float) -> bytes:
     EPIPE/ECONNRESET while the alert is still waiting in our receive buffer. We
     read anyway so the alert, not the broken pipe, is what gets reported.
     """
-    deadline = time.monotonic() + timeout
     try:
-        sock.sendall(data)
+        conn.send(data)
     except BaseException as write_exc:
         try:
-            _recv(sock, deadline, timeout)
+            conn.recv()
         except BaseException as read_exc:
-            read_failure = _classify(read_exc, "first-read", timeout)
+            read_failure = _classify(read_exc, "first-read", conn.timeout)
             if read_failure.kind == "alert":
                 raise read_failure from read_exc
-        raise _classify(write_exc, "first-read", timeout) from write_exc
+        raise _classify(write_exc, "first-read", conn.timeout) from write_exc
     try:
-        return _recv(sock, deadline, timeout)
+        chunk = conn.recv()
     except BaseException as exc:
-        raise _classify(exc, "first-read", timeout) from exc
+        raise _classify(exc, "first-read", conn.timeout) from exc
+    if not chunk:
+        raise _Failure(
+            "first-read", "closed", f"server closed the connection ({conn.close_reason}) before sending any response bytes"
+        )
+    return chunk
 
 
 def _exchange_h11(
-    sock: ssl.SSLSocket,
+    conn: _TLSConnection,
     *,
     method: str,
     authority: str,
     path: str,
     headers: Sequence[tuple[str, str]],
-    timeout: float,
 ) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
-    conn = h11.Connection(our_role=h11.CLIENT)
+    http = h11.Connection(our_role=h11.CLIENT)
     request_headers = list(headers)
     names = {name.lower() for name, _ in request_headers}
     if "host" not in names:
@@ -456,25 +525,17 @@ def _exchange_h11(
     if "connection" not in names:
         # Matches the upstream suite's transport with keep-alives disabled.
         request_headers.append(("Connection", "close"))
-    data = conn.send(h11.Request(method=method, target=path, headers=request_headers))
-    data += conn.send(h11.EndOfMessage())
+    data = http.send(h11.Request(method=method, target=path, headers=request_headers))
+    data += http.send(h11.EndOfMessage())
 
-    deadline = time.monotonic() + timeout
-    chunk = _send_then_read(sock, data, timeout)
-    if not chunk:
-        raise _Failure("first-read", "closed", "server closed the connection (EOF) before sending any response bytes")
-    conn.receive_data(chunk)
+    http.receive_data(_send_then_read(conn, data))
     response: h11.Response | None = None
     body = bytearray()
     try:
         while True:
-            event = conn.next_event()
+            event = http.next_event()
             if event is h11.NEED_DATA:
-                try:
-                    chunk = _recv(sock, deadline, timeout)
-                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                    chunk = b""  # h11 decides whether EOF was a valid end
-                conn.receive_data(chunk)
+                http.receive_data(conn.recv())  # b"" = EOF; h11 decides if that was a valid end
             elif isinstance(event, h11.Response):
                 response = event
             elif isinstance(event, h11.Data):
@@ -482,10 +543,8 @@ def _exchange_h11(
             elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                 break
             # InformationalResponse (1xx) is skipped; the final response follows.
-    except _Failure:
-        raise
     except BaseException as exc:
-        failure = _classify(exc, "first-read", timeout)
+        failure = _classify(exc, "first-read", conn.timeout)
         if response is not None:
             failure = _Failure(
                 "first-read",
@@ -494,7 +553,8 @@ def _exchange_h11(
                 failure.alert,
             )
         raise failure from exc
-    assert response is not None  # h11 emits Response before Data/EndOfMessage
+    if response is None:
+        raise _Failure("first-read", "error", "connection ended before a final HTTP response")
     return (
         response.status_code,
         response.reason.decode("latin-1"),
@@ -504,27 +564,26 @@ def _exchange_h11(
 
 
 def _exchange_h2(
-    sock: ssl.SSLSocket,
+    conn: _TLSConnection,
     *,
     method: str,
     authority: str,
     path: str,
     headers: Sequence[tuple[str, str]],
-    timeout: float,
 ) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
     import h2.config
     import h2.connection
     import h2.events
 
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
-    conn.initiate_connection()
-    stream_id = conn.get_next_available_stream_id()
+    h2conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    h2conn.initiate_connection()
+    stream_id = h2conn.get_next_available_stream_id()
     request_headers = [(":method", method), (":scheme", "https"), (":authority", authority), (":path", path)]
+    # HTTP/2 forbids connection-specific headers; Host becomes :authority.
     request_headers += [(k.lower(), v) for k, v in headers if k.lower() not in ("host", "connection")]
-    conn.send_headers(stream_id, request_headers, end_stream=True)
+    h2conn.send_headers(stream_id, request_headers, end_stream=True)
 
-    deadline = time.monotonic() + timeout
-    chunk = _send_then_read(sock, conn.data_to_send(), timeout)
+    chunk = _send_then_read(conn, h2conn.data_to_send())
     status: int | None = None
     resp_headers: tuple[tuple[str, str], ...] = ()
     body = bytearray()
@@ -532,18 +591,19 @@ def _exchange_h2(
         while True:
             if not chunk:
                 if status is None:
-                    raise _Failure("first-read", "closed", "server closed the HTTP/2 connection (EOF) before a response")
-                raise _Failure("first-read", "closed", f"HTTP/2 response {status} truncated by EOF")
-            for event in conn.receive_data(chunk):
+                    raise _Failure("first-read", "closed", f"server closed the HTTP/2 connection ({conn.close_reason}) before a response")
+                raise _Failure("first-read", "closed", f"HTTP/2 response {status} truncated ({conn.close_reason})")
+            for event in h2conn.receive_data(chunk):
                 if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id:
                     pairs = [(str(k), str(v)) for k, v in event.headers]
                     status = int(dict(pairs)[":status"])
                     resp_headers = tuple((k, v) for k, v in pairs if not k.startswith(":"))
                 elif isinstance(event, h2.events.DataReceived) and event.stream_id == stream_id:
                     body += event.data
-                    conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
+                    h2conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
                 elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id:
-                    assert status is not None
+                    if status is None:
+                        raise _Failure("first-read", "error", "HTTP/2 stream ended without response headers")
                     return status, _reason_phrase(status), resp_headers, bytes(body)
                 elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream_id:
                     raise _Failure("first-read", "reset", f"HTTP/2 RST_STREAM with error code {event.error_code!r}")
@@ -553,17 +613,14 @@ def _exchange_h2(
                         "closed",
                         f"HTTP/2 GOAWAY with error code {event.error_code!r} before the response completed",
                     )
-            outgoing = conn.data_to_send()
+            outgoing = h2conn.data_to_send()
             if outgoing:
-                sock.sendall(outgoing)
-            try:
-                chunk = _recv(sock, deadline, timeout)
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                chunk = b""
+                conn.send(outgoing)
+            chunk = conn.recv()
     except _Failure:
         raise
     except BaseException as exc:
-        raise _classify(exc, "first-read", timeout) from exc
+        raise _classify(exc, "first-read", conn.timeout) from exc
 
 
 def _reason_phrase(status: int) -> str:
