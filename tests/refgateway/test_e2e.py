@@ -200,3 +200,28 @@ def test_bad_cli_arguments(tmp_path):
     assert "unknown fault 'nope'; valid faults: accept-any-client-cert" in r.stderr
     r = run("--list-faults")
     assert r.returncode == 0 and "ignore-per-port" in r.stdout
+
+
+def test_pinning_and_misdirected(cluster, start_gateway, pki, backend):
+    leaf = x509.load_pem_x509_certificate(pki["client"].cert_chain_pems[0].bytes())
+    digest = hashlib.sha256(leaf.public_bytes(Encoding.DER)).hexdigest()
+    for obj in [gateway_class(), tls_secret("server-cert", pki["server"]),
+                ca_configmap("client-ca", pki["client_ca"]), *service_objects(backend)]:
+        cluster.apply(obj)
+    pinned_ok = {"kgateway.dev/verify-certificate-hash": ":".join(digest[i:i + 2] for i in range(0, 64, 2)).upper()}
+    pinned_bad = {"refgateway.mtls-conformance.dev/verify-subject-alt-names": "someone-else.example.com"}
+    cluster.apply(gateway("pin", [
+        https_listener("a", 443, hostname="a.example.com", options=pinned_ok),
+        https_listener("wild", 443, hostname="*.example.com", options=pinned_bad),
+    ], {"default": validation("client-ca")}))
+    cluster.apply(http_route("echo", "pin"))
+    gw = start_gateway()
+    gw.wait_condition("Gateway", "pin", "Programmed", listener="wild")
+    port = gw.port("pin", 443)
+    assert https_get(port, pki, cert="client", sni="a.example.com")[0] == 200
+    # The chain verifies but the SAN pin does not match. pyOpenSSL's verify callback cannot
+    # set an X509 error code, so OpenSSL reports the rejection as internal_error.
+    assert alert_of(lambda: https_get(port, pki, cert="client", sni="b.example.com")) == "TLSV1_ALERT_INTERNAL_ERROR"
+    # SNI picked the exact listener but Host belongs to the wildcard one, which pins differently: 421.
+    assert https_get(port, pki, cert="client", sni="a.example.com", host="c.example.com")[0] == 421
+    assert https_get(port, pki, cert="client", sni="a.example.com", host="other.org")[0] == 404
