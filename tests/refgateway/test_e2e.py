@@ -225,3 +225,21 @@ def test_pinning_and_misdirected(cluster, start_gateway, pki, backend):
     # SNI picked the exact listener but Host belongs to the wildcard one, which pins differently: 421.
     assert https_get(port, pki, cert="client", sni="a.example.com", host="c.example.com")[0] == 421
     assert https_get(port, pki, cert="client", sni="a.example.com", host="other.org")[0] == 404
+
+
+@pytest.mark.parametrize("faults, expect", [((), "SSLV3_ALERT_CERTIFICATE_EXPIRED"), (("accept-expired-client-cert",), 200)])
+def test_expired_client_cert(mtls_setup, start_gateway, pki, tmp_path, faults, expect):
+    import datetime
+    now = datetime.datetime.now(datetime.timezone.utc)
+    old = pki["client_ca"].issue_cert("old.example.com", not_before=now - datetime.timedelta(days=10),
+                                      not_after=now - datetime.timedelta(days=1))
+    old.cert_chain_pems[0].write_to_path(str(tmp_path / "old.crt"))
+    old.private_key_pem.write_to_path(str(tmp_path / "old.key"))
+    pki = {**pki, "files": {**pki["files"], "old": (tmp_path / "old.crt", tmp_path / "old.key")}}
+    gw = start_gateway(*faults)
+    gw.wait_condition("Gateway", "mtls", "Programmed")
+    port = gw.port("mtls", 443)
+    if expect == 200:
+        assert https_get(port, pki, cert="old")[0] == 200
+    else:
+        assert alert_of(lambda: https_get(port, pki, cert="old")) == expect
