@@ -348,6 +348,7 @@ class _TLSConnection:
         self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=sni)
         self.deadline = 0.0
         self.peer_eof = False
+        self.close_reason = ""
 
     def start_phase(self) -> None:
         self.deadline = time.monotonic() + self.timeout
@@ -400,8 +401,6 @@ class _TLSConnection:
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError) as exc:
                 self.close_reason = "close_notify" if isinstance(exc, ssl.SSLZeroReturnError) else "TCP FIN without close_notify"
                 return b""
-
-    close_reason = ""
 
 
 def probe(
