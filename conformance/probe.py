@@ -695,7 +695,9 @@ def openssl_command(
         if sni is not None:
             argv += ["-verify_hostname", sni]
     if client_cert is not None:
-        # -cert reads the leaf; -cert_chain sends the intermediates after it.
+        # -cert reads only the leaf; -cert_chain adds the rest. The chain file
+        # starts with the leaf too, so s_client sends the leaf twice; servers
+        # tolerate that, and we have no intermediates-only file to offer.
         argv += [
             "-cert",
             str(client_cert.chain_file),
