@@ -1,0 +1,110 @@
+"""A client of one Gateway under test: probes, expectations and readable failures.
+
+Every failure message names the listener port, the SNI and Host, what the client
+presented, what was expected and what was seen, and ends with a command that reproduces
+the request by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import probe as _probe
+from .expect import ExpectationFailed, Timing, echo_header, eventually, judge_ok, judge_rejected
+from .probe import Outcome, Response
+from .profiles import Profile
+from .target import ObjectRef, Target
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    timing: Timing = Timing()
+    strict_rejection: bool = False
+
+
+class GatewayClient:
+    def __init__(self, target: Target, gateway: ObjectRef, *, trust: Any, profile: Profile,
+                 settings: Settings, namespace: str | None = None) -> None:
+        """``trust``: the authority of the listeners' certificates (``.cert_pem``, ``.cert_file``)."""
+        self.target = target
+        self.gateway = gateway
+        self.trust = trust
+        self.profile = profile
+        self.settings = settings
+        self.namespace = namespace or gateway.namespace
+
+    def address(self, port: int) -> tuple[str, int]:
+        return self.target.listener_address(self.gateway, port)
+
+    def request(self, port: int, *, sni: str | None, host: str | None = None, cert: Any = None,
+                path: str = "/", headers: Sequence[tuple[str, str]] = (),
+                http2: bool = False, tls_version: str | None = None) -> Outcome:
+        return _probe.probe(self.address(port), sni=sni, host=host or sni, path=path,
+                            client_cert=cert, trust_pem=self.trust.cert_pem, headers=headers,
+                            http2=http2, tls_version=tls_version,
+                            timeout=self.settings.timing.request_timeout)
+
+    def _context(self, port: int, sni: str | None, cert: Any, request: dict) -> str:
+        client = f"client certificate {cert.name!r}" if cert is not None else "no client certificate"
+        extra = "".join(f", {k} {v}" for k, v in request.items()
+                        if v and k in ("host", "path", "tls_version") and v != sni)
+        return f"listener port {port} (SNI {sni}{extra}) with {client}"
+
+    def _reproduce(self, port: int, sni: str | None, cert: Any, request: dict) -> str:
+        try:
+            return _probe.curl_command(self.address(port), sni=sni, client_cert=cert,
+                                       trust_file=self.trust.cert_file,
+                                       **{**request, "host": request.get("host") or sni})
+        except Exception as exc:  # the reproduction line must never hide the real failure
+            return f"(no reproduction command: {exc})"
+
+    def expect_ok(self, port: int, *, sni: str, cert: Any = None, service: str | None = None,
+                  what: str = "", check: Callable[[Response], str | None] | None = None,
+                  **request: Any) -> Response:
+        """Converge on HTTP 200 from the backend, ``required_consecutive`` times in a row.
+
+        ``request``: host, path, headers, tls_version, http2, as for :meth:`request`.
+        """
+
+        def judge(outcome: Outcome) -> str | None:
+            why = judge_ok(outcome, namespace=self.namespace, service=service)
+            if why is None and check is not None:
+                assert isinstance(outcome, Response)
+                why = check(outcome)
+            return why
+
+        return self._eventually(port, sni, cert, request, judge,
+                                expected="HTTP 200 from the backend", what=what)
+
+    def expect_rejected(self, port: int, *, sni: str, cert: Any = None, what: str = "",
+                        listener_may_be_down: bool = False, **request: Any) -> Outcome:
+        """Converge on the client certificate being refused, by any means a client sees."""
+
+        def judge(outcome: Outcome) -> str | None:
+            return judge_rejected(outcome, rejection_statuses=self.profile.rejection_statuses,
+                                  strict=self.settings.strict_rejection,
+                                  listener_may_be_down=listener_may_be_down)
+
+        return self._eventually(port, sni, cert, request, judge,
+                                expected="the connection to be rejected", what=what)
+
+    def _eventually(self, port, sni, cert, request, judge, *, expected, what):
+        context = self._context(port, sni, cert, request)
+        try:
+            return eventually(lambda: self.request(port, sni=sni, cert=cert, **request),
+                              judge, timing=self.settings.timing, progress=self.target._progress,
+                              what=f"{context}: {expected}")
+        except ExpectationFailed as exc:
+            lead = f"{what}: " if what else ""
+            raise ExpectationFailed(
+                f"{lead}{context}: expected {expected}, {exc}\n"
+                f"reproduce: {self._reproduce(port, sni, cert, request)}",
+                evidence=exc.evidence) from None
+
+    def identity(self, response: Response) -> str | None:
+        """What the gateway told the backend it verified, per the implementation's profile."""
+        if self.profile.identity is None:
+            return None
+        return echo_header(response, self.profile.identity.verify_header)

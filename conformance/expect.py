@@ -1,0 +1,131 @@
+"""Judging probe outcomes, and converging on them.
+
+Judges are pure functions: an outcome in, ``None`` when it meets the expectation or a
+sentence saying what was seen instead. ``eventually`` repeats a probe until its judge
+has been satisfied several times in a row, because a gateway applies configuration
+asynchronously; the last outcome is the evidence when it never is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from .probe import Outcome, Rejection, Response
+
+T = TypeVar("T")
+Judge = Callable[[T], "str | None"]
+
+#: Rejections that show the listener did not serve the client at all, rather than that
+#: it refused the client's certificate. They only count where a listener may be down.
+NOT_SERVING = ("refused",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """How long to wait, modelled on the upstream suite's TimeoutConfig."""
+
+    max_time_to_consistency: float = 30.0
+    required_consecutive: int = 3
+    request_timeout: float = 10.0
+    condition_timeout: float = 60.0
+
+
+class ExpectationFailed(AssertionError):
+    """An expectation was not met; the message holds the evidence."""
+
+    def __init__(self, message: str, *, evidence: Outcome | None = None) -> None:
+        super().__init__(message)
+        self.evidence = evidence
+
+
+def echo_header(response: Response, name: str) -> str | None:
+    """A request header as the echo backend saw it (echo-basic canonicalises names)."""
+    data = response.json or {}
+    for key, values in (data.get("headers") or {}).items():
+        if key.lower() == name.lower():
+            return values[0] if isinstance(values, list) and values else values
+    return None
+
+
+def reached_backend(outcome: Outcome) -> bool:
+    """Whether the answer came from an echo backend rather than from the gateway itself."""
+    return isinstance(outcome, Response) and isinstance(outcome.json, dict) and "namespace" in outcome.json
+
+
+def judge_ok(outcome: Outcome, *, namespace: str | None = None,
+             service: str | None = None) -> str | None:
+    if not isinstance(outcome, Response):
+        return f"got {outcome.describe()}"
+    if outcome.status != 200:
+        return f"got {outcome.describe()}"
+    if not reached_backend(outcome):
+        return f"got {outcome.describe()} but the body is not an echo backend's answer"
+    data = outcome.json or {}
+    if namespace is not None and data.get("namespace") != namespace:
+        return f"got HTTP 200 from a backend in namespace {data.get('namespace')!r}, expected {namespace!r}"
+    if service is not None and data.get("service") not in (None, "", service):
+        return f"got HTTP 200 from service {data.get('service')!r}, expected {service!r}"
+    return None
+
+
+def judge_rejected(outcome: Outcome, *, rejection_statuses: frozenset[int] = frozenset(),
+                   strict: bool = False, listener_may_be_down: bool = False) -> str | None:
+    """A client certificate was refused, by whatever means a client can see.
+
+    Transport-level refusals always count: a TLS alert during the handshake or on the
+    first read, a reset, a close without a response. An HTTP status counts only where the
+    implementation's profile says it answers refused certificates that way (nginx: 400,
+    495, 496), never under ``strict`` (the upstream suite's rule), and never when the
+    request reached a backend.
+    """
+    if isinstance(outcome, Rejection):
+        if outcome.kind in NOT_SERVING and not listener_may_be_down:
+            return f"got {outcome.describe()}: the listener is not serving at all"
+        if outcome.kind == "timeout":
+            return f"got {outcome.describe()}: no answer is not a rejection"
+        return None
+    if reached_backend(outcome):
+        return f"got {outcome.describe()} from the backend: the request was let through"
+    if not strict and outcome.status in rejection_statuses:
+        return None
+    rule = " (--strict-rejection: only a transport-level rejection counts)" if strict else ""
+    return f"got {outcome.describe()}{rule}"
+
+
+def eventually(attempt: Callable[[], T], judge: Callable[[T], str | None], *, timing: Timing,
+               consecutive: int | None = None,
+               progress: Callable[[str], None] | None = None, what: str = "") -> T:
+    """Repeat ``attempt`` until ``judge`` accepts ``consecutive`` results in a row.
+
+    Raises ExpectationFailed with the last judgement when ``max_time_to_consistency`` runs
+    out. No pause between attempts that succeed; a short one after a miss, so a gateway
+    that is still converging is not flooded.
+    """
+    needed = consecutive or timing.required_consecutive
+    start = time.monotonic()
+    deadline = start + timing.max_time_to_consistency
+    streak = 0
+    attempts = 0
+    announced = False
+    while True:
+        result = attempt()
+        attempts += 1
+        why = judge(result)
+        if why is None:
+            streak += 1
+            if streak >= needed:
+                return result
+            continue
+        streak = 0
+        now = time.monotonic()
+        if now >= deadline:
+            raise ExpectationFailed(
+                f"{why} (after {attempts} attempts in {now - start:.1f} s)",
+                evidence=result if isinstance(result, (Response, Rejection)) else None)
+        if progress and not announced and now - start > 2:
+            progress(f"waiting up to {timing.max_time_to_consistency:.0f} s for {what or 'convergence'}")
+            announced = True
+        time.sleep(0.1)

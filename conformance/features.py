@@ -1,0 +1,65 @@
+"""The features this suite checks, and what each one means.
+
+Upstream features keep their exact ``SupportedFeature`` name from sigs.k8s.io/gateway-api
+``pkg/features`` (all of them are in the standard channel since v1.5.0), so that a verdict
+here and a ConformanceReport line up. What upstream has no name for gets an extension name
+of ours, flagged ``upstream=False``; such features never appear in a ConformanceReport's
+``supportedFeatures``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+GATEWAY_HTTP = "GATEWAY-HTTP"
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+    name: str
+    description: str
+    support: str  # "core" or "extended", as in the upstream conformance profiles
+    upstream: bool = True
+    profile: str = GATEWAY_HTTP
+    channel: str = "standard"
+
+
+FEATURES: dict[str, Feature] = {f.name: f for f in (
+    Feature("Gateway", "Gateways with HTTP and HTTPS listeners, status conditions and addresses",
+            "core"),
+    Feature("HTTPRoute", "HTTPRoutes attached to Gateway listeners route to backend Services", "core"),
+    Feature("ReferenceGrant", "cross-namespace references are allowed only by a ReferenceGrant",
+            "core"),
+    Feature("GatewayFrontendClientCertificateValidation",
+            "spec.tls.frontend default and perPort client certificate validation (AllowValidOnly)",
+            "extended"),
+    Feature("GatewayFrontendClientCertificateValidationInsecureFallback",
+            "validation mode AllowInsecureFallback: a certificate is requested, "
+            "unverified clients still connect", "extended"),
+    Feature("GatewayHTTPSListenerDetectMisdirectedRequests",
+            "421 when the Host header belongs to another HTTPS listener on the port than the SNI",
+            "extended"),
+    Feature("BackendTLSPolicy", "BackendTLSPolicy v1: TLS from the Gateway to backends", "extended"),
+    Feature("BackendTLSPolicySANValidation",
+            "BackendTLSPolicy subjectAltNames verify the backend certificate", "extended"),
+    Feature("GatewayBackendClientCertificate",
+            "spec.tls.backend.clientCertificateRef is presented to TLS backends", "extended"),
+    # Extensions of ours: behaviours the guides describe that upstream does not name.
+    Feature("FrontendClientIdentityForwarding",
+            "the backend is told what the Gateway verified about the client certificate, "
+            "and clients cannot forge it (how: the implementation profile)",
+            "extended", upstream=False),
+)}
+
+
+class UnknownFeature(ValueError):
+    pass
+
+
+def lookup(name: str) -> Feature:
+    try:
+        return FEATURES[name]
+    except KeyError:
+        close = [n for n in FEATURES if n.lower() == name.lower()]
+        hint = f"; did you mean {close[0]}?" if close else f"; known features: {', '.join(FEATURES)}"
+        raise UnknownFeature(f"unknown feature {name!r}{hint}") from None

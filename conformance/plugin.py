@@ -1,0 +1,293 @@
+"""pytest plugin of the mTLS conformance harness (registered through the pytest11 entry point).
+
+It is inert until a test asks for ``mtls_target``: options and markers are registered for
+every pytest run, but no gateway is started and no cluster is contacted unless a
+scenario runs. At the end it prints one verdict per feature and, with ``--report-dir``,
+writes a ConformanceReport.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+
+import pytest
+
+from . import features as _features
+from . import profiles as _profiles
+from . import report as _report
+from .client import Settings
+from .expect import Timing
+from .target import Target, TargetError
+
+RESULTS_KEY = pytest.StashKey["_report.Results"]()
+SUITE_KEY = pytest.StashKey["Suite"]()
+FEATURES_PROPERTY = "mtls_features"
+
+
+def _csv(value: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    for name in names:
+        try:
+            _features.lookup(name)
+        except _features.UnknownFeature as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return names
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1
+    if number <= 0:
+        raise pytest.UsageError(f"expected a number of seconds greater than 0, got {value!r}")
+    return number
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("mtls-conformance", "mTLS conformance of Gateway API implementations")
+    group.addoption("--target", choices=("auto", "local", "kubernetes"), default="auto",
+                    help="where the gateway under test runs: 'local' (a process on this machine), "
+                         "'kubernetes' (the cluster of the current kubeconfig context), or 'auto' "
+                         "(kubernetes when --gateway-class is given, local otherwise)")
+    group.addoption("--gateway-class", metavar="NAME", default=None,
+                    help="GatewayClass of the implementation under test")
+    group.addoption("--gateway-command", metavar="CMD", default=None,
+                    help="local target: command that runs a gateway following docs/local-target.md "
+                         "({config_dir} and {state_dir} are filled in); default: the bundled refgateway")
+    group.addoption("--controller-name", metavar="NAME", default=None,
+                    help="local target: controllerName of the GatewayClass the harness creates")
+    group.addoption("--profile", metavar="FILE", default=None,
+                    help="implementation profile (YAML) instead of the built-in one for the controller")
+    group.addoption("--supported-features", metavar="A,B", type=_csv, default=None,
+                    help="features the implementation supports (overrides the profile)")
+    group.addoption("--exempt-features", metavar="A,B", type=_csv, default=None,
+                    help="features not to test even if supported")
+    group.addoption("--strict-rejection", action="store_true", default=False,
+                    help="only a transport-level rejection (alert, reset, close) counts as a "
+                         "rejected client certificate, as in the upstream suite")
+    group.addoption("--max-time-to-consistency", metavar="SECONDS", type=_positive_float,
+                    default=30.0, help="how long traffic may take to match a configuration change")
+    group.addoption("--report-dir", metavar="DIR", default=None,
+                    help="write a ConformanceReport and a summary of the verdicts here")
+    group.addoption("--list-features", action="store_true", default=False,
+                    help="print the features this suite checks and exit")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "features(*names): the Gateway API features a scenario checks; it is skipped "
+                   "when the implementation does not support all of them")
+    config.stash[RESULTS_KEY] = _report.Results()
+    config.stash[SUITE_KEY] = Suite(config)
+    config.pluginmanager.register(_Recorder(config), "mtls-recorder")
+
+
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    if config.getoption("list_features"):
+        for feature in _features.FEATURES.values():
+            origin = "upstream" if feature.upstream else "extension"
+            print(f"{feature.name:60} {feature.support:8} {origin:9} {feature.description}")
+        return 0
+    target = config.getoption("target")
+    if target == "kubernetes" and config.getoption("gateway_command"):
+        raise pytest.UsageError("--gateway-command runs a local gateway and cannot be combined with "
+                                "--target=kubernetes; drop one of them")
+    return None
+
+
+class Suite:
+    """The per-session state: options, the target (started on first use), the profile."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self._target: Target | None = None
+        self._profile: _profiles.Profile | None = None
+        self.settings = Settings(
+            timing=Timing(max_time_to_consistency=config.getoption("max_time_to_consistency")),
+            strict_rejection=config.getoption("strict_rejection"))
+
+    @property
+    def target_kind(self) -> str:
+        kind = self.config.getoption("target")
+        if kind == "auto":
+            return "kubernetes" if self.config.getoption("gateway_class") else "local"
+        return kind
+
+    def progress(self, message: str) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and not hasattr(self.config, "workerinput"):
+            reporter.write_line(f"[mtls] {message}")
+
+    def target(self) -> Target:
+        if self._target is None:
+            try:
+                self._target = self._start_target()
+            except TargetError as exc:
+                pytest.exit(f"mtls conformance: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+        return self._target
+
+    def _start_target(self) -> Target:
+        if self.target_kind == "kubernetes":
+            from .kubernetes import KubernetesTarget  # imported lazily: it loads the kubernetes client
+            return KubernetesTarget.from_options(self.config, progress=self.progress)
+        from .local import REFGATEWAY_COMMAND, REFGATEWAY_CONTROLLER, LocalTarget
+        return LocalTarget(
+            gateway_class=self.config.getoption("gateway_class") or "refgateway",
+            command=self.config.getoption("gateway_command") or REFGATEWAY_COMMAND,
+            controller_name=self.config.getoption("controller_name") or REFGATEWAY_CONTROLLER,
+            progress=self.progress)
+
+    def controller_name(self) -> str:
+        if self.target_kind == "local":
+            from .local import REFGATEWAY_CONTROLLER
+            return self.config.getoption("controller_name") or REFGATEWAY_CONTROLLER
+        return self.target().controller_name
+
+    def profile(self) -> _profiles.Profile:
+        if self._profile is None:
+            path = self.config.getoption("profile")
+            if path:
+                try:
+                    profile = _profiles.load(Path(path))
+                except _profiles.ProfileError as exc:
+                    pytest.exit(str(exc), returncode=pytest.ExitCode.USAGE_ERROR)
+            else:
+                profile = _profiles.for_controller(self.controller_name()) or _profiles.GENERIC
+            supported = self.config.getoption("supported_features")
+            if supported is not None:
+                profile = profile.with_features(supported)
+            self._profile = profile
+        return self._profile
+
+    def profile_if_known(self) -> _profiles.Profile:
+        """The profile if the run got far enough to know it, else the generic one."""
+        return self._profile or _profiles.GENERIC
+
+    def unsupported(self, names: list[str]) -> list[str]:
+        profile = self.profile()
+        exempt = set(self.config.getoption("exempt_features") or ())
+        return [n for n in names if n not in profile.supported_features or n in exempt]
+
+    def close(self) -> None:
+        target, self._target = self._target, None
+        if target is not None:
+            target.close()
+
+
+def features_of(item: pytest.Item) -> list[str]:
+    names: list[str] = []
+    for marker in item.iter_markers("features"):
+        names.extend(marker.args)
+    return list(dict.fromkeys(names))
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in features_of(item):
+            try:
+                _features.lookup(name)
+            except _features.UnknownFeature as exc:
+                raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    names = features_of(item)
+    if not names:
+        return
+    suite = item.config.stash[SUITE_KEY]
+    missing = suite.unsupported(names)
+    if missing:
+        pytest.skip(f"implementation does not support {', '.join(missing)}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    names = features_of(item)
+    if names:
+        report.user_properties.append((FEATURES_PROPERTY, names))
+    return report
+
+
+class _Recorder:
+    """Collects verdicts in the process that reports (the controller under xdist)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.results = config.stash[RESULTS_KEY]
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for key, value in report.user_properties:
+            if key == FEATURES_PROPERTY:
+                self.results.record(report, value)
+                return
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if hasattr(self.config, "workerinput") or not self.results.tests:
+            return
+        terminalreporter.write_sep("=", "verdicts per feature")
+        for line in _report.verdict_lines(self.results):
+            terminalreporter.write_line(line)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    suite = config.stash[SUITE_KEY]
+    suite.close()
+    if hasattr(config, "workerinput"):
+        return
+    report_dir = config.getoption("report_dir")
+    results = config.stash[RESULTS_KEY]
+    if report_dir and results.tests:
+        _report.write(Path(report_dir), results, profile=suite.profile_if_known(),
+                      strict_rejection=suite.settings.strict_rejection)
+
+
+# -- fixtures -------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def mtls_suite(pytestconfig: pytest.Config) -> Suite:
+    return pytestconfig.stash[SUITE_KEY]
+
+
+@pytest.fixture(scope="session")
+def mtls_target(mtls_suite: Suite) -> Target:
+    """The system under test (started on first use, stopped at the end of the session)."""
+    return mtls_suite.target()
+
+
+@pytest.fixture(scope="session")
+def mtls_profile(mtls_suite: Suite) -> _profiles.Profile:
+    return mtls_suite.profile()
+
+
+@pytest.fixture(scope="session")
+def mtls_settings(mtls_suite: Suite) -> Settings:
+    return mtls_suite.settings
+
+
+@pytest.fixture(scope="session")
+def mtls_gateway_class(mtls_target: Target) -> str:
+    return mtls_target.gateway_class
+
+
+def _namespace_name(module_name: str, worker: str) -> str:
+    stem = re.sub(r"[^a-z0-9-]+", "-", module_name.rsplit(".", 1)[-1].lower().replace("_", "-"))
+    stem = stem.removeprefix("test-").strip("-")[:40] or "scenario"
+    return f"mtls-{stem}-{worker}-{uuid.uuid4().hex[:5]}"
+
+
+@pytest.fixture(scope="module")
+def mtls_namespace(request: pytest.FixtureRequest, mtls_target: Target):
+    """A namespace of the scenario module's own, deleted with its content afterwards."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw")
+    name = _namespace_name(request.module.__name__, worker)
+    mtls_target.create_namespace(name)
+    try:
+        yield name
+    finally:
+        mtls_target.delete_namespace(name)

@@ -1,0 +1,220 @@
+"""The Target API: everything a scenario may do to the system under test.
+
+A scenario never talks to a gateway directly. It applies manifests, waits for status
+conditions, asks where a listener is, and publishes backends, all through a Target. The
+same scenario module therefore runs unchanged against the bundled reference gateway on
+this machine (``LocalTarget``) and against any cluster (``KubernetesTarget``).
+
+Objects are plain manifests (dicts) in the exact upstream schema. A Target fills in what
+an API server fills in (uid, generation, creationTimestamp) and never rewrites ``spec``.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+Manifest = Mapping[str, Any]
+Progress = Callable[[str], None]
+
+#: How long a wait may run before the harness says what it is waiting for.
+PROGRESS_AFTER = 2.0
+
+
+class TargetError(Exception):
+    """The system under test cannot be used: the message says what to fix."""
+
+
+class WaitTimeout(AssertionError):
+    """A wait for a status condition ran out of time; the message holds the last status seen."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectRef:
+    kind: str
+    name: str
+    namespace: str | None = None
+    api_version: str = "gateway.networking.k8s.io/v1"
+
+    @classmethod
+    def of(cls, obj: Manifest) -> ObjectRef:
+        meta = obj.get("metadata") or {}
+        return cls(kind=obj["kind"], name=meta["name"], namespace=meta.get("namespace"),
+                   api_version=obj["apiVersion"])
+
+    def __str__(self) -> str:
+        where = f"{self.namespace}/{self.name}" if self.namespace else self.name
+        return f"{self.kind} {where}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServicePort:
+    """One port of a backend Service and the address of the process serving it."""
+
+    name: str
+    port: int
+    address: tuple[str, int]
+    app_protocol: str | None = None
+
+
+def conditions_of(obj: Manifest | None, *, listener: str | None = None) -> list[dict]:
+    """The status conditions of an object, or of one of a Gateway's listeners."""
+    status = (obj or {}).get("status") or {}
+    if listener is None:
+        return list(status.get("conditions") or [])
+    for entry in status.get("listeners") or []:
+        if entry.get("name") == listener:
+            return list(entry.get("conditions") or [])
+    return []
+
+
+def find_condition(conditions: list[dict], type_: str) -> dict | None:
+    return next((c for c in conditions if c.get("type") == type_), None)
+
+
+def describe_conditions(conditions: list[dict]) -> str:
+    if not conditions:
+        return "no conditions"
+    return "; ".join(
+        f"{c.get('type')}={c.get('status')} ({c.get('reason')}: {c.get('message', '')!s}"
+        f"{', observedGeneration ' + str(c['observedGeneration']) if 'observedGeneration' in c else ''})"
+        for c in conditions)
+
+
+class Target(abc.ABC):
+    """The system under test, as the scenarios see it."""
+
+    #: "local" or "kubernetes"
+    kind: str
+    gateway_class: str
+    controller_name: str
+
+    def __init__(self, *, progress: Progress | None = None) -> None:
+        self._progress = progress or (lambda message: None)
+
+    # -- lifecycle -------------------------------------------------------------------
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Delete what this Target created and stop what it started."""
+
+    # -- objects ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_namespace(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    def delete_namespace(self, name: str) -> None:
+        """Delete the namespace and every object the harness put in it."""
+
+    @abc.abstractmethod
+    def apply(self, *objects: Manifest) -> None:
+        """Create or replace objects; ``spec`` changes bump ``metadata.generation``."""
+
+    @abc.abstractmethod
+    def delete(self, *objects: Manifest | ObjectRef) -> None: ...
+
+    @abc.abstractmethod
+    def get(self, ref: ObjectRef) -> dict | None:
+        """The object as the API sees it (metadata, spec and the gateway's status)."""
+
+    @abc.abstractmethod
+    def publish_service(self, namespace: str, name: str, ports: list[ServicePort]) -> None:
+        """Make a Service whose endpoints are processes that the harness runs."""
+
+    @abc.abstractmethod
+    def listener_address(self, gateway: ObjectRef, port: int) -> tuple[str, int]:
+        """Where a client connects to reach the Gateway's listeners on ``port``."""
+
+    # -- waiting ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def _observe(self, ref: ObjectRef, deadline: float) -> Iterator[dict | None]:
+        """Yield the object each time it may have changed, until the deadline."""
+
+    def wait_for(self, ref: ObjectRef, check: Callable[[dict | None], str | None], *,
+                 what: str, timeout: float) -> dict | None:
+        """Wait until ``check(obj)`` returns None; it returns why not, for the message."""
+        start = time.monotonic()
+        deadline = start + timeout
+        announced = False
+        why = "never observed"
+        obj = None
+        for obj in self._observe(ref, deadline):
+            why = check(obj)
+            if why is None:
+                return obj
+            if not announced and time.monotonic() - start > PROGRESS_AFTER:
+                self._progress(f"waiting up to {timeout:.0f} s for {ref}: {what}")
+                announced = True
+        raise WaitTimeout(f"{ref}: expected {what} within {timeout:.0f} s; {why}")
+
+    def wait_for_condition(self, ref: ObjectRef, type_: str, status: str = "True", *,
+                           reason: str | None = None, listener: str | None = None,
+                           timeout: float = 60.0) -> dict:
+        """Wait for a condition at the object's current generation."""
+        where = f"listener {listener!r} " if listener else ""
+        what = f"{where}condition {type_}={status}" + (f" reason {reason}" if reason else "")
+
+        def check(obj: dict | None) -> str | None:
+            if obj is None:
+                return "the object does not exist"
+            conds = conditions_of(obj, listener=listener)
+            generation = obj.get("metadata", {}).get("generation")
+            cond = find_condition(conds, type_)
+            if cond is None:
+                return f"{where}has {describe_conditions(conds)}"
+            if generation is not None and cond.get("observedGeneration") != generation:
+                return (f"{type_} observedGeneration is {cond.get('observedGeneration')}, "
+                        f"metadata.generation is {generation}")
+            if cond.get("status") != status or (reason and cond.get("reason") != reason):
+                return f"{where}has {describe_conditions(conds)}"
+            return None
+
+        obj = self.wait_for(ref, check, what=what, timeout=timeout)
+        assert obj is not None
+        return find_condition(conditions_of(obj, listener=listener), type_) or {}
+
+    def wait_for_no_condition(self, ref: ObjectRef, type_: str, *, timeout: float = 60.0) -> None:
+        """Wait until the gateway, having seen the current generation, drops a condition."""
+
+        def check(obj: dict | None) -> str | None:
+            if obj is None:
+                return "the object does not exist"
+            conds = conditions_of(obj)
+            generation = obj.get("metadata", {}).get("generation")
+            if any(c.get("observedGeneration") != generation for c in conds
+                   if c.get("type") in ("Accepted", "Programmed")):
+                return f"status not yet at generation {generation}: {describe_conditions(conds)}"
+            if find_condition(conds, type_) is not None:
+                return f"has {describe_conditions(conds)}"
+            return None
+
+        self.wait_for(ref, check, what=f"no {type_} condition", timeout=timeout)
+
+    def wait_for_route_condition(self, route: ObjectRef, gateway: ObjectRef, type_: str,
+                                 status: str = "True", *, reason: str | None = None,
+                                 timeout: float = 60.0) -> dict:
+        """Wait for a condition in the route's status for one parent Gateway."""
+        what = f"condition {type_}={status} for parent Gateway {gateway.name}" + (
+            f" reason {reason}" if reason else "")
+        found: dict = {}
+
+        def check(obj: dict | None) -> str | None:
+            if obj is None:
+                return "the route does not exist"
+            generation = obj.get("metadata", {}).get("generation")
+            parents = [p for p in (obj.get("status") or {}).get("parents") or []
+                       if (p.get("parentRef") or {}).get("name") == gateway.name]
+            if not parents:
+                return f"no status for parent Gateway {gateway.name}"
+            conds = [c for p in parents for c in p.get("conditions") or []]
+            cond = find_condition(conds, type_)
+            if cond is None or cond.get("observedGeneration") != generation or \
+                    cond.get("status") != status or (reason and cond.get("reason") != reason):
+                return f"has {describe_conditions(conds)} at generation {generation}"
+            found.update(cond)
+            return None
+
+        self.wait_for(route, check, what=what, timeout=timeout)
+        return found

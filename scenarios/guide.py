@@ -1,0 +1,3 @@
+"""Names the guides use, shared by the scenario modules."""
+
+HOSTNAME = "example.com"
