@@ -315,7 +315,10 @@ class TestCluster:
         extra_apiserver_args: appended to the kube-apiserver command line.
         log: where progress goes (stderr by default; None for silence).
         detached: leave the processes running when this Python process exits
-            (for the CLI's ``up``); otherwise they get SIGKILL if it dies.
+            (for the CLI's ``up``); otherwise they get SIGKILL if it dies
+            (PR_SET_PDEATHSIG: that is tied to the *thread* that started them, so
+            start a non-detached cluster from a thread that outlives it, e.g. the
+            main thread, as pytest fixtures are).
         keep_tmp: do not remove the tmp dir (data, certs, logs) at stop().
     """
 
