@@ -40,10 +40,11 @@ class GatewayClient:
 
     def request(self, port: int, *, sni: str | None, host: str | None = None, cert: Any = None,
                 path: str = "/", headers: Sequence[tuple[str, str]] = (),
-                http2: bool = False, tls_version: str | None = None) -> Outcome:
+                http2: bool = False, tls_version: str | None = None,
+                plaintext: bool = False) -> Outcome:
         return _probe.probe(self.address(port), sni=sni, host=host or sni, path=path,
                             client_cert=cert, trust_pem=self.trust.cert_pem, headers=headers,
-                            http2=http2, tls_version=tls_version,
+                            http2=http2, tls_version=tls_version, plaintext=plaintext,
                             timeout=self.settings.timing.request_timeout)
 
     def _context(self, port: int, sni: str | None, cert: Any, request: dict) -> str:

@@ -403,6 +403,40 @@ class _TLSConnection:
                 return b""
 
 
+class _PlainConnection:
+    """The same interface as _TLSConnection over bare TCP, for HTTP listeners."""
+
+    tls = None
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self.sock = sock
+        self.timeout = timeout
+        self.deadline = 0.0
+        self.peer_eof = False
+        self.close_reason = ""
+
+    def start_phase(self) -> None:
+        self.deadline = time.monotonic() + self.timeout
+
+    def _settimeout(self) -> None:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout(f"deadline of {self.timeout:g}s passed")
+        self.sock.settimeout(remaining)
+
+    def send(self, data: bytes) -> None:
+        self._settimeout()
+        self.sock.sendall(data)
+
+    def recv(self) -> bytes:
+        self._settimeout()
+        data = self.sock.recv(65536)
+        if not data:
+            self.peer_eof = True
+            self.close_reason = "TCP FIN"
+        return data
+
+
 def probe(
     address: tuple[str, int],
     *,
@@ -415,9 +449,12 @@ def probe(
     headers: Sequence[tuple[str, str]] = (),
     method: str = "GET",
     http2: bool = False,
+    plaintext: bool = False,
     timeout: float = 10.0,
 ) -> Outcome:
     """Send one request over a new TCP+TLS connection and classify what came back.
+
+    ``plaintext=True`` speaks HTTP/1.1 over bare TCP instead (an HTTP listener).
 
     ``timeout`` bounds each phase (connect, handshake, the whole response).
     ``trust_pem=None`` skips server verification; otherwise the chain is checked
@@ -435,6 +472,12 @@ def probe(
             raw = socket.create_connection(address, timeout=timeout)
         except BaseException as exc:
             raise _classify(exc, "connect", timeout) from exc
+        if plaintext:
+            plain = _PlainConnection(raw, timeout)
+            plain.start_phase()
+            status, reason, resp_headers, body = _exchange_h11(
+                plain, method=method, authority=authority, path=path, headers=headers)
+            return Response(status, reason, resp_headers, body, None)
         try:
             conn = _TLSConnection(context, raw, sni, timeout)
             conn.start_phase()

@@ -310,6 +310,8 @@ class Edge(asyncio.Protocol):
             listener = routing.select_listener(port.listeners, host)
             if listener is None:
                 return 404, [], b"no listener for this host\n"
+            if listener.validation is not None:  # only under the validate-http-listeners fault
+                return 400, [], b"client certificate required\n"
         if not listener.servable:
             return 404, [], b"listener is not programmed\n"
         if "keep-client-identity-headers" not in self.faults:

@@ -140,7 +140,7 @@ class ContextCache:
         if v is not None:
             store = ctx.get_cert_store()
             seen = set()
-            for pem in v.ca_pems:
+            for pem in () if "distrust-client-ca" in self._faults else v.ca_pems:
                 for ca in self._certs(pem):
                     fp = ca.digest("sha256")
                     if fp not in seen:  # duplicates across refs make add_cert fail

@@ -29,6 +29,9 @@ FAULTS: dict[str, str] = {
     "ignore-ca-rotation": "each Gateway keeps using the first CA bundle loaded for it",
     "ignore-pinning": "the verify-subject-alt-names / verify-certificate-hash listener options are ignored",
     "stale-observed-generation": "every observedGeneration is reported as 1",
+    "distrust-client-ca": "the CA bundles of a frontend validation are not loaded: no client certificate verifies",
+    "validate-http-listeners": "frontend validation is also applied to HTTP listeners, which then refuse every request",
+    "report-valid-ca-unresolved": "listeners report ResolvedRefs=False/InvalidCACertificateRef although their CA refs are valid",
 }
 
 

@@ -405,6 +405,8 @@ def _check_listener_tls(idx: _Index, gw: Mapping, ls: _ListenerState, faults: fr
         return  # serve without client verification and say nothing
     for reason, msg in bad:
         ls.unresolved(reason, msg)
+    if not bad and "report-valid-ca-unresolved" in faults:
+        ls.unresolved("InvalidCACertificateRef", "caCertificateRefs could not be resolved")
     if not good:
         ls.refuse("NoValidCACertificate",
                   f"none of the {len(bad)} caCertificateRefs of the validation for port {ls.port} is usable")
@@ -731,10 +733,14 @@ def translate(objects: Mapping[Key, Mapping], *, controller: str = DEFAULT_CONTR
             plan_listeners = []
             for ls in group:
                 servable = ls.usable and not ls.fail_closed and (protocol == "HTTP" or ls.cert is not None)
+                validation = ls.validation if servable else None
+                if protocol == "HTTP" and "validate-http-listeners" in faults \
+                        and ((gw.get("spec") or {}).get("tls") or {}).get("frontend"):
+                    validation = Validation(ALLOW_VALID_ONLY, ())
                 plan_listeners.append(Listener(
                     name=ls.name, hostname=ls.hostname, protocol=ls.protocol, servable=servable,
                     cert_pem=ls.cert[0] if ls.cert else None, key_pem=ls.cert[1] if ls.cert else None,
-                    validation=ls.validation if servable else None,
+                    validation=validation,
                     rules=tuple(ls.rules) if servable else (),
                 ))
             ports[(ns, name, port)] = Port(ns, name, port, protocol, tuple(plan_listeners))

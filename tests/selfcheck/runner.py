@@ -19,7 +19,7 @@ SCENARIOS = ROOT / "scenarios"
 
 #: A local gateway converges in milliseconds; a check that is going to fail needs only
 #: enough time to prove it is not still converging.
-FAST = ["--max-time-to-consistency=2"]
+FAST = ["--max-time-to-consistency=1"]
 
 
 @dataclasses.dataclass

@@ -1,0 +1,103 @@
+"""Which scenario tests each refgateway fault must make fail, and no others.
+
+Keys are fault names (``python -m refgateway --list-faults``); values are patterns
+over node ids (``*`` matches anything; nothing else is special) relative to scenarios/. A fault's run must fail exactly the tests
+its patterns match, every pattern must match at least one failed test, and every scenario
+test must be matched by some fault: a check that no fault can make fail is a defect.
+"""
+
+EXPECTED_FAILURES: dict[str, list[str]] = {
+    "accept-any-client-cert": [
+        "test_frontend_default.py::test_untrusted_client_certificate_is_rejected[*]",
+        "test_frontend_default.py::test_expired_client_certificate_is_rejected[*]",
+        "test_frontend_insecure_fallback.py::test_default_port_still_rejects_unverified_clients[untrusted certificate]",
+        "test_frontend_per_port.py::test_default_ca_client_is_rejected_on_the_per_port_port",
+        "test_frontend_per_port.py::test_per_port_ca_client_is_rejected_on_the_default_port",
+    ],
+    "accept-no-client-cert": [
+        "test_frontend_default.py::test_no_client_certificate_is_rejected[*]",
+        "test_frontend_insecure_fallback.py::test_condition_is_removed_when_the_mode_is_reverted",
+        "test_frontend_insecure_fallback.py::test_default_port_still_rejects_unverified_clients[no certificate]",
+        "test_frontend_per_port.py::test_no_client_certificate_is_rejected_on_both_ports[*]",
+    ],
+    "accept-expired-client-cert": [
+        "test_frontend_default.py::test_expired_client_certificate_is_rejected[*]",
+        "test_frontend_insecure_fallback.py::test_backend_is_told_what_was_verified[expired certificate]",
+    ],
+    "ignore-per-port": [
+        "test_frontend_insecure_fallback.py::test_backend_is_told_what_was_verified[expired certificate]",
+        "test_frontend_insecure_fallback.py::test_backend_is_told_what_was_verified[no certificate]",
+        "test_frontend_insecure_fallback.py::test_backend_is_told_what_was_verified[untrusted certificate]",
+        "test_frontend_insecure_fallback.py::test_client_cannot_forge_the_verification_result[*]",
+        "test_frontend_insecure_fallback.py::test_condition_is_removed_when_the_mode_is_reverted",
+        "test_frontend_insecure_fallback.py::test_fallback_port_lets_every_client_in[expired certificate]",
+        "test_frontend_insecure_fallback.py::test_fallback_port_lets_every_client_in[no certificate]",
+        "test_frontend_insecure_fallback.py::test_fallback_port_lets_every_client_in[untrusted certificate]",
+        "test_frontend_per_port.py::test_default_ca_client_is_rejected_on_the_per_port_port",
+        "test_frontend_per_port.py::test_no_client_certificate_is_rejected_on_both_ports[443]",
+        "test_frontend_per_port.py::test_per_port_ca_client_is_accepted_on_the_per_port_port",
+    ],
+    "reject-insecure-fallback": [
+        "test_frontend_insecure_fallback.py::test_backend_is_told_what_was_verified[expired certificate]",
+        "test_frontend_insecure_fallback.py::test_backend_is_told_what_was_verified[no certificate]",
+        "test_frontend_insecure_fallback.py::test_backend_is_told_what_was_verified[untrusted certificate]",
+        "test_frontend_insecure_fallback.py::test_client_cannot_forge_the_verification_result[*]",
+        "test_frontend_insecure_fallback.py::test_condition_is_removed_when_the_mode_is_reverted",
+        "test_frontend_insecure_fallback.py::test_fallback_port_lets_every_client_in[expired certificate]",
+        "test_frontend_insecure_fallback.py::test_fallback_port_lets_every_client_in[no certificate]",
+        "test_frontend_insecure_fallback.py::test_fallback_port_lets_every_client_in[untrusted certificate]",
+    ],
+    "fallback-without-cert-request": [
+        "test_frontend_insecure_fallback.py::test_backend_is_told_what_was_verified[expired certificate]",
+        "test_frontend_insecure_fallback.py::test_backend_is_told_what_was_verified[untrusted certificate]",
+        "test_frontend_insecure_fallback.py::test_backend_is_told_what_was_verified[valid certificate]",
+        "test_frontend_insecure_fallback.py::test_fallback_port_lets_every_client_in[*]",
+    ],
+    "keep-client-identity-headers": [
+        "test_frontend_default.py::test_backend_is_told_the_verified_identity",
+        "test_frontend_insecure_fallback.py::test_client_cannot_forge_the_verification_result[*]",
+    ],
+    "report-fallback-as-verified": [
+        "test_frontend_insecure_fallback.py::test_backend_is_told_what_was_verified[expired certificate]",
+        "test_frontend_insecure_fallback.py::test_backend_is_told_what_was_verified[untrusted certificate]",
+        "test_frontend_insecure_fallback.py::test_client_cannot_forge_the_verification_result[untrusted certificate]",
+    ],
+    "no-insecure-condition": [
+        "test_frontend_insecure_fallback.py::test_condition_is_removed_when_the_mode_is_reverted",
+        "test_frontend_insecure_fallback.py::test_gateway_reports_insecure_frontend_validation_mode",
+    ],
+    "stale-insecure-condition": [
+        "test_frontend_insecure_fallback.py::test_condition_is_removed_when_the_mode_is_reverted",
+    ],
+    "stale-observed-generation": [
+        "test_frontend_insecure_fallback.py::test_condition_is_removed_when_the_mode_is_reverted",
+    ],
+    # Every negative check first shows a valid client getting through on the same listener
+    # (a rejection means nothing on a listener that rejects everyone), so a gateway that
+    # trusts no client CA fails them all.
+    "distrust-client-ca": [
+        "test_frontend_default.py::test_backend_is_told_the_verified_identity",
+        "test_frontend_default.py::test_*_is_rejected[*]",
+        "test_frontend_default.py::test_valid_client_certificate_is_accepted[*]",
+        "test_frontend_insecure_fallback.py::test_backend_is_told_what_was_verified[valid certificate]",
+        "test_frontend_insecure_fallback.py::test_condition_is_removed_when_the_mode_is_reverted",
+        "test_frontend_insecure_fallback.py::test_default_port_still_rejects_unverified_clients[*]",
+        "test_frontend_per_port.py::test_default_ca_client_is_*",
+        "test_frontend_per_port.py::test_per_port_ca_client_is_*",
+        "test_frontend_per_port.py::test_no_client_certificate_is_rejected_on_both_ports[*]",
+    ],
+    "validate-http-listeners": [
+        "test_frontend_per_port.py::test_http_listener_is_not_affected_by_frontend_validation",
+    ],
+    "report-valid-ca-unresolved": [
+        "test_frontend_default.py::test_listeners_resolve_the_ca_reference",
+    ],
+}
+
+#: Faults whose scenarios are not written yet, with the issue that brings them. A fault
+#: here is not run; the list must only shrink.
+NOT_YET_COVERED: dict[str, str] = {
+    "fail-open-invalid-ca": "frontend hardening scenarios (invalid CA references)",
+    "ignore-ca-rotation": "frontend hardening scenarios (rotation)",
+    "ignore-pinning": "frontend hardening scenarios (SAN and hash pinning)",
+}
