@@ -7,15 +7,43 @@ the request by hand.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import probe as _probe
 from .expect import ExpectationFailed, Timing, echo_header, eventually, judge_ok, judge_rejected
-from .probe import Outcome, Response
+from .probe import Outcome, Rejection, Response
 from .profiles import Profile
 from .target import ObjectRef, Target
+
+
+#: User properties (name, value) that record how each rejection reached the client and
+#: under which rule it was judged, for the reports. Where is recorded, not judged: a
+#: handshake alert, a first-read alert, a close and an HTTP status are all "rejected".
+REJECTION_PROPERTY = "mtls_rejection"
+REJECTION_RULE_PROPERTY = "mtls_rejection_rule"
+
+#: The running test's user_properties list; the plugin sets it around each test call.
+recording: contextvars.ContextVar[list | None] = contextvars.ContextVar("mtls_recording", default=None)
+
+
+def where_rejected(outcome: Outcome) -> str:
+    """How a rejection reached the client, e.g. "first-read alert 'certificate required'"."""
+    if isinstance(outcome, Rejection):
+        text = f"{outcome.phase} {outcome.kind}"
+        return f"{text} {outcome.alert!r}" if outcome.alert else text
+    return f"HTTP {outcome.status} after the handshake"
+
+
+def _record_rejection(context: str, outcome: Outcome, *, strict: bool) -> None:
+    properties = recording.get()
+    if properties is None:
+        return
+    if not any(name == REJECTION_RULE_PROPERTY for name, _ in properties):
+        properties.append((REJECTION_RULE_PROPERTY, "strict" if strict else "any client-visible rejection"))
+    properties.append((REJECTION_PROPERTY, f"{context}: {where_rejected(outcome)}"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +116,11 @@ class GatewayClient:
                                   strict=self.settings.strict_rejection,
                                   listener_may_be_down=listener_may_be_down)
 
-        return self._eventually(port, sni, cert, request, judge,
-                                expected="the connection to be rejected", what=what)
+        outcome = self._eventually(port, sni, cert, request, judge,
+                                   expected="the connection to be rejected", what=what)
+        _record_rejection(self._context(port, sni, cert, request), outcome,
+                          strict=self.settings.strict_rejection)
+        return outcome
 
     def _eventually(self, port, sni, cert, request, judge, *, expected, what):
         context = self._context(port, sni, cert, request)

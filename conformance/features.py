@@ -49,6 +49,21 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
             "the backend is told what the Gateway verified about the client certificate, "
             "and clients cannot forge it (how: the implementation profile)",
             "extended", upstream=False),
+    Feature("FrontendClientCertificatePinning",
+            "listener tls.options pin the client certificate beyond the CA: allowed SANs and "
+            "SHA-256 hashes of the leaf (option keys: the implementation profile)",
+            "extended", upstream=False),
+    Feature("FrontendClientCertificateChainDepth",
+            "client chains with more intermediate CAs than the implementation's stated limit "
+            "(profile max_chain_depth) are rejected, chains at the limit accepted",
+            "extended", upstream=False),
+    Feature("FrontendCACertificateInSecret",
+            "caCertificateRefs may name a core Secret with key ca.crt instead of a ConfigMap",
+            "extended", upstream=False),
+    Feature("FrontendCertificateRotation",
+            "a changed CA bundle or listener certificate takes effect for new connections "
+            "without restarting anything",
+            "extended", upstream=False),
 )}
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from . import client as _client
 from . import features as _features
 from . import profiles as _profiles
 from . import report as _report
@@ -203,6 +204,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     missing = suite.unsupported(names)
     if missing:
         pytest.skip(f"implementation does not support {', '.join(missing)}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    # Rejections a GatewayClient sees during the test are recorded on the test itself.
+    token = _client.recording.set(item.user_properties)
+    try:
+        return (yield)
+    finally:
+        _client.recording.reset(token)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -55,6 +55,9 @@ class Profile:
     #: completes the handshake and answers instead (never under --strict-rejection).
     rejection_statuses: frozenset[int] = frozenset()
     ca_in_secret: bool = False
+    #: The most intermediate CAs between a client leaf and a trusted root that the
+    #: implementation verifies (OpenSSL/nginx "verify depth"); None: not stated, not tested.
+    max_chain_depth: int | None = None
     notes: str = ""
 
     def with_features(self, names: Iterable[str]) -> Profile:
@@ -75,6 +78,7 @@ REFGATEWAY = Profile(
     pinning=Pinning(subject_alt_names="refgateway.mtls-conformance.dev/verify-subject-alt-names",
                     certificate_hash="refgateway.mtls-conformance.dev/verify-certificate-hash"),
     ca_in_secret=True,
+    max_chain_depth=4,
 )
 
 GENERIC = Profile(key="generic", name="an implementation without a profile",
