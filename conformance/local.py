@@ -73,13 +73,13 @@ class LocalTarget(Target):
 
     def __init__(self, *, gateway_class: str, command: str = REFGATEWAY_COMMAND,
                  controller_name: str = REFGATEWAY_CONTROLLER, progress: Progress | None = None,
-                 start_timeout: float = 30.0) -> None:
+                 start_timeout: float = 30.0, parent: Path | None = None) -> None:
         super().__init__(progress=progress)
         self.gateway_class = gateway_class
         self.controller_name = controller_name
         self.command = command
         self._objects: dict[ObjectRef, dict] = {}
-        self._root = Path(tempfile.mkdtemp(prefix="mtls-local-"))
+        self._root = Path(tempfile.mkdtemp(prefix="mtls-local-", dir=parent))
         self.config_dir = self._root / "config"
         self.state_dir = self._root / "state"
         self.config_dir.mkdir()

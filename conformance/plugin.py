@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import shutil
 import uuid
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from .target import Target, TargetError
 
 RESULTS_KEY = pytest.StashKey["_report.Results"]()
 SUITE_KEY = pytest.StashKey["Suite"]()
+SESSION_KEY = pytest.StashKey[pytest.Session]()
 FEATURES_PROPERTY = "mtls_features"
 
 
@@ -93,11 +96,27 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
             origin = "upstream" if feature.upstream else "extension"
             print(f"{feature.name:60} {feature.support:8} {origin:9} {feature.description}")
         return 0
+    command = config.getoption("gateway_command")
+    if command is not None:
+        check_gateway_command(command)
     target = config.getoption("target")
     if target == "kubernetes" and config.getoption("gateway_command"):
         raise pytest.UsageError("--gateway-command runs a local gateway and cannot be combined with "
                                 "--target=kubernetes; drop one of them")
     return None
+
+
+def check_gateway_command(command: str) -> None:
+    """Refuse a --gateway-command that cannot even be started, before any test runs."""
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--gateway-command {command!r} cannot be split: {exc}") from None
+    if not argv:
+        raise pytest.UsageError("--gateway-command is empty; leave it out to use the bundled refgateway")
+    if shutil.which(argv[0]) is None:
+        raise pytest.UsageError(f"--gateway-command {command!r}: {argv[0]!r} is not an executable "
+                                f"file or a command on PATH")
 
 
 class Suite:
@@ -107,6 +126,7 @@ class Suite:
         self.config = config
         self._target: Target | None = None
         self._profile: _profiles.Profile | None = None
+        self.failed_to_start = ""
         self.settings = Settings(
             timing=Timing(max_time_to_consistency=config.getoption("max_time_to_consistency")),
             strict_rejection=config.getoption("strict_rejection"))
@@ -128,7 +148,15 @@ class Suite:
             try:
                 self._target = self._start_target()
             except TargetError as exc:
-                pytest.exit(f"mtls conformance: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+                self.failed_to_start = f"mtls conformance: {exc}"
+        if self._target is None:
+            if hasattr(self.config, "workerinput"):
+                # pytest.exit inside an xdist worker is reported as an internal error of
+                # the controller; failing the test and stopping the worker reads better.
+                session = self.config.stash[SESSION_KEY]
+                session.shouldstop = self.failed_to_start
+                pytest.fail(self.failed_to_start, pytrace=False)
+            pytest.exit(self.failed_to_start, returncode=pytest.ExitCode.USAGE_ERROR)
         return self._target
 
     def _start_target(self) -> Target:
@@ -244,6 +272,10 @@ class _Recorder:
         terminalreporter.write_sep("=", "verdicts per feature")
         for line in _report.verdict_lines(self.results):
             terminalreporter.write_line(line)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[SESSION_KEY] = session
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
