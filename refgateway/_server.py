@@ -147,20 +147,27 @@ class Gateway:
         self.ca_memory: dict = {}
         self.stopping = asyncio.Event()
 
+    def load(self) -> tuple[dict, dict[str, str]]:
+        """The object source: objects keyed (kind, ns, name), and per-file errors."""
+        return load_tree(self.config_dir)
+
+    async def publish(self, plan: translator.Plan, statuses: dict, errors: dict[str, str]) -> None:
+        """The status sink, called once the data plane serves ``plan``."""
+        self._write_ports(plan)
+        self._write_status(statuses)
+        atomic_write(self.state_dir / "errors.yaml", yaml.safe_dump(errors, sort_keys=True))
+
     async def reload(self) -> None:
-        objects, errors = load_tree(self.config_dir)
+        objects, errors = self.load()
         plan, statuses = translator.translate(objects, controller=self.controller, faults=self.faults)
         if "ignore-ca-rotation" in self.faults:
             plan = translator.sticky_cas(plan, self.ca_memory)
         await self._program(plan)
-        self._write_ports(plan)
-        self._write_status(statuses)
-        atomic_write(self.state_dir / "errors.yaml", yaml.safe_dump(errors, sort_keys=True))
+        await self.publish(plan, statuses, errors)
         log.info("reloaded: %d objects, %d ports, %d status documents, %d file errors",
                  len(objects), len(plan.ports), len(statuses), len(errors))
 
     async def _program(self, plan: translator.Plan) -> None:
-        loop = asyncio.get_running_loop()
         all_listeners = []
         for key, port in plan.ports.items():
             contexts = {}
@@ -173,10 +180,10 @@ class Gateway:
                         log.warning("cannot build TLS context for %s/%s %s: %s", key[0], key[1], ls.name, exc)
             site = self.sites.get(key)
             if site is None:
-                site = self.sites[key] = Site(port=port, faults=self.faults)
-                site.server = await loop.create_server(lambda s=site: Edge(s), "127.0.0.1", 0)
-                site.bound = site.server.sockets[0].getsockname()[1]
-                log.info("gateway %s/%s port %d listening on 127.0.0.1:%d", *key, site.bound)
+                site = Site(port=port, faults=self.faults)
+                if not await self._listen(key, site):
+                    continue  # controller mode: reported as not programmed, retried on the next reload
+                self.sites[key] = site
             # Swap in one step; connections already accepted keep their snapshot.
             site.port, site.contexts = port, contexts
             site.base_context = next(iter(contexts.values()), None)
@@ -185,6 +192,13 @@ class Gateway:
             site = self.sites.pop(key)
             site.server.close()  # stop accepting; established connections finish on their own
             log.info("gateway %s/%s port %d removed", *key)
+
+    async def _listen(self, key: tuple[str, str, int], site: Site) -> bool:
+        """Open a new site's socket. Local mode: an ephemeral port on 127.0.0.1."""
+        site.server = await asyncio.get_running_loop().create_server(lambda: Edge(site), "127.0.0.1", 0)
+        site.bound = site.server.sockets[0].getsockname()[1]
+        log.info("gateway %s/%s port %d listening on 127.0.0.1:%d", *key, site.bound)
+        return True
 
     def _write_ports(self, plan: translator.Plan) -> None:
         wanted: dict[tuple[str, str], dict] = {gw: {} for gw in plan.gateways}
