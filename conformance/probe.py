@@ -331,7 +331,41 @@ def _classify(exc: BaseException, phase: str, timeout: float) -> _Failure:
     return _Failure(phase, "error", detail)
 
 
-class _TLSConnection:
+class _PlainConnection:
+    """HTTP/1.1 over bare TCP (an HTTP listener); each phase has its own deadline."""
+
+    tls = None
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self.sock = sock
+        self.timeout = timeout
+        self.deadline = 0.0
+        self.peer_eof = False
+        self.close_reason = ""
+
+    def start_phase(self) -> None:
+        self.deadline = time.monotonic() + self.timeout
+
+    def _settimeout(self) -> None:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout(f"deadline of {self.timeout:g}s passed")
+        self.sock.settimeout(remaining)
+
+    def send(self, data: bytes) -> None:
+        self._settimeout()
+        self.sock.sendall(data)
+
+    def recv(self) -> bytes:
+        self._settimeout()
+        data = self.sock.recv(65536)
+        if not data:
+            self.peer_eof = True
+            self.close_reason = "TCP FIN"
+        return data
+
+
+class _TLSConnection(_PlainConnection):
     """TLS over memory BIOs, with the socket I/O done here.
 
     ``SSLSocket`` cannot tell a reset from a clean close on CPython 3.11 with
@@ -341,29 +375,16 @@ class _TLSConnection:
     """
 
     def __init__(self, context: ssl.SSLContext, sock: socket.socket, sni: str | None, timeout: float) -> None:
-        self.sock = sock
-        self.timeout = timeout
+        super().__init__(sock, timeout)
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=sni)
-        self.deadline = 0.0
-        self.peer_eof = False
-        self.close_reason = ""
-
-    def start_phase(self) -> None:
-        self.deadline = time.monotonic() + self.timeout
 
     def _flush(self) -> None:
         data = self.outgoing.read()
         if data:
             self._settimeout()
             self.sock.sendall(data)
-
-    def _settimeout(self) -> None:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise socket.timeout(f"deadline of {self.timeout:g}s passed")
-        self.sock.settimeout(remaining)
 
     def _fill(self) -> None:
         self._settimeout()
@@ -401,40 +422,6 @@ class _TLSConnection:
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError) as exc:
                 self.close_reason = "close_notify" if isinstance(exc, ssl.SSLZeroReturnError) else "TCP FIN without close_notify"
                 return b""
-
-
-class _PlainConnection:
-    """The same interface as _TLSConnection over bare TCP, for HTTP listeners."""
-
-    tls = None
-
-    def __init__(self, sock: socket.socket, timeout: float) -> None:
-        self.sock = sock
-        self.timeout = timeout
-        self.deadline = 0.0
-        self.peer_eof = False
-        self.close_reason = ""
-
-    def start_phase(self) -> None:
-        self.deadline = time.monotonic() + self.timeout
-
-    def _settimeout(self) -> None:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise socket.timeout(f"deadline of {self.timeout:g}s passed")
-        self.sock.settimeout(remaining)
-
-    def send(self, data: bytes) -> None:
-        self._settimeout()
-        self.sock.sendall(data)
-
-    def recv(self) -> bytes:
-        self._settimeout()
-        data = self.sock.recv(65536)
-        if not data:
-            self.peer_eof = True
-            self.close_reason = "TCP FIN"
-        return data
 
 
 def probe(
