@@ -54,6 +54,11 @@ def _check_dirs(config_dir: Path, state_dir: Path) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["controller"]:  # controller mode: objects and status live in a Kubernetes API server
+        from ._kube import main as controller_main
+
+        return controller_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if args.list_faults:
