@@ -67,6 +67,15 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
 )}
 
 
+def table() -> list[str]:
+    """``pytest --list-features``: name, profile and support level, origin, channel, meaning."""
+    rows = [("FEATURE", "PROFILE", "SUPPORT", "ORIGIN", "CHANNEL", "DESCRIPTION")]
+    rows += [(f.name, f.profile, f.support, "upstream" if f.upstream else "extension",
+              f.channel if f.upstream else "-", f.description) for f in FEATURES.values()]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return ["  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows]
+
+
 class UnknownFeature(ValueError):
     pass
 

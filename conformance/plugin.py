@@ -19,14 +19,16 @@ import pytest
 
 from . import client as _client
 from . import features as _features
+from . import outputs as _outputs
 from . import profiles as _profiles
 from . import report as _report
 from .client import Settings
 from .expect import Timing
-from .target import Target, TargetError
+from .target import ObjectRef, Target, TargetError
 
 RESULTS_KEY = pytest.StashKey["_report.Results"]()
 SUITE_KEY = pytest.StashKey["Suite"]()
+OUTPUTS_KEY = pytest.StashKey["_outputs.Outputs"]()
 SESSION_KEY = pytest.StashKey[pytest.Session]()
 FEATURES_PROPERTY = "mtls_features"
 
@@ -79,6 +81,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="write a ConformanceReport and a summary of the verdicts here")
     group.addoption("--list-features", action="store_true", default=False,
                     help="print the features this suite checks and exit")
+    _outputs.add_options(group)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -88,13 +91,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RESULTS_KEY] = _report.Results()
     config.stash[SUITE_KEY] = Suite(config)
     config.pluginmanager.register(_Recorder(config), "mtls-recorder")
+    config.stash[OUTPUTS_KEY] = _outputs.Outputs(config, config.stash[RESULTS_KEY])
+    config.pluginmanager.register(config.stash[OUTPUTS_KEY], "mtls-outputs")
 
 
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if config.getoption("list_features"):
-        for feature in _features.FEATURES.values():
-            origin = "upstream" if feature.upstream else "extension"
-            print(f"{feature.name:60} {feature.support:8} {origin:9} {feature.description}")
+        print("\n".join(_features.table()))
         return 0
     command = config.getoption("gateway_command")
     if command is not None:
@@ -186,11 +189,33 @@ class Suite:
                     pytest.exit(str(exc), returncode=pytest.ExitCode.USAGE_ERROR)
             else:
                 profile = _profiles.for_controller(self.controller_name()) or _profiles.GENERIC
+            # Precedence: --supported-features, the --profile file's list, the GatewayClass
+            # status, the built-in profile.
             supported = self.config.getoption("supported_features")
             if supported is not None:
-                profile = profile.with_features(supported)
+                profile = profile.with_features(supported, source="--supported-features")
+            elif not profile.features_source.startswith("--profile"):
+                profile = self._features_from_gateway_class(profile)
             self._profile = profile
         return self._profile
+
+    def _features_from_gateway_class(self, profile: _profiles.Profile) -> _profiles.Profile:
+        """Upstream features from GatewayClass status.supportedFeatures, when published.
+
+        The status can only name upstream features; extensions of ours stay as the
+        profile has them. Names this suite does not check are ignored.
+        """
+        target = self.target()
+        obj = target.get(ObjectRef("GatewayClass", target.gateway_class)) or {}
+        published = [(f or {}).get("name") for f in (obj.get("status") or {}).get("supportedFeatures") or []]
+        if not published:
+            return profile if profile.features_source else profile.with_features(
+                profile.supported_features, source="built-in profile")
+        upstream = {n for n in published if n in _features.FEATURES and _features.FEATURES[n].upstream}
+        extensions = {n for n in profile.supported_features if not _features.FEATURES.get(n, None)
+                      or not _features.FEATURES[n].upstream}
+        return profile.with_features(upstream | extensions,
+                                     source=f"GatewayClass {target.gateway_class} status.supportedFeatures")
 
     def profile_if_known(self) -> _profiles.Profile:
         """The profile if the run got far enough to know it, else the generic one."""
@@ -270,7 +295,8 @@ class _Recorder:
         if hasattr(self.config, "workerinput") or not self.results.tests:
             return
         terminalreporter.write_sep("=", "verdicts per feature")
-        for line in _report.verdict_lines(self.results):
+        claimed = self.config.stash[OUTPUTS_KEY].claimed_features()
+        for line in _report.verdict_lines(self.results, supported=claimed):
             terminalreporter.write_line(line)
 
 
@@ -284,11 +310,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     suite.close()
     if hasattr(config, "workerinput"):
         return
-    report_dir = config.getoption("report_dir")
-    results = config.stash[RESULTS_KEY]
-    if report_dir and results.tests:
-        _report.write(Path(report_dir), results, profile=suite.profile_if_known(),
-                      strict_rejection=suite.settings.strict_rejection)
+    config.stash[OUTPUTS_KEY].write_reports()
 
 
 # -- fixtures -------------------------------------------------------------------------

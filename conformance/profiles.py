@@ -59,9 +59,17 @@ class Profile:
     #: implementation verifies (OpenSSL/nginx "verify depth"); None: not stated, not tested.
     max_chain_depth: int | None = None
     notes: str = ""
+    #: ConformanceReport ``implementation`` defaults (the --implementation-* options win).
+    version: str = ""
+    contact: tuple[str, ...] = ()
+    #: Where the facts in this profile come from (documentation, source, published reports).
+    sources: tuple[str, ...] = ()
+    #: Which input decided ``supported_features``; shown in the report and the matrix.
+    features_source: str = "built-in profile"
 
-    def with_features(self, names: Iterable[str]) -> Profile:
-        return dataclasses.replace(self, supported_features=frozenset(names))
+    def with_features(self, names: Iterable[str], *, source: str | None = None) -> Profile:
+        return dataclasses.replace(self, supported_features=frozenset(names),
+                                   features_source=source or self.features_source)
 
 
 REFGATEWAY = Profile(
@@ -79,12 +87,112 @@ REFGATEWAY = Profile(
                     certificate_hash="refgateway.mtls-conformance.dev/verify-certificate-hash"),
     ca_in_secret=True,
     max_chain_depth=4,
+    contact=("https://mtls-conformance.dev/refgateway/issues",),
 )
 
 GENERIC = Profile(key="generic", name="an implementation without a profile",
                   supported_features=frozenset(UPSTREAM_FRONTEND))
 
-BUILTIN: dict[str, Profile] = {p.key: p for p in (REFGATEWAY, GENERIC)}
+# Vendor profiles. Supported features: the implementation's published ConformanceReport in
+# kubernetes-sigs/gateway-api conformance/reports/v1.6 (v1.5 for Istio) at 4564255a, plus
+# the extensions of ours that its documentation describes. Everything else is a default.
+_CORE = ("Gateway", "HTTPRoute", "ReferenceGrant")
+_FE = ("GatewayFrontendClientCertificateValidation",
+       "GatewayFrontendClientCertificateValidationInsecureFallback")
+_BACKEND = ("BackendTLSPolicy", "GatewayBackendClientCertificate")
+_REPORTS = "https://github.com/kubernetes-sigs/gateway-api/tree/main/conformance/reports"
+
+KGATEWAY = Profile(
+    key="kgateway",
+    name="kgateway",
+    controller_names=("kgateway.dev/kgateway",),
+    organization="kgateway-dev", project="kgateway",
+    url="https://github.com/kgateway-dev/kgateway",
+    supported_features=frozenset((*_CORE, *_FE, *_BACKEND, "BackendTLSPolicySANValidation",
+                                  "FrontendClientCertificatePinning",
+                                  "FrontendCACertificateInSecret")),
+    # api/annotations/gateway.go: listener tls.options keys; only valid with caCertificateRefs.
+    pinning=Pinning(subject_alt_names="kgateway.dev/verify-subject-alt-names",
+                    certificate_hash="kgateway.dev/verify-certificate-hash"),
+    ca_in_secret=True,
+    contact=("github.com/kgateway-dev/kgateway/issues/new/choose",),
+    sources=(f"{_REPORTS}/v1.6/kgateway/v2.4.0-rc.1-report.yaml",
+             "kgateway-dev/kgateway api/annotations/gateway.go, "
+             "pkg/kgateway/translator/sslutils/ssl_utils.go"),
+    notes="verify-certificate-hash takes SHA-256 as 64 hex digits or colon-separated pairs; "
+          "in AllowInsecureFallback a CA that cannot be fetched disables validation",
+)
+
+NGINX_GATEWAY_FABRIC = Profile(
+    key="nginx-gateway-fabric",
+    name="NGINX Gateway Fabric",
+    controller_names=("gateway.nginx.org/nginx-gateway-controller",),
+    organization="nginx", project="nginx-gateway-fabric",
+    url="https://github.com/nginx/nginx-gateway-fabric",
+    supported_features=frozenset((*_CORE, *_FE, *_BACKEND,
+                                  "GatewayHTTPSListenerDetectMisdirectedRequests")),
+    # ssl_verify_client on: nginx completes the handshake and flags the request 495/496
+    # (shown as 400); NGF answers those with "return 444", a close without a response.
+    rejection_statuses=frozenset({400, 495, 496}),
+    max_chain_depth=4,
+    contact=("https://github.com/nginx/nginx-gateway-fabric/discussions/new/choose",),
+    sources=(f"{_REPORTS}/v1.6/nginx-nginx-gateway-fabric/"
+             "experimental-2.7.0-pre-release-default-report.yaml",
+             "nginx/nginx-gateway-fabric internal/controller/state/dataplane/configuration.go, "
+             "internal/controller/nginx/config/servers_template.go"),
+    notes="rejects after the handshake: 444 (close) or nginx's 400/495/496; "
+          "AllowInsecureFallback is ssl_verify_client optional_no_ca",
+)
+
+ENVOY_GATEWAY = Profile(
+    key="envoy-gateway",
+    name="Envoy Gateway",
+    controller_names=("gateway.envoyproxy.io/gatewayclass-controller",),
+    organization="envoyproxy", project="envoy-gateway",
+    url="https://github.com/envoyproxy/gateway",
+    supported_features=frozenset((*_CORE, *_FE, *_BACKEND, "BackendTLSPolicySANValidation")),
+    contact=("https://github.com/envoyproxy/gateway/blob/main/GOVERNANCE.md",),
+    sources=(f"{_REPORTS}/v1.6/envoy-gateway/experimental-v1.9.0-default-report.yaml",),
+)
+
+ISTIO = Profile(
+    key="istio",
+    name="Istio",
+    controller_names=("istio.io/gateway-controller",),
+    organization="istio", project="istio", url="https://istio.io/",
+    # Its v1.5 report claims neither frontend feature; v1.6 has no Istio report.
+    supported_features=frozenset((*_CORE, "BackendTLSPolicy", "BackendTLSPolicySANValidation")),
+    contact=("@istio/maintainers",),
+    sources=(f"{_REPORTS}/v1.5/istio-istio/1.30.0-default-report.yaml",),
+)
+
+AGENTGATEWAY = Profile(
+    key="agentgateway",
+    name="agentgateway",
+    controller_names=("agentgateway.dev/agentgateway", "kgateway.dev/agentgateway"),
+    organization="agentgateway", project="agentgateway", url="http://agentgateway.dev/",
+    supported_features=frozenset((*_CORE, *_FE, *_BACKEND, "BackendTLSPolicySANValidation",
+                                  "GatewayHTTPSListenerDetectMisdirectedRequests")),
+    contact=("github.com/agentgateway/agentgateway/issues/new/choose",),
+    sources=(f"{_REPORTS}/v1.6/agentgateway-agentgateway/v1.3.1-report.yaml",),
+    notes="kgateway.dev/agentgateway is the controllerName of releases before the project split",
+)
+
+TRAEFIK = Profile(
+    key="traefik",
+    name="Traefik",
+    controller_names=("traefik.io/gateway-controller",),
+    organization="traefik", project="traefik", url="https://traefik.io/",
+    # Its v1.6 report lists both frontend features as unsupported.
+    supported_features=frozenset((*_CORE, "BackendTLSPolicy")),
+    contact=("@traefik/maintainers",),
+    sources=(f"{_REPORTS}/v1.6/traefik-traefik/experimental-v3.7.10-default-report.yaml",
+             "https://doc.traefik.io/traefik/routing/providers/kubernetes-gateway/"),
+)
+
+BUILTIN: dict[str, Profile] = {p.key: p for p in (
+    REFGATEWAY, KGATEWAY, NGINX_GATEWAY_FABRIC, ENVOY_GATEWAY, ISTIO, AGENTGATEWAY, TRAEFIK,
+    GENERIC)}
 
 
 class ProfileError(ValueError):
@@ -116,6 +224,10 @@ def load(path: Path) -> Profile:
         return Profile(
             **{**data,
                "controller_names": tuple(data.get("controller_names", ())),
+               "contact": tuple(data.get("contact", ())),
+               "sources": tuple(data.get("sources", ())),
+               # A file without supported_features leaves them to the GatewayClass status.
+               "features_source": f"--profile {path}" if "supported_features" in data else "",
                "supported_features": frozenset(data.get("supported_features", ())),
                "rejection_statuses": frozenset(data.get("rejection_statuses", ())),
                "identity": IdentityForwarding(**data["identity"]) if data.get("identity") else None,

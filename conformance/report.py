@@ -2,23 +2,50 @@
 
 A test's verdict is what happened to it over all its phases: failed if any phase failed,
 skipped if it was skipped, passed otherwise. A feature's verdict is failed if any of its
-tests failed, passed if at least one passed and none failed, skipped if all were skipped.
-A skipped test never counts as passed.
+tests failed; passed if all of them passed; partial if some passed and the others were
+skipped; skipped if none ran; unsupported if the implementation does not claim it. A
+skipped test never counts as passed.
+
+Three files come out of a run with ``--report-dir``:
+
+- ``<channel>-<version>-<mode>-report.yaml``: the upstream ConformanceReport
+  (sigs.k8s.io/gateway-api ``conformance/apis/v1``), upstream features only;
+- ``<channel>-<version>-<mode>-verdicts.yaml``: the verdict of every feature, ours
+  included, with its tests; ``python -m conformance report`` reads it for the matrix;
+- ``summary.md``: the same verdicts for a person.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import yaml
 
 from . import features as _features
-from .profiles import Profile
 
-GATEWAY_API_VERSION = "v1.5.0"
+#: The Gateway API release whose feature names and semantics the scenarios follow.
+GATEWAY_API_VERSION = "v1.6.1"
 GATEWAY_API_CHANNEL = "standard"
+REPORT_API_VERSION = "gateway.networking.k8s.io/v1"
+VERDICTS_API_VERSION = "mtls-conformance.dev/v1alpha1"
+VERDICTS = ("passed", "partial", "failed", "skipped", "unsupported")
+#: The skip reason the plugin gives a test whose features the implementation lacks.
+UNSUPPORTED_PREFIX = "implementation does not support"
+
+
+def short_name(nodeid: str) -> str:
+    """``scenarios/test_x.py::test_y[p]`` -> ``test_x::test_y[p]``: the name --skip-tests takes."""
+    path, _, rest = nodeid.partition("::")
+    stem = path.rsplit("/", 1)[-1].removesuffix(".py")
+    return f"{stem}::{rest}" if rest else stem
+
+
+def without_params(name: str) -> str:
+    return re.sub(r"\[.*\]$", "", name)
 
 
 @dataclasses.dataclass
@@ -27,6 +54,14 @@ class TestResult:
     features: list[str]
     outcome: str | None = None  # "passed" | "failed" | "skipped"
     detail: str = ""
+
+    @property
+    def name(self) -> str:
+        return short_name(self.nodeid)
+
+    @property
+    def not_supported(self) -> bool:
+        return self.outcome == "skipped" and self.detail.startswith(UNSUPPORTED_PREFIX)
 
 
 @dataclasses.dataclass
@@ -37,8 +72,8 @@ class Results:
         result = self.tests.setdefault(report.nodeid, TestResult(report.nodeid, list(names)))
         if report.failed:
             result.outcome = "failed"
-            result.detail = (report.longreprtext or "").strip().splitlines()[-1:][0] \
-                if report.longreprtext else ""
+            text = (report.longreprtext or "").strip()
+            result.detail = text.splitlines()[-1] if text else ""
         elif report.skipped and result.outcome != "failed":
             result.outcome = "skipped"
             longrepr = report.longrepr
@@ -56,85 +91,223 @@ class Results:
                            key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
 
-def feature_verdict(results: list[TestResult]) -> str:
-    outcomes = {r.outcome for r in results}
+class FeatureProgress:
+    """Knows how many tests each feature has, and says when the last one of a feature is done."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, int] = {}
+        self._done: dict[str, set[str]] = {}
+
+    def test_done(self, nodeid: str, names: Iterable[str]) -> list[str]:
+        finished = []
+        for name in names:
+            done = self._done.setdefault(name, set())
+            done.add(nodeid)
+            if name in self.totals and len(done) == self.totals[name]:
+                finished.append(name)
+        return finished
+
+
+def feature_verdict(results: list[TestResult], *, supported: bool = True) -> str:
+    outcomes = {r.outcome or "skipped" for r in results}
     if "failed" in outcomes:
         return "failed"
-    if "passed" in outcomes:
+    if not supported and "passed" not in outcomes:
+        return "unsupported"
+    if outcomes == {"passed"}:
         return "passed"
+    if "passed" in outcomes:
+        return "partial"
     return "skipped"
 
 
-def verdict_lines(results: Results) -> list[str]:
-    lines = []
-    for name, tests in results.by_feature().items():
-        counts = {o: sum(1 for t in tests if t.outcome == o) for o in ("passed", "failed", "skipped")}
-        summary = ", ".join(f"{n} {o}" for o, n in counts.items() if n)
-        lines.append(f"{name:60} {feature_verdict(tests).upper():8} ({summary})")
-    return lines
+def _counts(tests: list[TestResult]) -> dict[str, int]:
+    return {o: sum(1 for t in tests if (t.outcome or "skipped") == o)
+            for o in ("passed", "failed", "skipped")}
+
+
+def verdict_line(name: str, tests: list[TestResult], *, supported: bool = True) -> str:
+    summary = ", ".join(f"{n} {o}" for o, n in _counts(tests).items() if n)
+    return f"{name:60} {feature_verdict(tests, supported=supported).upper():11} ({summary})"
+
+
+def verdict_lines(results: Results, *, supported: Iterable[str] | None = None) -> list[str]:
+    claimed = None if supported is None else set(supported)
+    return [verdict_line(name, tests, supported=claimed is None or name in claimed)
+            for name, tests in results.by_feature().items()]
+
+
+# -- the ConformanceReport --------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+    """``implementation`` of a ConformanceReport (conformance/apis/v1/conformancereport.go)."""
+
+    organization: str
+    project: str
+    url: str
+    version: str
+    contact: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        return {"organization": self.organization, "project": self.project, "url": self.url,
+                "version": self.version, "contact": list(self.contact)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What a report says about the run besides the verdicts."""
+
+    implementation: Implementation
+    supported_features: frozenset[str]
+    exempt_features: frozenset[str] = frozenset()
+    features_source: str = ""
+    mode: str = "default"
+    channel: str = GATEWAY_API_CHANNEL
+    gateway_api_version: str = GATEWAY_API_VERSION
+    rejection_rule: str = "any client-visible rejection"
+    date: str = ""
+
+    def claimed(self) -> frozenset[str]:
+        return self.supported_features - self.exempt_features
+
+    def stamp(self) -> str:
+        return self.date or datetime.datetime.now(datetime.timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
 
 
 def _status(tests: list[TestResult], *, extended: bool, supported: list[str] = (),
             unsupported: list[str] = ()) -> dict:
-    counts = {"Passed": 0, "Failed": 0, "Skipped": 0}
-    for t in tests:
-        counts[(t.outcome or "skipped").capitalize()] += 1
-    result = "failure" if counts["Failed"] else "partial" if counts["Skipped"] else "success"
-    status: dict = {"result": result, "statistics": counts}
-    failed = sorted(t.nodeid for t in tests if t.outcome == "failed")
-    skipped = sorted(t.nodeid for t in tests if t.outcome == "skipped")
-    if failed:
-        status["failedTests"] = failed
+    counts = _counts(tests)
+    statistics = {"Failed": counts["failed"], "Passed": counts["passed"],
+                  "Skipped": counts["skipped"]}
+    # conformance/utils/suite/reports.go: any failure fails, else any skip is partial.
+    result = "failure" if counts["failed"] else "partial" if counts["skipped"] else "success"
+    status: dict = {"result": result, "statistics": statistics}
+    skipped = sorted(t.name for t in tests if (t.outcome or "skipped") == "skipped")
+    failed = sorted(t.name for t in tests if t.outcome == "failed")
     if skipped:
         status["skippedTests"] = skipped
+    if failed:
+        status["failedTests"] = failed
     if extended:
-        status["supportedFeatures"] = sorted(supported)
-        status["unsupportedFeatures"] = sorted(unsupported)
+        if supported:
+            status["supportedFeatures"] = sorted(supported)
+        if unsupported:
+            status["unsupportedFeatures"] = sorted(unsupported)
     return status
 
 
-def conformance_report(results: Results, *, profile: Profile, version: str = "",
-                       contact: list[str] | None = None, mode: str = "default") -> dict:
-    """The upstream ConformanceReport (conformance/apis/v1) for the GATEWAY-HTTP profile."""
+def _summary(core: dict, extended: dict) -> str:
+    # Wording of conformance/utils/suite/reports.go buildReportSummary.
+    def word(status: dict) -> str:
+        stats = status["statistics"]
+        return {"success": "succeeded",
+                "partial": f"partially succeeded with {stats['Skipped']} test skips",
+                "failure": f"failed with {stats['Failed']} test failures"}[status["result"]]
+    return f"Core tests {word(core)}. Extended tests {word(extended)}."
+
+
+def conformance_report(results: Results, run: RunInfo) -> dict:
+    """The upstream ConformanceReport (conformance/apis/v1) for the GATEWAY-HTTP profile.
+
+    A test belongs to the extended half when any of its upstream features is extended.
+    Tests that check only extensions of ours stay out: upstream has no name for them. As
+    upstream (conformance/utils/suite/suite.go, testNotSupported), a test skipped because
+    the implementation lacks a feature is not counted at all; the feature is listed in
+    unsupportedFeatures instead. Tests skipped for any other reason (--skip-tests,
+    --run-test) count as Skipped and make the result partial.
+    """
     upstream = {n: f for n, f in _features.FEATURES.items() if f.upstream}
     core_tests, extended_tests = [], []
     for t in results.tests.values():
         names = [n for n in t.features if n in upstream]
-        if not names:
-            continue  # only extensions of ours: reported in the summary, not upstream
+        if not names or t.not_supported:
+            continue
         (extended_tests if any(upstream[n].support == "extended" for n in names)
          else core_tests).append(t)
+    claimed = run.claimed()
     extended_names = [n for n, f in upstream.items() if f.support == "extended"]
-    supported = [n for n in extended_names if n in profile.supported_features]
-    unsupported = [n for n in extended_names if n not in profile.supported_features]
+    supported = [n for n in extended_names if n in claimed]
+    unsupported = [n for n in extended_names if n not in claimed]
     core = _status(core_tests, extended=False)
     extended = _status(extended_tests, extended=True, supported=supported, unsupported=unsupported)
-    summary = (f"Core tests {'succeeded' if core['result'] == 'success' else core['result']}. "
-               f"Extended tests {'succeeded' if extended['result'] == 'success' else extended['result']}.")
     return {
-        "apiVersion": "gateway.networking.k8s.io/v1",
+        "apiVersion": REPORT_API_VERSION,
         "kind": "ConformanceReport",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "gatewayAPIVersion": GATEWAY_API_VERSION,
-        "gatewayAPIChannel": GATEWAY_API_CHANNEL,
-        "mode": mode,
-        "implementation": {"organization": profile.organization or "unknown",
-                           "project": profile.project or profile.key,
-                           "url": profile.url or "", "version": version or "unknown",
-                           "contact": list(contact or [])},
-        "profiles": [{"name": "GATEWAY-HTTP", "summary": summary, "core": core, "extended": extended}],
+        "date": run.stamp(),
+        "gatewayAPIVersion": run.gateway_api_version,
+        "gatewayAPIChannel": run.channel,
+        "mode": run.mode,
+        "implementation": run.implementation.as_dict(),
+        "profiles": [{"name": _features.GATEWAY_HTTP, "summary": _summary(core, extended),
+                      "core": core, "extended": extended}],
     }
 
 
-def write(directory: Path, results: Results, *, profile: Profile, strict_rejection: bool) -> Path:
+def feature_verdicts(results: Results, run: RunInfo) -> dict:
+    """Our per-feature verdicts, extensions included: the input of the matrix."""
+    grouped = results.by_feature()
+    claimed = run.claimed()
+    out: dict[str, dict] = {}
+    for name, feature in _features.FEATURES.items():
+        tests = grouped.get(name, [])
+        entry = {"verdict": feature_verdict(tests, supported=name in claimed) if tests
+                 else ("unsupported" if name not in claimed else "skipped"),
+                 **_counts(tests), "support": feature.support, "upstream": feature.upstream}
+        if tests:
+            entry["tests"] = {t.name: t.outcome or "skipped" for t in tests}
+            reasons = {t.name: t.detail for t in tests
+                       if t.outcome in ("failed", "skipped") and t.detail}
+            if reasons:
+                entry["reasons"] = reasons
+        out[name] = entry
+    return {
+        "apiVersion": VERDICTS_API_VERSION,
+        "kind": "FeatureVerdicts",
+        "date": run.stamp(),
+        "gatewayAPIVersion": run.gateway_api_version,
+        "gatewayAPIChannel": run.channel,
+        "mode": run.mode,
+        "implementation": run.implementation.as_dict(),
+        "featuresSource": run.features_source,
+        "rejectionRule": run.rejection_rule,
+        "features": out,
+    }
+
+
+def file_stem(run: RunInfo) -> str:
+    """``<channel>-<version>-<mode>``, as the upstream reports/ folders name their files."""
+    version = re.sub(r"[^A-Za-z0-9._+-]+", "_", run.implementation.version or "unknown")
+    return f"{run.channel}-{version}-{run.mode}"
+
+
+def _dump(data: Mapping) -> str:
+    return yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True)
+
+
+def write_conformance_report(path: Path, results: Results, run: RunInfo) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_dump(conformance_report(results, run)))
+    return path
+
+
+def write(directory: Path, results: Results, run: RunInfo) -> Path:
+    """Write the ConformanceReport, the verdicts and summary.md; return the report's path."""
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    report = conformance_report(results, profile=profile)
-    path = directory / f"{GATEWAY_API_CHANNEL}-{report['implementation']['version']}-default-report.yaml"
-    path.write_text(yaml.safe_dump(report, sort_keys=False))
-    rule = "strict (transport-level only)" if strict_rejection else "any client-visible rejection"
-    lines = [f"# mTLS conformance verdicts: {profile.name}", "",
-             f"Rejection rule: {rule}.", "", "| feature | verdict | tests |", "|---|---|---|"]
-    for name, tests in results.by_feature().items():
-        lines.append(f"| {name} | {feature_verdict(tests)} | {len(tests)} |")
+    stem = file_stem(run)
+    path = write_conformance_report(directory / f"{stem}-report.yaml", results, run)
+    verdicts = feature_verdicts(results, run)
+    (directory / f"{stem}-verdicts.yaml").write_text(_dump(verdicts))
+    impl = run.implementation
+    lines = [f"# mTLS conformance verdicts: {impl.project} {impl.version}", "",
+             f"Gateway API {run.gateway_api_version} ({run.channel}), mode {run.mode}; "
+             f"rejection rule: {run.rejection_rule}; supported features from "
+             f"{run.features_source or 'the profile'}.", "",
+             "| feature | verdict | passed | failed | skipped |", "|---|---|---|---|---|"]
+    for name, entry in verdicts["features"].items():
+        lines.append(f"| {name} | {entry['verdict']} | {entry['passed']} | {entry['failed']} "
+                     f"| {entry['skipped']} |")
     (directory / "summary.md").write_text("\n".join(lines) + "\n")
     return path

@@ -1,0 +1,294 @@
+"""What a run leaves behind for people and machines: progress, JUnit properties, allure, reports.
+
+The pytest plugin (plugin.py) registers one :class:`Outputs` per process. It
+
+- selects tests the way the upstream suite does: ``--run-test`` runs one test and
+  skips the others, ``--skip-tests`` skips the named ones; both count as skipped;
+- prints one line per feature as soon as its last test is done (the controller does
+  this under xdist, from the reports the workers send);
+- puts every feature of a test in its JUnit ``<properties>`` as ``feature``;
+- with allure (``--alluredir``) labels every test (epic: the support level in the
+  GATEWAY-HTTP profile; feature: each feature; story: the scenario) and attaches the
+  evidence of a failure;
+- writes the ConformanceReport, the feature verdicts and summary.md (``--report-dir``,
+  ``--report-output``).
+
+Test names for ``--skip-tests`` and ``--run-test`` are short names: ``module::function``
+(``test_frontend_default::test_expired_client_certificate_is_rejected``, all parameters),
+``module::function[params]`` (one parameter set), or a full node id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+from . import features as _features
+from . import report as _report
+
+FEATURE_PROPERTY = "feature"
+TOTALS_ATTRIBUTE = "mtls_feature_totals"
+WORKER_PROFILE_KEY = "mtls_profile"
+
+
+def _csv_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def add_options(group) -> None:
+    """The options modelled on the upstream suite's flags (conformance/utils/flags)."""
+    group.addoption("--skip-tests", metavar="A,B", type=_csv_list, default=[],
+                    help="tests to skip, by short name (module::function, module::function[params]) "
+                         "or node id; they count as skipped in the ConformanceReport")
+    group.addoption("--run-test", metavar="NAME", default=None,
+                    help="run only this test (short name or node id); the others count as skipped")
+    group.addoption("--mode", metavar="MODE", default="default",
+                    help="the implementation's operating mode, for the ConformanceReport (default: default)")
+    group.addoption("--implementation-organization", metavar="ORG", default=None,
+                    help="ConformanceReport implementation.organization (default: from the profile)")
+    group.addoption("--implementation-project", metavar="NAME", default=None,
+                    help="ConformanceReport implementation.project (default: from the profile)")
+    group.addoption("--implementation-url", metavar="URL", default=None,
+                    help="ConformanceReport implementation.url (default: from the profile)")
+    group.addoption("--implementation-version", metavar="VERSION", default=None,
+                    help="ConformanceReport implementation.version (default: from the profile)")
+    group.addoption("--implementation-contact", metavar="A,B", type=_csv_list, default=None,
+                    help="ConformanceReport implementation.contact, comma-separated "
+                         "(GitHub handles, team names or a support URL)")
+    group.addoption("--report-output", metavar="FILE", default=None,
+                    help="write the ConformanceReport to this file (as upstream --report-output)")
+
+
+def _features_of(item: pytest.Item) -> list[str]:
+    from .plugin import features_of  # plugin imports this module first
+    return features_of(item)
+
+
+def matches(item_or_nodeid, name: str) -> bool:
+    """Whether a test answers to ``name``: its node id, or its short name with or without params."""
+    nodeid = item_or_nodeid if isinstance(item_or_nodeid, str) else item_or_nodeid.nodeid
+    short = _report.short_name(nodeid)
+    return name in (nodeid, short, _report.without_params(short))
+
+
+class Outputs:
+    def __init__(self, config: pytest.Config, results: _report.Results) -> None:
+        self.config = config
+        self.results = results
+        self.progress = _report.FeatureProgress()
+        self.skip_reasons: dict[str, str] = {}
+        self.worker_profile: dict | None = None
+        self._allure = None
+
+    # -- selection -----------------------------------------------------------------------
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, session, config, items) -> None:
+        run_test = config.getoption("run_test")
+        skip_tests = config.getoption("skip_tests") or []
+        for flag, names in (("--run-test", [run_test] if run_test else []),
+                            ("--skip-tests", skip_tests)):
+            for name in names:
+                if not any(matches(item, name) for item in items):
+                    examples = ", ".join(sorted({_report.without_params(_report.short_name(i.nodeid))
+                                                 for i in items})[:3])
+                    raise pytest.UsageError(
+                        f"{flag} {name}: no collected test has that name; use a short name such as "
+                        f"{examples or 'test_module::test_function'} or a node id")
+        for item in items:
+            if run_test and not matches(item, run_test):
+                self.skip_reasons[item.nodeid] = f"not selected by --run-test {run_test}"
+            elif any(matches(item, name) for name in skip_tests):
+                self.skip_reasons[item.nodeid] = "skipped by --skip-tests"
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        totals: dict[str, int] = {}
+        for item in session.items:
+            for name in _features_of(item):
+                totals[name] = totals.get(name, 0) + 1
+        self.progress.totals = totals
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        names = _features_of(item)
+        if names and self.allure is not None:
+            self._label(item, names)
+        reason = self.skip_reasons.get(item.nodeid)
+        if reason:
+            pytest.skip(reason)
+
+    # -- evidence ------------------------------------------------------------------------
+    @property
+    def allure(self):
+        """The allure module when allure-pytest is recording this run (--alluredir), else None."""
+        if self._allure is None and self.config.pluginmanager.get_plugin("allure_listener"):
+            self._allure = importlib.import_module("allure")
+        return self._allure
+
+    def _label(self, item: pytest.Item, names: list[str]) -> None:
+        allure = self.allure
+        known = [_features.FEATURES[n] for n in names if n in _features.FEATURES]
+        support = "extended" if any(f.support == "extended" for f in known) else "core"
+        allure.dynamic.epic(f"{_features.GATEWAY_HTTP} {support}")
+        for name in names:
+            allure.dynamic.feature(name)
+        allure.dynamic.story(scenario_title(item))
+        allure.dynamic.parameter("implementation", self.implementation_label())
+
+    def implementation_label(self) -> str:
+        impl = self.run_info(allow_start=True).implementation
+        return f"{impl.project} {impl.version}"
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item):
+        try:
+            return (yield)
+        except BaseException as exc:
+            if self.allure is not None and _features_of(item):
+                self.allure.attach(evidence_text(exc), name="evidence",
+                                   attachment_type=self.allure.attachment_type.TEXT)
+            raise
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+        report = yield
+        names = _features_of(item)
+        if names:
+            # JUnit writes the teardown report's user_properties as <property> elements.
+            report.user_properties.extend((FEATURE_PROPERTY, n) for n in names
+                                          if (FEATURE_PROPERTY, n) not in report.user_properties)
+            # Crosses to the xdist controller with the report (TestReport keeps extra fields).
+            setattr(report, TOTALS_ATTRIBUTE, dict(self.progress.totals))
+        return report
+
+    # -- progress ------------------------------------------------------------------------
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "teardown" or hasattr(self.config, "workerinput"):
+            return
+        names = [v for k, v in report.user_properties if k == FEATURE_PROPERTY]
+        if not names:
+            return
+        if not self.progress.totals:
+            self.progress.totals = dict(getattr(report, TOTALS_ATTRIBUTE, None) or {})
+        claimed = self.claimed_features()
+        for name in self.progress.test_done(report.nodeid, names):
+            tests = self.results.by_feature().get(name, [])
+            line = _report.verdict_line(name, tests, supported=claimed is None or name in claimed)
+            self._write_line(f"[mtls] feature done: {' '.join(line.split())}")
+
+    def _write_line(self, text: str) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:
+            return
+        reporter.ensure_newline()
+        reporter.write_line(text)
+
+    # -- the profile of the run ------------------------------------------------------------
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node, error) -> None:
+        # xdist: the controller never runs a test; the workers know the profile.
+        data = getattr(node, "workeroutput", {}).get(WORKER_PROFILE_KEY)
+        if data and self.worker_profile is None:
+            self.worker_profile = data
+
+    def _suite(self):
+        from .plugin import SUITE_KEY
+        return self.config.stash[SUITE_KEY]
+
+    def claimed_features(self) -> set[str] | None:
+        info = self.profile_info()
+        if info is None:
+            return None
+        return set(info["supported"]) - set(self.config.getoption("exempt_features") or ())
+
+    def profile_info(self, *, allow_start: bool = False) -> dict | None:
+        suite = self._suite()
+        profile = suite.profile() if allow_start else suite._profile
+        if profile is not None:
+            return {"key": profile.key, "supported": sorted(profile.supported_features),
+                    "source": profile.features_source}
+        return self.worker_profile
+
+    def run_info(self, *, allow_start: bool = False) -> _report.RunInfo:
+        from . import profiles as _profiles
+        info = self.profile_info(allow_start=allow_start)
+        profile = _profiles.BUILTIN.get(info["key"]) if info else None
+        suite = self._suite()
+        if suite._profile is not None:
+            profile = suite._profile
+        profile = profile or _profiles.GENERIC
+        opt = self.config.getoption
+        implementation = _report.Implementation(
+            organization=opt("implementation_organization") or profile.organization or "unknown",
+            project=opt("implementation_project") or profile.project or profile.key,
+            url=opt("implementation_url") or profile.url or "unknown",
+            version=opt("implementation_version") or profile.version or _default_version(profile),
+            contact=tuple(opt("implementation_contact") or profile.contact))
+        strict = suite.settings.strict_rejection
+        return _report.RunInfo(
+            implementation=implementation,
+            supported_features=frozenset(info["supported"] if info else profile.supported_features),
+            exempt_features=frozenset(opt("exempt_features") or ()),
+            features_source=(info or {}).get("source") or profile.features_source,
+            mode=opt("mode"),
+            rejection_rule="transport-level only (--strict-rejection)" if strict
+            else "any client-visible rejection")
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if hasattr(self.config, "workerinput"):
+            info = self.profile_info()
+            if info is not None:
+                self.config.workeroutput[WORKER_PROFILE_KEY] = info
+
+    def write_reports(self) -> list[Path]:
+        """The reports asked for with --report-dir / --report-output (controller only)."""
+        report_dir = self.config.getoption("report_dir")
+        report_output = self.config.getoption("report_output")
+        if hasattr(self.config, "workerinput") or not self.results.tests or \
+                not (report_dir or report_output):
+            return []
+        run = self.run_info()
+        written = []
+        if report_dir:
+            written.append(_report.write(Path(report_dir), self.results, run))
+        if report_output:
+            written.append(_report.write_conformance_report(Path(report_output), self.results, run))
+        for path in written:
+            self._write_line(f"[mtls] wrote {path}")
+        return written
+
+
+def _default_version(profile) -> str:
+    if profile.key == "refgateway":
+        refgateway = sys.modules.get("refgateway") or importlib.import_module("refgateway")
+        return f"v{refgateway.__version__}"
+    return "unknown"
+
+
+def scenario_title(item: pytest.Item) -> str:
+    """The scenario a test belongs to: the first line of its module's docstring."""
+    module = getattr(item, "module", None)
+    doc = (getattr(module, "__doc__", None) or "").strip()
+    if doc:
+        return doc.splitlines()[0].rstrip(".")
+    return getattr(module, "__name__", item.nodeid.split("::")[0]).rsplit(".", 1)[-1]
+
+
+def evidence_text(exc: BaseException) -> str:
+    """The failure message, and what the client saw in full, for an allure attachment."""
+    lines = [f"{type(exc).__name__}: {exc}"]
+    evidence = getattr(exc, "evidence", None)
+    if evidence is not None:
+        lines += ["", "observed: " + evidence.describe()]
+        fields = dataclasses.asdict(evidence) if dataclasses.is_dataclass(evidence) else {}
+        for key, value in fields.items():
+            if key == "body" and isinstance(value, bytes):
+                value = value[:2000].decode("utf-8", "replace")
+            if key == "tls" and isinstance(value, dict):
+                value = {k: v for k, v in value.items() if k != "server_certificate_pem"}
+            lines.append(f"  {key}: {value}")
+    return "\n".join(lines) + "\n"
