@@ -66,6 +66,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "({config_dir} and {state_dir} are filled in); default: the bundled refgateway")
     group.addoption("--controller-name", metavar="NAME", default=None,
                     help="local target: controllerName of the GatewayClass the harness creates")
+    group.addoption("--kubeconfig", metavar="FILE", default=None,
+                    help="kubernetes target: kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
+    group.addoption("--context", metavar="NAME", default=None,
+                    help="kubernetes target: kubeconfig context (default: the current context)")
+    group.addoption("--gateway-address-mode", choices=("status", "port-forward"), default="status",
+                    help="kubernetes target: reach listeners at the Gateway's status.addresses "
+                         "('status'), or through `kubectl port-forward` to the Gateway's Service")
+    group.addoption("--backend-mode", choices=("deployment", "local-process"), default="deployment",
+                    help="kubernetes target: backends as Deployments of --echo-image ('deployment'), or "
+                         "as processes on this machine in a network namespace, for a gateway running "
+                         "here against an API server without kubelets ('local-process', needs root)")
+    group.addoption("--echo-image", metavar="IMAGE", default=None,
+                    help="kubernetes target: image of the echo backends (default: upstream's echo-basic)")
     group.addoption("--profile", metavar="FILE", default=None,
                     help="implementation profile (YAML) instead of the built-in one for the controller")
     group.addoption("--supported-features", metavar="A,B", type=_csv, default=None,
@@ -188,7 +201,11 @@ class Suite:
                 except _profiles.ProfileError as exc:
                     pytest.exit(str(exc), returncode=pytest.ExitCode.USAGE_ERROR)
             else:
-                profile = _profiles.for_controller(self.controller_name()) or _profiles.GENERIC
+                profile = _profiles.for_controller(self.controller_name())
+                if profile is None:
+                    profile = _profiles.GENERIC
+                    self.progress(f"no built-in profile for controllerName {self.controller_name()}: "
+                                  "running with the generic profile (pass --profile FILE to describe it)")
             # Precedence: --supported-features, the --profile file's list, the GatewayClass
             # status, the built-in profile.
             supported = self.config.getoption("supported_features")

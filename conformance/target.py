@@ -123,6 +123,25 @@ class Target(abc.ABC):
     def publish_service(self, namespace: str, name: str, ports: list[ServicePort]) -> None:
         """Make a Service whose endpoints are processes that the harness runs."""
 
+    def start_backend(self, *, namespace: str, service: str, port: int, tls: Any = None) -> Any:
+        """Run an echo backend where the gateway can reach it and publish it as Service ``service``.
+
+        Returns the running backend (``.requests``, ``.stop()``); ``tls`` is a
+        ``fixtures.echo.ServerTLS`` or None. This default runs the echo server in this
+        process on loopback, which a gateway on this machine reaches; targets whose
+        gateway cannot reach this loopback override it.
+        """
+        from fixtures.echo import EchoServer  # the checkout's echo backend (fixtures/ is not installed)
+
+        server = EchoServer(namespace=namespace, service=service, pod=f"{service}-0", tls=tls).start()
+        try:
+            self.publish_service(namespace, service, [
+                ServicePort(name="https" if tls else "http", port=port, address=server.address)])
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
     @abc.abstractmethod
     def listener_address(self, gateway: ObjectRef, port: int) -> tuple[str, int]:
         """Where a client connects to reach the Gateway's listeners on ``port``."""
