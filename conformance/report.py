@@ -3,8 +3,8 @@
 A test's verdict is what happened to it over all its phases: failed if any phase failed,
 skipped if it was skipped, passed otherwise. A feature's verdict is failed if any of its
 tests failed; passed if all of them passed; partial if some passed and the others were
-skipped; skipped if none ran; unsupported if the implementation does not claim it. A
-skipped test never counts as passed.
+skipped; skipped if none ran; unsupported if the implementation does not claim it; untested
+if no collected test checks it. A skipped test never counts as passed.
 
 Three files come out of a run with ``--report-dir``:
 
@@ -32,7 +32,8 @@ GATEWAY_API_VERSION = "v1.6.1"
 GATEWAY_API_CHANNEL = "standard"
 REPORT_API_VERSION = "gateway.networking.k8s.io/v1"
 VERDICTS_API_VERSION = "mtls-conformance.dev/v1alpha1"
-VERDICTS = ("passed", "partial", "failed", "skipped", "unsupported")
+#: "untested": the implementation claims the feature, but no collected test checks it.
+VERDICTS = ("passed", "partial", "failed", "skipped", "unsupported", "untested")
 #: The skip reason the plugin gives a test whose features the implementation lacks.
 UNSUPPORTED_PREFIX = "implementation does not support"
 
@@ -72,8 +73,11 @@ class Results:
         result = self.tests.setdefault(report.nodeid, TestResult(report.nodeid, list(names)))
         if report.failed:
             result.outcome = "failed"
-            text = (report.longreprtext or "").strip()
-            result.detail = text.splitlines()[-1] if text else ""
+            # The first line of the exception says what was expected and seen; the rest
+            # (reproduction command, paths) belongs to the run, not to the verdict.
+            crash = getattr(getattr(report, "longrepr", None), "reprcrash", None)
+            text = (crash.message if crash is not None else report.longreprtext or "").strip()
+            result.detail = text.splitlines()[0] if text else ""
         elif report.skipped and result.outcome != "failed":
             result.outcome = "skipped"
             longrepr = report.longrepr
@@ -252,7 +256,7 @@ def feature_verdicts(results: Results, run: RunInfo) -> dict:
     for name, feature in _features.FEATURES.items():
         tests = grouped.get(name, [])
         entry = {"verdict": feature_verdict(tests, supported=name in claimed) if tests
-                 else ("unsupported" if name not in claimed else "skipped"),
+                 else ("unsupported" if name not in claimed else "untested"),
                  **_counts(tests), "support": feature.support, "upstream": feature.upstream}
         if tests:
             entry["tests"] = {t.name: t.outcome or "skipped" for t in tests}

@@ -1,0 +1,221 @@
+"""The feature matrix: every report under a folder, as one static HTML page and one Markdown table.
+
+Rows are the features of the registry (features.py), columns are runs: implementation,
+version, channel and mode. A column comes from a ConformanceReport
+(``*-report.yaml``). When the run was ours, the ``*-verdicts.yaml`` beside it gives the
+verdict of every feature; for a report without one (say, a copy of a published upstream
+report) the verdicts are read off the report itself: a feature it lists as unsupported
+is ``unsupported``, a supported one takes the result of its half (core or extended),
+and a feature the report does not mention is ``untested``.
+
+The page has no external assets: it is meant to be opened from disk or attached to a
+CI run as is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import html
+from pathlib import Path
+
+import yaml
+
+from . import features as _features
+
+CELLS = ("passed", "partial", "failed", "skipped", "unsupported", "untested")
+_RESULT_TO_CELL = {"success": "passed", "partial": "partial", "failure": "failed"}
+
+
+class MatrixError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    project: str
+    organization: str
+    version: str
+    channel: str
+    mode: str
+    date: str
+    source: str  # the report's path, relative to the folder
+    cells: dict[str, str]
+    details: dict[str, str]  # feature -> a tooltip: counts, failed tests
+
+    @property
+    def label(self) -> str:
+        return f"{self.project} {self.version}"
+
+    @property
+    def sublabel(self) -> str:
+        return f"{self.channel} / {self.mode}"
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise MatrixError(f"{path}: cannot read it: {exc}") from exc
+    if not isinstance(data, dict):
+        raise MatrixError(f"{path}: not a mapping")
+    return data
+
+
+def _from_report(report: dict) -> tuple[dict[str, str], dict[str, str]]:
+    cells: dict[str, str] = {}
+    details: dict[str, str] = {}
+    profile = next((p for p in report.get("profiles") or [] if p.get("name") == _features.GATEWAY_HTTP),
+                   None)
+    if profile is None:
+        return {name: "untested" for name in _features.FEATURES}, {}
+    extended = profile.get("extended") or {}
+    supported = set(extended.get("supportedFeatures") or [])
+    unsupported = set(extended.get("unsupportedFeatures") or [])
+    for name, feature in _features.FEATURES.items():
+        if not feature.upstream:
+            cells[name] = "untested"
+        elif feature.support == "core":
+            status = profile.get("core") or {}
+            cells[name] = _RESULT_TO_CELL.get(status.get("result"), "untested")
+            details[name] = f"core: {status.get('statistics')}"
+        elif name in unsupported:
+            cells[name] = "unsupported"
+        elif name in supported:
+            cells[name] = _RESULT_TO_CELL.get(extended.get("result"), "untested")
+            details[name] = f"extended: {extended.get('statistics')}"
+        else:
+            cells[name] = "untested"
+    return cells, details
+
+
+def _from_verdicts(verdicts: dict) -> tuple[dict[str, str], dict[str, str]]:
+    cells: dict[str, str] = {}
+    details: dict[str, str] = {}
+    entries = verdicts.get("features") or {}
+    for name in _features.FEATURES:
+        entry = entries.get(name)
+        if not entry:
+            cells[name] = "untested"
+            continue
+        cells[name] = entry.get("verdict", "untested")
+        text = f"{entry.get('passed', 0)} passed, {entry.get('failed', 0)} failed, " \
+               f"{entry.get('skipped', 0)} skipped"
+        failed = [t for t, o in (entry.get("tests") or {}).items() if o == "failed"]
+        if failed:
+            text += "; failed: " + ", ".join(failed)
+        details[name] = text
+    return cells, details
+
+
+def load(folder: Path) -> list[Column]:
+    """Every ConformanceReport under ``folder`` (recursively), as matrix columns."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MatrixError(f"{folder} is not a folder; give the folder that holds the reports")
+    columns = []
+    for path in sorted(folder.rglob("*-report.yaml")):
+        report = _load_yaml(path)
+        if report.get("kind") != "ConformanceReport":
+            continue
+        verdicts_path = path.with_name(path.name.removesuffix("-report.yaml") + "-verdicts.yaml")
+        if verdicts_path.exists():
+            cells, details = _from_verdicts(_load_yaml(verdicts_path))
+        else:
+            cells, details = _from_report(report)
+        impl = report.get("implementation") or {}
+        columns.append(Column(
+            project=str(impl.get("project", "?")), organization=str(impl.get("organization", "?")),
+            version=str(impl.get("version", "?")),
+            channel=str(report.get("gatewayAPIChannel", "?")), mode=str(report.get("mode", "?")),
+            date=str(report.get("date", "")), source=str(path.relative_to(folder)),
+            cells=cells, details=details))
+    columns.sort(key=lambda c: (c.project, c.version, c.channel, c.mode, c.source))
+    return columns
+
+
+_CSS = """
+body { font: 14px/1.4 sans-serif; margin: 24px; color: #1b1f24; background: #fff; }
+h1 { font-size: 20px; margin: 0 0 4px; }
+p.meta { color: #57606a; margin: 0 0 16px; }
+table { border-collapse: collapse; }
+th, td { border: 1px solid #d0d7de; padding: 6px 10px; text-align: left; vertical-align: top; }
+th { background: #f6f8fa; }
+th.run small { display: block; font-weight: normal; color: #57606a; }
+td.feature small { display: block; color: #57606a; max-width: 38em; }
+td.cell { text-align: center; font-weight: bold; white-space: nowrap; }
+.passed { background: #2da44e; color: #fff; }
+.partial { background: #d4a72c; color: #1b1f24; }
+.failed { background: #cf222e; color: #fff; }
+.skipped { background: #8c959f; color: #fff; }
+.unsupported { background: #eaeef2; color: #57606a; }
+.untested { background: #fff; color: #8c959f; font-weight: normal; }
+ul.legend { list-style: none; padding: 0; display: flex; gap: 8px; }
+ul.legend li { padding: 2px 8px; border-radius: 3px; }
+"""
+
+
+def render_html(columns: list[Column], *, title: str = "mTLS conformance matrix") -> str:
+    esc = html.escape
+    generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    head = "".join(
+        f'<th class="run" title="{esc(c.source)}">{esc(c.label)}<small>{esc(c.sublabel)}</small>'
+        f'<small>{esc(c.date)}</small></th>' for c in columns)
+    rows = []
+    for name, feature in _features.FEATURES.items():
+        origin = "upstream" if feature.upstream else "extension"
+        cells = "".join(
+            f'<td class="cell {esc(c.cells.get(name, "untested"))}" '
+            f'title="{esc(c.details.get(name, ""))}">{esc(c.cells.get(name, "untested"))}</td>'
+            for c in columns)
+        rows.append(f'<tr><td class="feature"><code>{esc(name)}</code>'
+                    f'<small>{esc(feature.support)}, {origin}: {esc(feature.description)}</small></td>'
+                    f'{cells}</tr>')
+    legend = "".join(f'<li class="{c}">{c}</li>' for c in CELLS)
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{esc(title)}</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<h1>{esc(title)}</h1>
+<p class="meta">{len(columns)} runs, {len(_features.FEATURES)} features; generated {generated}.</p>
+<ul class="legend">{legend}</ul>
+<table>
+<thead><tr><th>feature</th>{head}</tr></thead>
+<tbody>
+{chr(10).join(rows)}
+</tbody>
+</table>
+</body>
+</html>
+"""
+
+
+def render_markdown(columns: list[Column], *, title: str = "mTLS conformance matrix") -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = [f"# {title}", "",
+             "| feature | " + " | ".join(cell(f"{c.label} ({c.sublabel})") for c in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for name in _features.FEATURES:
+        lines.append(f"| {name} | " + " | ".join(c.cells.get(name, "untested") for c in columns) + " |")
+    lines += ["", "Sources:", ""] + [f"- {c.label} ({c.sublabel}): `{c.source}`" for c in columns]
+    return "\n".join(lines) + "\n"
+
+
+def build(folder: Path, *, output: Path | None = None) -> tuple[Path, Path]:
+    """Write ``index.html`` and ``matrix.md`` for the reports under ``folder``."""
+    columns = load(folder)
+    if not columns:
+        raise MatrixError(f"no ConformanceReport (*-report.yaml) under {folder}; run the suite with "
+                          f"--report-dir {folder}/<implementation> first")
+    output = Path(output or folder)
+    output.mkdir(parents=True, exist_ok=True)
+    html_path, md_path = output / "index.html", output / "matrix.md"
+    html_path.write_text(render_html(columns))
+    md_path.write_text(render_markdown(columns))
+    return html_path, md_path
