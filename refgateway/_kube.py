@@ -584,7 +584,9 @@ class KubeGateway(Gateway):
                     continue
                 hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" if (
                     exc.errno == errno.EACCES and port < 1024) else ""
-                msg = f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}"
+                # asyncio rewrites strerror into a sentence of its own; the errno's text is shorter.
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                msg = f"cannot listen on {host}:{port}: {reason}{hint}"
                 self.bind_errors[key] = msg
                 log.warning("gateway %s/%s listener port %d: %s", *gw, port, msg)
                 return False
