@@ -183,7 +183,11 @@ def backend():
     tag = uuid.uuid4().hex[:6]
     netns, host_if, ns_if = f"rgw-{tag}", f"rgwh{tag}", f"rgwb{tag}"
     # 198.18.0.0/15 is reserved for network tests (RFC 2544): no real network uses it.
-    base = ipaddress.ip_address("198.18.0.0") + 4 * random.randrange(2 ** 15 // 4)
+    # Other test hosts on this machine (the kubernetes target's) use it too: skip their /30s.
+    out = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
+    used = {ipaddress.ip_network(f.split("/")[0] + "/30", strict=False) for f in out.split() if f.startswith("198.1")}
+    base = next(b for b in (ipaddress.ip_address("198.18.0.0") + 4 * random.randrange(2 ** 17 // 4) for _ in range(100))
+                if ipaddress.ip_network(f"{b}/30") not in used)
     host_ip, backend_ip = str(base + 1), str(base + 2)
     proc = None
     try:
