@@ -340,7 +340,9 @@ class Reflector(threading.Thread):
                 raise
             self.res = res
             self.cache.replace_kind(res.kind, items)
-            self.synced.set()
+            if not self.synced.is_set():
+                self.synced.set()
+                self.cache._wake()  # the loop waits for every first list, changed or not
             return rv
         assert last is not None
         raise last

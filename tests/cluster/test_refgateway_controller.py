@@ -22,6 +22,7 @@ import ssl
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -484,3 +485,35 @@ def test_busy_port_is_reported_and_sigterm_stops_cleanly(cluster, api, backend, 
     assert not leftover, f"processes left in the controller's group: {leftover}"
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", free_port), timeout=2)
+
+
+def test_reflector_follows_changes_across_watch_reconnects(cluster, api, ns, monkeypatch):
+    """The server ends every watch after timeoutSeconds; the reflector resumes without losing events."""
+    from refgateway import _kube
+
+    monkeypatch.setattr(_kube, "WATCH_SECONDS", (1, 1))
+    kube = _kube.connect(str(cluster.kubeconfig), None)
+    stop = threading.Event()
+    cache = _kube.Cache(lambda: None)
+    r = _kube.Reflector(kube, (_kube.Resource("ConfigMap", "v1", "configmaps", True),), cache, stop)
+    r.start()
+    try:
+        assert r.synced.wait(10), "no first list"
+        core = client.CoreV1Api(api)
+        core.create_namespaced_config_map(ns, {"metadata": {"name": "a"}, "data": {"k": "1"}})
+        wait_for(lambda: cache.get(("ConfigMap", ns, "a")), what="ConfigMap a in the cache")
+        first = wait_for(lambda: r._resp, what="a watch in progress")
+        wait_for(lambda: r._resp is not None and r._resp is not first, what="the watch to be resumed")
+        core.patch_namespaced_config_map("a", ns, {"data": {"k": "2"}})
+        core.create_namespaced_config_map(ns, {"metadata": {"name": "b"}})
+        core.delete_namespaced_config_map("b", ns)
+        wait_for(lambda: (cache.get(("ConfigMap", ns, "a")) or {}).get("data") == {"k": "2"},
+                 what="the change to ConfigMap a")
+        wait_for(lambda: ("ConfigMap", ns, "b") not in cache.snapshot() and r._resp is not None,
+                 what="ConfigMap b gone from the cache")
+    finally:
+        stop.set()
+        r.close()
+        r.join(5)
+        kube.close()
+    assert not r.is_alive(), "the reflector thread did not stop"
