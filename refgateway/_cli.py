@@ -27,7 +27,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m refgateway",
-                description="Reference Gateway API implementation serving on 127.0.0.1 (see docs/refgateway.md).")
+                description="Reference Gateway API implementation serving on 127.0.0.1 (see docs/refgateway.md).",
+                epilog="As a Kubernetes controller: python -m refgateway controller --help")
     p.add_argument("--config-dir", type=Path, help="directory of manifests to watch (docs/local-target.md)")
     p.add_argument("--state-dir", type=Path, help="directory for ready, status/, ports/ and errors.yaml")
     p.add_argument("--controller-name", default=DEFAULT_CONTROLLER,
