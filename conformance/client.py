@@ -42,7 +42,8 @@ def _record_rejection(context: str, outcome: Outcome, *, strict: bool) -> None:
     if properties is None:
         return
     if not any(name == REJECTION_RULE_PROPERTY for name, _ in properties):
-        properties.append((REJECTION_RULE_PROPERTY, "strict" if strict else "any client-visible rejection"))
+        properties.append((REJECTION_RULE_PROPERTY, "transport-level only (--strict-rejection)" if strict
+                           else "any client-visible rejection"))
     properties.append((REJECTION_PROPERTY, f"{context}: {where_rejected(outcome)}"))
 
 
@@ -74,6 +75,13 @@ class GatewayClient:
                             client_cert=cert, trust_pem=self.trust.cert_pem, headers=headers,
                             http2=http2, tls_version=tls_version, plaintext=plaintext,
                             timeout=self.settings.timing.request_timeout)
+
+    def request_coalesced(self, port: int, *, sni: str, authorities: Sequence[str], cert: Any = None,
+                          path: str = "/") -> list[Outcome]:
+        """HTTP/2 requests for several authorities over one connection (see probe_coalesced)."""
+        return _probe.probe_coalesced(self.address(port), sni=sni, authorities=authorities, path=path,
+                                      client_cert=cert, trust_pem=self.trust.cert_pem,
+                                      timeout=self.settings.timing.request_timeout)
 
     def _context(self, port: int, sni: str | None, cert: Any, request: dict) -> str:
         client = f"client certificate {cert.name!r}" if cert is not None else "no client certificate"

@@ -8,6 +8,7 @@ writes a ConformanceReport.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -90,6 +91,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "rejected client certificate, as in the upstream suite")
     group.addoption("--max-time-to-consistency", metavar="SECONDS", type=_positive_float,
                     default=30.0, help="how long traffic may take to match a configuration change")
+    group.addoption("--condition-timeout", metavar="SECONDS", type=_positive_float,
+                    default=60.0, help="how long a status condition may take to reach the expected "
+                                       "value at the object's current generation")
     group.addoption("--report-dir", metavar="DIR", default=None,
                     help="write a ConformanceReport and a summary of the verdicts here")
     group.addoption("--list-features", action="store_true", default=False,
@@ -144,7 +148,8 @@ class Suite:
         self._profile: _profiles.Profile | None = None
         self.failed_to_start = ""
         self.settings = Settings(
-            timing=Timing(max_time_to_consistency=config.getoption("max_time_to_consistency")),
+            timing=Timing(max_time_to_consistency=config.getoption("max_time_to_consistency"),
+                          condition_timeout=config.getoption("condition_timeout")),
             strict_rejection=config.getoption("strict_rejection"))
 
     @property
@@ -157,7 +162,11 @@ class Suite:
     def progress(self, message: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None and not hasattr(self.config, "workerinput"):
-            reporter.write_line(f"[mtls] {message}")
+            # Progress comes mostly from inside fixtures and tests, where output is
+            # captured: it would only be shown if the test failed.
+            capture = self.config.pluginmanager.get_plugin("capturemanager")
+            with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+                reporter.write_line(f"[mtls] {message}")
 
     def target(self) -> Target:
         if self._target is None:

@@ -54,6 +54,7 @@ __all__ = [
     "curl_command",
     "openssl_command",
     "probe",
+    "probe_coalesced",
 ]
 
 _TLS_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
@@ -600,12 +601,30 @@ def _exchange_h2(
     path: str,
     headers: Sequence[tuple[str, str]],
 ) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
+    return _h2_request(conn, _h2_client(), method=method, authority=authority, path=path, headers=headers)
+
+
+def _h2_client():
     import h2.config
     import h2.connection
-    import h2.events
 
     h2conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
     h2conn.initiate_connection()
+    return h2conn
+
+
+def _h2_request(
+    conn: _TLSConnection,
+    h2conn: Any,
+    *,
+    method: str,
+    authority: str,
+    path: str,
+    headers: Sequence[tuple[str, str]],
+) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
+    """One request on a new stream of an open HTTP/2 connection; returns when its stream ends."""
+    import h2.events
+
     stream_id = h2conn.get_next_available_stream_id()
     request_headers = [(":method", method), (":scheme", "https"), (":authority", authority), (":path", path)]
     # HTTP/2 forbids connection-specific headers; Host becomes :authority.
@@ -650,6 +669,67 @@ def _exchange_h2(
         raise
     except BaseException as exc:
         raise _classify(exc, "first-read", conn.timeout) from exc
+
+
+def probe_coalesced(
+    address: tuple[str, int],
+    *,
+    sni: str | None,
+    authorities: Sequence[str],
+    path: str = "/",
+    client_cert: ClientCertificate | None = None,
+    trust_pem: bytes | None = None,
+    tls_version: str | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+    timeout: float = 10.0,
+) -> list[Outcome]:
+    """Several HTTP/2 requests over ONE TLS connection, one per ``:authority``, in order.
+
+    This is what a browser does when it coalesces connections (RFC 9113 9.1.1): the
+    handshake (SNI ``sni``, client certificate) happens once, and each authority gets
+    its own stream once the previous one has ended. Unlike :func:`probe`, the
+    connection is reused on purpose. One outcome per authority; when the connection
+    fails, that request and every later one get the same Rejection.
+    """
+    if not authorities:
+        raise ValueError("probe_coalesced needs at least one authority")
+    context = _build_context(sni=sni, client_cert=client_cert, trust_pem=trust_pem, tls_version=tls_version, http2=True)
+    observer = _Observer()
+    observer.install(context)
+    outcomes: list[Outcome] = []
+    raw: socket.socket | None = None
+    conn: _TLSConnection | None = None
+    try:
+        try:
+            raw = socket.create_connection(address, timeout=timeout)
+        except BaseException as exc:
+            raise _classify(exc, "connect", timeout) from exc
+        try:
+            conn = _TLSConnection(context, raw, sni, timeout)
+            conn.start_phase()
+            conn.handshake()
+        except BaseException as exc:
+            raise _classify(exc, "handshake", timeout) from exc
+        if conn.tls.selected_alpn_protocol() != "h2":
+            raise _Failure("handshake", "error",
+                           f"server did not select h2 via ALPN (selected {conn.tls.selected_alpn_protocol()!r})")
+        h2conn = _h2_client()
+        for authority in authorities:
+            conn.start_phase()
+            status, reason, resp_headers, body = _h2_request(
+                conn, h2conn, method="GET", authority=authority, path=path, headers=headers)
+            outcomes.append(Response(status, reason, resp_headers, body, observer.tls_info(conn.tls)))
+    except _Failure as failure:
+        alert, kind = failure.alert, failure.kind
+        if observer.received_alert is not None and failure.phase != "connect":
+            alert, kind = observer.received_alert, "alert"
+        rejection = Rejection(phase=failure.phase, kind=kind, alert=alert, detail=failure.detail,
+                              tls=observer.tls_info(conn.tls if conn else None) if failure.phase != "connect" else None)
+        outcomes += [rejection] * (len(authorities) - len(outcomes))
+    finally:
+        if raw is not None:
+            raw.close()
+    return outcomes
 
 
 def _reason_phrase(status: int) -> str:

@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "scenarios"
 
 #: A local gateway converges in milliseconds; a check that is going to fail needs only
-#: enough time to prove it is not still converging.
-FAST = ["--max-time-to-consistency=1"]
+#: enough time to prove it is not still converging (status conditions included).
+FAST = ["--max-time-to-consistency=1", "--condition-timeout=5"]
 
 
 @dataclasses.dataclass
