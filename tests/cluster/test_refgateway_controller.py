@@ -108,10 +108,10 @@ def sa_kubeconfig(cluster, api, deployed, tmp_path_factory) -> Path:
 class Controller:
     """``python -m refgateway controller`` as a subprocess in its own process group."""
 
-    def __init__(self, kubeconfig: Path, log: Path, *extra: str):
+    def __init__(self, kubeconfig: Path, log: Path, *extra: str, prefix: tuple[str, ...] = ()):
         self.log = log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "refgateway", "controller", "--kubeconfig", str(kubeconfig), *extra],
+            [*prefix, sys.executable, "-m", "refgateway", "controller", "--kubeconfig", str(kubeconfig), *extra],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True)
         wait_for(lambda: "ready (pid" in log.read_text() or self.proc.poll() is not None,
                  timeout=30, what="the controller's first list")
@@ -517,3 +517,40 @@ def test_reflector_follows_changes_across_watch_reconnects(cluster, api, ns, mon
         r.join(5)
         kube.close()
     assert not r.is_alive(), "the reflector thread did not stop"
+
+
+def test_privileged_port_without_capability_is_port_unavailable(cluster, api, backend, pki, ns, tmp_path):
+    """Without CAP_NET_BIND_SERVICE, a listener on 443 is reported, not silently missing."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to drop CAP_NET_BIND_SERVICE")
+    if int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text()) <= 443:
+        pytest.skip("net.ipv4.ip_unprivileged_port_start allows anyone to bind 443 here")
+    controller_name = "mtls-conformance.dev/refgateway-nocap"
+    client.CustomObjectsApi(api).create_cluster_custom_object(GROUP, "v1", "gatewayclasses", {
+        "apiVersion": f"{GROUP}/v1", "kind": "GatewayClass", "metadata": {"name": "refgateway-nocap"},
+        "spec": {"controllerName": controller_name}})
+    c = Controller(Path(cluster.kubeconfig), tmp_path / "controller.log", "--controller-name", controller_name,
+                   prefix=("setpriv", "--bounding-set=-net_bind_service", "--inh-caps=-net_bind_service"))
+    try:
+        create_site(api, ns, pki, backend, gw_name=None)
+        gw = gateway_body("nocap")
+        gw["spec"]["gatewayClassName"] = "refgateway-nocap"
+        client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, "v1", ns, "gateways", gw)
+
+        def reported():
+            st = get(api, "gateways", "nocap", ns).get("status") or {}
+            return st if cond((st.get("listeners") or [{}])[0].get("conditions"), "Programmed") else None
+        st = wait_for(reported, what="status of Gateway nocap")
+        (ls,) = st["listeners"]
+        addr = st["addresses"][0]["value"]
+        expected = (f"cannot listen on {addr}:443: Permission denied "
+                    "(ports below 1024 need root or CAP_NET_BIND_SERVICE)")
+        assert cond(ls["conditions"], "Programmed") | {"lastTransitionTime": None} == {
+            "type": "Programmed", "status": "False", "reason": "Invalid", "message": expected,
+            "observedGeneration": 1, "lastTransitionTime": None}
+        assert cond(ls["conditions"], "Accepted")["reason"] == "PortUnavailable"
+        assert cond(st["conditions"], "Programmed")["status"] == "False"
+        assert c.listening() == []
+        assert expected in c.log.read_text()
+    finally:
+        c.stop()
