@@ -93,6 +93,7 @@ def _from_verdicts(verdicts: dict) -> tuple[dict[str, str], dict[str, str]]:
     cells: dict[str, str] = {}
     details: dict[str, str] = {}
     entries = verdicts.get("features") or {}
+    tests = verdicts.get("tests") or {}
     for name in _features.FEATURES:
         entry = entries.get(name)
         if not entry:
@@ -101,7 +102,8 @@ def _from_verdicts(verdicts: dict) -> tuple[dict[str, str], dict[str, str]]:
         cells[name] = entry.get("verdict", "untested")
         text = f"{entry.get('passed', 0)} passed, {entry.get('failed', 0)} failed, " \
                f"{entry.get('skipped', 0)} skipped"
-        failed = [t for t, o in (entry.get("tests") or {}).items() if o == "failed"]
+        failed = [t for t, e in tests.items()
+                  if e.get("outcome") == "failed" and name in (e.get("features") or [])]
         if failed:
             text += "; failed: " + ", ".join(failed)
         details[name] = text

@@ -77,7 +77,7 @@ class Results:
             # (reproduction command, paths) belongs to the run, not to the verdict.
             crash = getattr(getattr(report, "longrepr", None), "reprcrash", None)
             text = (crash.message if crash is not None else report.longreprtext or "").strip()
-            result.detail = text.splitlines()[0] if text else ""
+            result.detail = text.splitlines()[0][:300] if text else ""
         elif report.skipped and result.outcome != "failed":
             result.outcome = "skipped"
             longrepr = report.longrepr
@@ -255,16 +255,15 @@ def feature_verdicts(results: Results, run: RunInfo) -> dict:
     out: dict[str, dict] = {}
     for name, feature in _features.FEATURES.items():
         tests = grouped.get(name, [])
-        entry = {"verdict": feature_verdict(tests, supported=name in claimed) if tests
-                 else ("unsupported" if name not in claimed else "untested"),
-                 **_counts(tests), "support": feature.support, "upstream": feature.upstream}
-        if tests:
-            entry["tests"] = {t.name: t.outcome or "skipped" for t in tests}
-            reasons = {t.name: t.detail for t in tests
-                       if t.outcome in ("failed", "skipped") and t.detail}
-            if reasons:
-                entry["reasons"] = reasons
-        out[name] = entry
+        out[name] = {"verdict": feature_verdict(tests, supported=name in claimed) if tests
+                     else ("unsupported" if name not in claimed else "untested"),
+                     **_counts(tests), "support": feature.support, "upstream": feature.upstream}
+    tests: dict[str, dict] = {}
+    for t in sorted(results.tests.values(), key=lambda t: t.name):
+        entry = {"outcome": t.outcome or "skipped", "features": list(t.features)}
+        if t.outcome in ("failed", "skipped") and t.detail:
+            entry["reason"] = t.detail
+        tests[t.name] = entry
     return {
         "apiVersion": VERDICTS_API_VERSION,
         "kind": "FeatureVerdicts",
@@ -276,6 +275,7 @@ def feature_verdicts(results: Results, run: RunInfo) -> dict:
         "featuresSource": run.features_source,
         "rejectionRule": run.rejection_rule,
         "features": out,
+        "tests": tests,
     }
 
 

@@ -89,18 +89,21 @@ def test_failures_fail_skips_are_partial_and_unsupported_tests_are_not_counted()
 
 
 def test_feature_verdicts_never_count_a_skip_as_a_pass():
-    verdicts = r.feature_verdicts(results(
+    document = r.feature_verdicts(results(
         ("scenarios/test_a.py::test_1", [FE], "passed", ""),
         ("scenarios/test_a.py::test_2", [FE], "skipped", "skipped by --skip-tests"),
         ("scenarios/test_a.py::test_3", ["HTTPRoute"], "skipped", "skipped by --skip-tests"),
         ("scenarios/test_c.py::test_fb", [FB], "skipped", f"{r.UNSUPPORTED_PREFIX} {FB}"),
-    ), RUN)["features"]
+    ), RUN)
+    verdicts = document["features"]
     assert verdicts[FE]["verdict"] == "partial"
     assert verdicts["HTTPRoute"]["verdict"] == "skipped"
     assert verdicts[FB]["verdict"] == "unsupported"
     assert verdicts["Gateway"]["verdict"] == "untested"
     assert verdicts["BackendTLSPolicy"]["verdict"] == "unsupported"
-    assert verdicts[FE]["reasons"] == {"test_a::test_2": "skipped by --skip-tests"}
+    assert document["tests"]["test_a::test_2"] == {
+        "outcome": "skipped", "features": [FE], "reason": "skipped by --skip-tests"}
+    assert document["tests"]["test_a::test_1"] == {"outcome": "passed", "features": [FE]}
 
 
 def test_the_matrix_reads_a_published_report_without_verdicts(tmp_path):
