@@ -79,7 +79,9 @@ def connect(kubeconfig: str | None, context: str | None):
 
     cfg = client.Configuration()
     try:
-        if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        if kubeconfig is None and not os.environ.get("KUBECONFIG") and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            if context is not None:
+                raise KubeError("--context needs a kubeconfig: pass --kubeconfig FILE or set KUBECONFIG")
             config.load_incluster_config(client_configuration=cfg)
         elif kubeconfig is None and not os.environ.get("KUBECONFIG"):
             raise KubeError("no --kubeconfig given, KUBECONFIG is not set and not running in a cluster "

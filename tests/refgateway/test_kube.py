@@ -66,3 +66,12 @@ def test_pool_collision_preference_and_exhaustion():
 def test_pool_outside_loopback_is_refused():
     with pytest.raises(KubeError, match="inside 127.0.0.0/8"):
         AddressPool("192.0.2.0/24")
+
+
+def test_in_cluster_without_a_service_account_token_is_one_line(capsys, monkeypatch):
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    assert _cli.main(["controller"]) == 2
+    assert capsys.readouterr().err == ("refgateway: error: cannot load Kubernetes configuration: "
+                                       "Service token file does not exist.\n")
