@@ -81,7 +81,8 @@ class Results:
         elif report.skipped and result.outcome != "failed":
             result.outcome = "skipped"
             longrepr = report.longrepr
-            result.detail = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr or "")
+            detail = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr or "")
+            result.detail = detail.removeprefix("Skipped: ")
         elif report.when == "call" and result.outcome is None:
             result.outcome = "passed"
 

@@ -90,8 +90,11 @@ def test_a_broken_gateway_fails_with_evidence_and_a_reproduction(tmp_path):
     junit, allure_dir = tmp_path / "junit.xml", tmp_path / "allure"
     proc = run(f"--run-test={UNTRUSTED}[https-8443-TLSv1.3]", f"--junitxml={junit}",
                f"--alluredir={allure_dir}", "--basetemp", str(tmp_path / "base"),
-               faults=("accept-any-client-cert",))
+               "--max-time-to-consistency=3", faults=("accept-any-client-cert",))
     assert proc.returncode == 1, (proc.stdout + proc.stderr)[-3000:]
+    # A wait of more than 2 s says what it waits for.
+    assert "[mtls] waiting up to 3 s for listener port 8443 (SNI example.com, tls_version TLSv1.3) " \
+           "with client certificate 'untrusted-client': the connection to be rejected" in proc.stdout
     case = junit_cases(junit)["test_untrusted_client_certificate_is_rejected[https-8443-TLSv1.3]"]
     failure = case.find("failure")
     assert failure is not None

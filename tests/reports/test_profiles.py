@@ -1,0 +1,104 @@
+"""Implementation profiles, the feature registry, and where supported features come from.
+
+Precedence, highest first: --supported-features, the --profile file's supported_features,
+the GatewayClass status.supportedFeatures, the built-in profile for the controllerName.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conformance import features, profiles
+
+from .test_run_outputs import FE, run
+
+FB = "GatewayFrontendClientCertificateValidationInsecureFallback"
+
+
+def test_builtin_profiles_name_known_features_and_distinct_controllers():
+    seen: dict[str, str] = {}
+    for profile in profiles.BUILTIN.values():
+        for name in profile.supported_features:
+            features.lookup(name)
+        for controller in profile.controller_names:
+            assert controller not in seen, f"{controller} in both {seen.get(controller)} and {profile.key}"
+            seen[controller] = profile.key
+    assert profiles.for_controller("gateway.nginx.org/nginx-gateway-controller").key == "nginx-gateway-fabric"
+    assert profiles.for_controller("kgateway.dev/kgateway").pinning.certificate_hash == \
+        "kgateway.dev/verify-certificate-hash"
+    assert profiles.for_controller("traefik.io/gateway-controller").supported_features.isdisjoint({FE, FB})
+    assert {400, 495, 496} <= profiles.NGINX_GATEWAY_FABRIC.rejection_statuses
+    for key in ("refgateway", "kgateway", "nginx-gateway-fabric", "envoy-gateway", "istio",
+                "agentgateway", "traefik"):
+        profile = profiles.BUILTIN[key]
+        assert profile.organization and profile.project and profile.url and profile.contact, key
+
+
+def test_a_profile_file_is_read_and_its_mistakes_named(tmp_path):
+    path = tmp_path / "acme.yaml"
+    path.write_text(yaml.safe_dump({
+        "key": "acme", "name": "Acme Gateway", "controller_names": ["acme.io/gateway"],
+        "organization": "acme", "project": "acme-gw", "url": "https://acme.invalid",
+        "version": "v2.0.0", "contact": ["@acme"], "supported_features": ["Gateway", FE],
+        "rejection_statuses": [400], "pinning": {"subject_alt_names": "acme.io/sans"}}))
+    profile = profiles.load(path)
+    assert profile.supported_features == {"Gateway", FE}
+    assert profile.contact == ("@acme",) and profile.rejection_statuses == {400}
+    assert profile.features_source == f"--profile {path}"
+
+    path.write_text(yaml.safe_dump({"key": "acme", "name": "x", "supported_features": ["Gateway"],
+                                    "supported_feature": []}))
+    with pytest.raises(profiles.ProfileError, match=r"unknown fields \['supported_feature'\]"):
+        profiles.load(path)
+    path.write_text(yaml.safe_dump({"key": "acme", "name": "x",
+                                    "supported_features": ["gatewayfrontendclientcertificatevalidation"]}))
+    with pytest.raises(profiles.ProfileError, match=f"did you mean {FE}"):
+        profiles.load(path)
+
+
+def test_list_features_prints_the_registry():
+    out = subprocess.run([sys.executable, "-m", "pytest", "--list-features"], capture_output=True,
+                         text=True, check=True).stdout
+    lines = out.splitlines()
+    assert lines[0].split() == ["FEATURE", "PROFILE", "SUPPORT", "ORIGIN", "CHANNEL", "DESCRIPTION"]
+    rows = {line.split()[0]: line.split()[1:5] for line in lines[1:]}
+    assert rows[FE] == ["GATEWAY-HTTP", "extended", "upstream", "standard"]
+    assert rows["Gateway"] == ["GATEWAY-HTTP", "core", "upstream", "standard"]
+    assert rows["FrontendClientIdentityForwarding"] == ["GATEWAY-HTTP", "extended", "extension", "-"]
+    assert set(rows) == set(features.FEATURES)
+
+
+def test_unsupported_features_are_skipped_never_passed(tmp_path):
+    """--supported-features beats every other source; what it leaves out is skipped."""
+    proc = run("--supported-features=Gateway,HTTPRoute", f"--report-dir={tmp_path}", "-rs")
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
+    assert " passed" not in output.splitlines()[-1], output[-500:]
+    assert f"implementation does not support {FE}" in output
+    verdicts = yaml.safe_load(next(tmp_path.glob("*-verdicts.yaml")).read_text())
+    assert verdicts["featuresSource"] == "--supported-features"
+    assert verdicts["features"][FE]["verdict"] == "unsupported"
+    assert verdicts["features"][FE]["passed"] == 0
+    report = yaml.safe_load(next(tmp_path.glob("*-report.yaml")).read_text())
+    extended = report["profiles"][0]["extended"]
+    # As upstream: a test the implementation cannot run is not counted, its feature is listed.
+    assert extended["statistics"] == {"Failed": 0, "Passed": 0, "Skipped": 0}
+    assert FE in extended["unsupportedFeatures"]
+
+
+def test_a_profile_file_beats_the_gateway_class_status(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"key": "mine", "name": "mine", "project": "mine",
+                                    "supported_features": ["Gateway", "HTTPRoute", FE]}))
+    proc = run(f"--profile={path}", f"--report-dir={tmp_path / 'out'}",
+               "--run-test=test_frontend_default::test_valid_client_certificate_is_accepted")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    verdicts = yaml.safe_load(next((tmp_path / "out").glob("*-verdicts.yaml")).read_text())
+    assert verdicts["featuresSource"] == f"--profile {path}"
+    assert verdicts["implementation"]["project"] == "mine"
+    # refgateway's status claims the fallback feature; the file does not.
+    assert verdicts["features"][FB]["verdict"] == "unsupported"
