@@ -314,7 +314,8 @@ def https_get(pki, addr: str, port: int = 443, *, cert: str | None = "client") -
             while chunk := s.recv(65536):
                 data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(body) if body else {}
+    status = int(head.split()[1])
+    return status, json.loads(body) if status == 200 else {"text": body.decode(errors="replace")}
 
 
 # --------------------------------------------------------------------------- tests
@@ -554,3 +555,30 @@ def test_privileged_port_without_capability_is_port_unavailable(cluster, api, ba
         assert expected in c.log.read_text()
     finally:
         c.stop()
+
+
+def test_restart_rewrites_nothing_and_keeps_the_address(cluster, api, backend, pki, ns, tmp_path):
+    controller_name = "mtls-conformance.dev/refgateway-restart"
+    client.CustomObjectsApi(api).create_cluster_custom_object(GROUP, "v1", "gatewayclasses", {
+        "apiVersion": f"{GROUP}/v1", "kind": "GatewayClass", "metadata": {"name": "refgateway-restart"},
+        "spec": {"controllerName": controller_name}})
+    args = (Path(cluster.kubeconfig),)
+    first = Controller(*args, tmp_path / "first.log", "--controller-name", controller_name)
+    try:
+        create_site(api, ns, pki, backend, gw_name=None)
+        gw = gateway_body("restart")
+        gw["spec"]["gatewayClassName"] = "refgateway-restart"
+        client.CustomObjectsApi(api).create_namespaced_custom_object(GROUP, "v1", ns, "gateways", gw)
+        before = programmed_gateway(api, ns, "restart")
+    finally:
+        first.stop()
+    second = Controller(*args, tmp_path / "second.log", "--controller-name", controller_name)
+    try:
+        wait_for(lambda: "reloaded:" in second.log.read_text(), what="the second controller's first reload")
+        addr = before["status"]["addresses"][0]["value"]
+        assert second.listening() == [f"{addr}:443"]
+        assert https_get(pki, addr)[0] == 404  # served again (no HTTPRoute for this Gateway)
+        assert get(api, "gateways", "restart", ns)["status"] == before["status"]
+        assert "written" not in second.log.read_text()  # same status, same lastTransitionTimes: no writes
+    finally:
+        second.stop()

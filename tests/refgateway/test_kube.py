@@ -6,6 +6,7 @@ Everything that talks to an API server is in tests/cluster/test_refgateway_contr
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 
@@ -68,6 +69,8 @@ def test_pool_outside_loopback_is_refused():
         AddressPool("192.0.2.0/24")
 
 
+@pytest.mark.skipif(Path("/var/run/secrets/kubernetes.io/serviceaccount/token").exists(),
+                    reason="running in a pod: the in-cluster config would load")
 def test_in_cluster_without_a_service_account_token_is_one_line(capsys, monkeypatch):
     monkeypatch.delenv("KUBECONFIG", raising=False)
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
