@@ -42,8 +42,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .target import (Manifest, ObjectRef, Progress, ServicePort, Target, TargetError, WaitTimeout,
-                     conditions_of, describe_conditions, find_condition)
+from .target import (PROGRESS_AFTER, Manifest, ObjectRef, Progress, ServicePort, Target, TargetError,
+                     WaitTimeout, conditions_of, describe_conditions, find_condition)
 
 __all__ = ["KubernetesTarget", "echo_backend_manifests", "MANAGED_LABEL", "RUN_LABEL"]
 
@@ -81,6 +81,8 @@ CONTENT_KINDS = (
 #: How long the GatewayClass may take to become Accepted when the run starts.
 CLASS_TIMEOUT = 30.0
 NAMESPACE_DELETE_TIMEOUT = 60.0
+#: Longest single watch request; the wait's deadline bounds it too.
+WATCH_SEGMENT = 30
 #: Test hosts (network namespaces) get /30s from 198.18.0.0/15, the range reserved for
 #: network testing (RFC 2544): unlike 10/8 it is unlikely to be a real network here, and
 #: unlike 169.254/16 the API server accepts it in EndpointSlices.
@@ -369,13 +371,25 @@ class KubernetesTarget(Target):
             raise TargetError(f"GatewayClass {self.gateway_class} does not exist at {self.server}{known}; "
                               f"install the implementation or pass the right --gateway-class")
         controller = obj["spec"]["controllerName"]
+
+        def answered(obj: dict | None) -> str | None:
+            # Accepted=False at the current generation is the controller's answer: no
+            # point in waiting for it to change its mind.
+            cond = find_condition(conditions_of(obj), "Accepted")
+            if obj and cond and cond.get("status") in ("True", "False") and \
+                    cond.get("observedGeneration") == obj["metadata"].get("generation"):
+                return None
+            return describe_conditions(conditions_of(obj))
+
         try:
-            self.wait_for_condition(ref, "Accepted", timeout=timeout)
+            latest = self.wait_for(ref, answered, what="an answer in condition Accepted", timeout=timeout)
         except WaitTimeout:
-            latest = self.get(ref)
             raise TargetError(f"GatewayClass {self.gateway_class} (controllerName {controller}) is not Accepted "
-                              f"after {timeout:.0f} s: {describe_conditions(conditions_of(latest))}; is its "
-                              f"controller running?") from None
+                              f"after {timeout:.0f} s: {describe_conditions(conditions_of(self.get(ref)))}; is "
+                              f"its controller running?") from None
+        if find_condition(conditions_of(latest), "Accepted").get("status") != "True":
+            raise TargetError(f"GatewayClass {self.gateway_class} (controllerName {controller}) is not Accepted: "
+                              f"{describe_conditions(conditions_of(latest))}")
         return controller
 
     # -- lifecycle -------------------------------------------------------------------
@@ -524,6 +538,10 @@ class KubernetesTarget(Target):
 
         resource = self._resource(ref.api_version, ref.kind)
         selector = f"metadata.name={ref.name}"
+        # A quiet watch yields nothing, and wait_for can only say what it waits for when
+        # something is yielded: the first watch ends soon after PROGRESS_AFTER, and every
+        # watch's end yields the object again.
+        segment = math.ceil(PROGRESS_AFTER) + 1
         while True:
             listing = resource.get(namespace=ref.namespace, field_selector=selector).to_dict()
             items = listing.get("items") or []
@@ -537,7 +555,7 @@ class KubernetesTarget(Target):
             try:
                 for event in watcher.stream(resource.get, namespace=ref.namespace, field_selector=selector,
                                             resource_version=version, serialize=False,
-                                            timeout_seconds=max(1, math.ceil(remaining)),
+                                            timeout_seconds=max(1, min(segment, math.ceil(remaining))),
                                             _request_timeout=remaining + 10):
                     kind = event.get("type")
                     if kind == "DELETED":
@@ -551,6 +569,7 @@ class KubernetesTarget(Target):
                     raise
             finally:
                 watcher.stop()
+            segment = WATCH_SEGMENT
             if time.monotonic() >= deadline:
                 return
 

@@ -1,0 +1,418 @@
+"""The kubernetes target against a real kube-apiserver (TestCluster), refgateway as its controller.
+
+Most tests run the harness as a child pytest, as a user would, and then look for what
+it could have left behind: namespaces with the harness label, processes (every child
+run carries a tag in its environment, which all its descendants inherit), test hosts
+(network namespaces and veth pairs, which hold the backends' listening sockets).
+
+Backends use --backend-mode=local-process (there is no kubelet), which needs root.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conformance import testcluster
+from conformance.testcluster import TestCluster
+
+if not testcluster.go_available() and not testcluster._complete(testcluster.cache_dir()):
+    pytest.skip(f"kube-apiserver/etcd are not built and Go is not installed ({testcluster.BUILD_COMMAND})",
+                allow_module_level=True)
+if os.geteuid() != 0:
+    pytest.skip("--backend-mode=local-process makes network namespaces, which needs root",
+                allow_module_level=True)
+
+from kubernetes import dynamic  # noqa: E402
+
+from conformance.kubernetes import (CRD_INSTALL, MANAGED_LABEL, KubernetesTarget,  # noqa: E402
+                                    echo_backend_manifests)
+from conformance.target import ObjectRef  # noqa: E402
+
+pytestmark = pytest.mark.xdist_group("testcluster")
+
+ROOT = Path(__file__).resolve().parents[2]
+GROUP = "gateway.networking.k8s.io"
+REFGATEWAY = "mtls-conformance.dev/refgateway"
+TAG_VARIABLE = "MTLS_KUBE_TEST_TAG"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def apply(dyn, *objects: dict) -> None:
+    for obj in objects:
+        resource = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        resource.server_side_apply(obj, field_manager="kubernetes-target-test", force_conflicts=True)
+
+
+def set_class_status(dyn, name: str, status: str, reason: str) -> None:
+    """Answer for a GatewayClass as a controller would (there is none for these classes)."""
+    classes = dyn.resources.get(api_version=f"{GROUP}/v1", kind="GatewayClass")
+    generation = classes.get(name=name).metadata.generation
+    dyn.request("patch", f"/apis/{GROUP}/v1/gatewayclasses/{name}/status",
+                content_type="application/merge-patch+json",
+                body={"status": {"conditions": [{
+                    "type": "Accepted", "status": status, "reason": reason, "message": "set by the test",
+                    "observedGeneration": generation, "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
+
+
+def gateway_class(dyn, name: str, controller: str, *, accepted: str | None = None, reason: str = "Accepted"):
+    apply(dyn, {"apiVersion": f"{GROUP}/v1", "kind": "GatewayClass", "metadata": {"name": name},
+                "spec": {"controllerName": controller}})
+    if accepted is not None:
+        set_class_status(dyn, name, accepted, reason)
+
+
+class Child:
+    """A child pytest run, tagged so that everything it starts can be found afterwards."""
+
+    def __init__(self, *args: str, cwd: Path = ROOT) -> None:
+        self.tag = uuid.uuid4().hex
+        env = {**os.environ, TAG_VARIABLE: self.tag, "PYTHONUNBUFFERED": "1"}
+        env.pop("PYTEST_XDIST_WORKER", None)
+        self.proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
+                                     cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.output = ""
+
+    def wait(self, timeout: float = 180) -> Child:
+        try:
+            self.output += self.proc.communicate(timeout=timeout)[0]
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.output += self.proc.communicate()[0]
+            raise AssertionError(f"child pytest ran over {timeout} s; its output:\n{self.output}") from None
+        return self
+
+    def read_until(self, pattern: str, timeout: float) -> str:
+        """Read the child's output until a line matches (select() bounds each read)."""
+        import select
+
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        pending = ""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], deadline - time.monotonic())
+            chunk = os.read(fd, 65536).decode(errors="replace") if ready else ""
+            if not chunk:
+                break
+            self.output += chunk
+            pending += chunk
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                if re.search(pattern, line):
+                    return line
+        raise AssertionError(f"child pytest never printed {pattern!r} within {timeout} s; output:\n{self.output}")
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def processes(self) -> list[str]:
+        """Processes still alive that this run started (the tag is in their environment)."""
+        found = []
+        needle = f"{TAG_VARIABLE}={self.tag}".encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == self.proc.pid:
+                continue
+            try:
+                if needle in (entry / "environ").read_bytes():
+                    command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    found.append(f"{entry.name}: {command}")
+            except OSError:
+                continue
+        return found
+
+    def test_hosts(self) -> list[str]:
+        out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        return [line.split()[0] for line in out.splitlines() if line.startswith(f"mtls-{self.proc.pid}-")]
+
+
+def labelled_namespaces(dyn) -> list[str]:
+    namespaces = dyn.resources.get(api_version="v1", kind="Namespace")
+    return [n.metadata.name for n in namespaces.get(label_selector=f"{MANAGED_LABEL}=true").items]
+
+
+def test_host_links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    return set(re.findall(r"^\d+: (mt[0-9a-f]{8}h)\b", out, re.M))
+
+
+test_host_links.__test__ = False  # a helper, despite its name
+
+
+def assert_nothing_left(child: Child, dyn, links_before: set[str]) -> None:
+    assert labelled_namespaces(dyn) == [], child.output
+    assert child.processes() == [], child.output
+    assert child.test_hosts() == [], child.output
+    assert test_host_links() - links_before == set(), child.output
+
+
+def exit_line(output: str) -> str:
+    """The one line that carries the harness's error (pytest frames it with '!')."""
+    lines = [line for line in output.splitlines() if "mtls conformance:" in line]
+    assert len(lines) == 1, f"expected one error line, got {len(lines)}:\n{output}"
+    assert "Traceback" not in output, output
+    return lines[0]
+
+
+def write_kubeconfig(path: Path, server: str) -> Path:
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": server, "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"token": "x"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+    return path
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with TestCluster() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def dyn(cluster):
+    return dynamic.DynamicClient(cluster.api_client())
+
+
+@pytest.fixture(scope="module")
+def controller(cluster, dyn, tmp_path_factory):
+    """refgateway as a controller of GatewayClass refgateway, with the cluster's admin identity."""
+    log = tmp_path_factory.mktemp("refgateway") / "controller.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "refgateway", "controller", "--kubeconfig",
+                                 str(cluster.kubeconfig), "--log-level", "WARNING"],
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    gateway_class(dyn, "refgateway", REFGATEWAY)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def links_before():
+    return test_host_links()
+
+
+# --------------------------------------------------------------------------- the errors of the preflight
+
+
+def test_no_cluster_reachable_is_one_line_naming_the_server_and_kind(tmp_path, links_before, dyn):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the child runs: nothing listens there
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"https://127.0.0.1:{port}")
+    child = Child("scenarios/test_frontend_default.py", "--gateway-class=refgateway",
+                  f"--kubeconfig={kubeconfig}", "--backend-mode=local-process").wait()
+    line = exit_line(child.output)
+    assert child.returncode == 4, child.output
+    assert f"no Kubernetes API server reachable at https://127.0.0.1:{port} (" in line
+    assert line.rstrip("! ").endswith("start a cluster with `kind create cluster --config kind-config.yaml` or "
+                                      "point --kubeconfig/--context at one"), line
+    assert_nothing_left(child, dyn, links_before)
+
+
+@pytest.fixture(scope="module")
+def bare_cluster():
+    """An API server without the Gateway API CRDs."""
+    with TestCluster(crds=None) as c:
+        yield c
+
+
+def test_missing_crds_name_the_install_command(bare_cluster, links_before):
+    child = Child("scenarios/test_frontend_default.py", "--gateway-class=refgateway",
+                  f"--kubeconfig={bare_cluster.kubeconfig}", "--backend-mode=local-process").wait()
+    line = exit_line(child.output)
+    assert child.returncode == 4, child.output
+    assert (f"the Gateway API CRDs are not installed at {bare_cluster.server} (missing "
+            "gateways.gateway.networking.k8s.io, gatewayclasses.gateway.networking.k8s.io, "
+            f"httproutes.gateway.networking.k8s.io); install v1.5.0 or later: {CRD_INSTALL}") in line
+    assert_nothing_left(child, dynamic.DynamicClient(bare_cluster.api_client()), links_before)
+
+
+def test_too_old_crds_name_their_version_and_the_install_command(bare_cluster, links_before):
+    dyn = dynamic.DynamicClient(bare_cluster.api_client())
+    crds = dyn.resources.get(api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition")
+    installed = []
+    try:
+        for path in sorted((bare_cluster.crd_dir / "standard").glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc and doc.get("kind") == "CustomResourceDefinition" and \
+                        doc["spec"]["names"]["plural"] in ("gateways", "gatewayclasses", "httproutes"):
+                    doc["metadata"]["annotations"]["gateway.networking.k8s.io/bundle-version"] = "v1.4.1"
+                    crds.server_side_apply(doc, field_manager="kubernetes-target-test", force_conflicts=True)
+                    installed.append(doc["metadata"]["name"])
+        child = Child("scenarios/test_frontend_default.py", "--gateway-class=refgateway",
+                      f"--kubeconfig={bare_cluster.kubeconfig}", "--backend-mode=local-process").wait()
+    finally:
+        for name in installed:  # the cluster is "bare" again for the other tests
+            crds.delete(name=name)
+    line = exit_line(child.output)
+    assert child.returncode == 4, child.output
+    assert (f"the Gateway API CRDs at {bare_cluster.server} are v1.4.1; the suite needs v1.5.0 or later "
+            f"(Gateway v1 with spec.tls.frontend): {CRD_INSTALL}") in line
+    assert_nothing_left(child, dyn, links_before)
+
+
+def test_missing_gateway_class_lists_the_classes_there(cluster, dyn, links_before):
+    gateway_class(dyn, "someone-elses", "example.com/other")
+    child = Child("scenarios/test_frontend_default.py", "--gateway-class=no-such-class",
+                  f"--kubeconfig={cluster.kubeconfig}", "--backend-mode=local-process").wait()
+    line = exit_line(child.output)
+    assert child.returncode == 4, child.output
+    assert f"GatewayClass no-such-class does not exist at {cluster.server}; GatewayClasses there: " in line
+    assert "someone-elses" in line and "install the implementation or pass the right --gateway-class" in line
+    assert_nothing_left(child, dyn, links_before)
+
+
+def test_gateway_class_not_accepted_shows_the_controllers_answer(cluster, dyn, links_before):
+    gateway_class(dyn, "refused", "example.com/refuser", accepted="False", reason="InvalidParameters")
+    child = Child("scenarios/test_frontend_default.py", "--gateway-class=refused",
+                  f"--kubeconfig={cluster.kubeconfig}", "--backend-mode=local-process").wait()
+    line = exit_line(child.output)
+    assert child.returncode == 4, child.output
+    assert ("GatewayClass refused (controllerName example.com/refuser) is not Accepted: "
+            "Accepted=False (InvalidParameters: set by the test, observedGeneration 1)") in line
+    assert_nothing_left(child, dyn, links_before)
+
+
+def test_unknown_controller_runs_with_the_generic_profile_and_says_so(cluster, dyn, tmp_path, links_before):
+    gateway_class(dyn, "unprofiled", "example.com/unprofiled", accepted="True")
+    (tmp_path / "test_profile.py").write_text(
+        "def test_generic(mtls_profile):\n    assert mtls_profile.key == 'generic'\n")
+    child = Child(str(tmp_path / "test_profile.py"), "--gateway-class=unprofiled",
+                  f"--kubeconfig={cluster.kubeconfig}", "--backend-mode=local-process", cwd=tmp_path).wait()
+    assert child.returncode == 0, child.output
+    assert ("[mtls] no built-in profile for controllerName example.com/unprofiled: running with the "
+            "generic profile (pass --profile FILE to describe it)") in child.output
+    assert "1 passed" in child.output
+    assert_nothing_left(child, dyn, links_before)
+
+
+# --------------------------------------------------------------------------- the suite on this tier
+
+
+def passed_tests(output: str) -> set[str]:
+    return set(re.findall(r"^PASSED (\S+)", output, re.M))
+
+
+def test_scenarios_pass_on_the_api_server_tier_as_they_do_locally(cluster, dyn, controller, links_before):
+    local = Child("scenarios", "-rA").wait(timeout=300)
+    assert local.returncode == 0, local.output
+    child = Child("scenarios", "-rA", "--gateway-class=refgateway", f"--kubeconfig={cluster.kubeconfig}",
+                  "--backend-mode=local-process").wait(timeout=600)
+    assert child.returncode == 0, child.output
+    assert passed_tests(local.output), local.output
+    assert passed_tests(child.output) >= passed_tests(local.output), (
+        f"passed locally but not on the API server tier: "
+        f"{sorted(passed_tests(local.output) - passed_tests(child.output))}")
+    assert controller.poll() is None, "the refgateway controller died during the run"
+    assert_nothing_left(child, dyn, links_before)
+
+
+def test_conditions_come_from_the_api_server(cluster, dyn, controller):
+    """What the waits read was written by the controller, through the status subresource."""
+    target = KubernetesTarget(gateway_class="refgateway", kubeconfig=str(cluster.kubeconfig),
+                              backend_mode="local-process")
+    try:
+        namespace = f"mtls-status-{uuid.uuid4().hex[:6]}"
+        target.create_namespace(namespace)
+        gateway = {"apiVersion": f"{GROUP}/v1", "kind": "Gateway",
+                   "metadata": {"name": "plain", "namespace": namespace},
+                   "spec": {"gatewayClassName": "refgateway",
+                            "listeners": [{"name": "http", "port": 8080, "protocol": "HTTP"}]}}
+        target.apply(gateway)
+        cond = target.wait_for_condition(ObjectRef.of(gateway), "Programmed", timeout=30)
+        raw = dyn.resources.get(api_version=f"{GROUP}/v1", kind="Gateway").get(
+            name="plain", namespace=namespace).to_dict()
+        writers = {(m["manager"], m.get("subresource")) for m in raw["metadata"]["managedFields"]}
+        assert ("mtls-conformance", None) in writers, writers
+        status_writers = {manager for manager, sub in writers if sub == "status"}
+        assert status_writers and "mtls-conformance" not in status_writers, writers
+        assert cond["observedGeneration"] == raw["metadata"]["generation"]
+        address, port = target.listener_address(ObjectRef.of(gateway), 8080)
+        assert ipaddress.ip_address(address) == ipaddress.ip_address(raw["status"]["addresses"][0]["value"])
+        assert port == 8080
+    finally:
+        target.close()
+    assert labelled_namespaces(dyn) == []
+
+
+def test_echo_deployments_are_valid_manifests(cluster, dyn):
+    """--backend-mode=deployment cannot run here (no kubelet): the API server checks the manifests."""
+    from fixtures.echo import ServerTLS
+
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    apply(dyn, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    tls = ServerTLS(cert_chain_pem=b"-----BEGIN CERTIFICATE-----\n", key_pem=b"-----BEGIN PRIVATE KEY-----\n",
+                    client_ca_pem=b"-----BEGIN CERTIFICATE-----\n")
+    for variant in (None, tls):
+        objects = echo_backend_manifests(namespace=namespace, service="echo", port=443, image="example/echo:1",
+                                         tls=variant)
+        for obj in objects:
+            resource = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+            resource.server_side_apply(obj, field_manager="kubernetes-target-test", dry_run="All")
+        deployment = next(o for o in objects if o["kind"] == "Deployment")
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+        assert env["NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+        service = next(o for o in objects if o["kind"] == "Service")
+        if variant is None:
+            assert "TLS_SERVER_CERT" not in env
+            assert service["spec"]["ports"][0]["targetPort"] == 3000
+        else:
+            mount = container["volumeMounts"][0]["mountPath"]
+            for name in ("TLS_SERVER_CERT", "TLS_SERVER_PRIVKEY", "TLS_CLIENT_CACERTS"):
+                assert env[name]["value"].startswith(mount + "/"), env[name]
+            secret = next(o for o in objects if o["kind"] == "Secret")
+            assert set(secret["stringData"]) == {"tls.crt", "tls.key", "ca.crt"}
+            assert service["spec"]["ports"][0]["targetPort"] == 8443
+
+
+# --------------------------------------------------------------------------- interrupted runs
+
+
+def test_sigint_during_a_wait_leaves_nothing_behind(cluster, dyn, links_before):
+    # A class that is Accepted but has no controller: the Gateway never gets a condition,
+    # so the run sits in a watch with a namespace, a backend process and a test host made.
+    gateway_class(dyn, "stalled", "example.com/stalled", accepted="True")
+    child = Child("scenarios/test_frontend_default.py", "--gateway-class=stalled",
+                  f"--kubeconfig={cluster.kubeconfig}", "--backend-mode=local-process")
+    try:
+        child.read_until(r"\[mtls\] waiting up to \d+ s for Gateway", timeout=60)
+        assert labelled_namespaces(dyn), "the run should have made its namespace by now"
+        assert child.processes(), "the run should have started a backend by now"
+        assert child.test_hosts(), "the run should have made a test host by now"
+        child.proc.send_signal(signal.SIGINT)
+        child.wait(timeout=60)
+    finally:
+        if child.proc.poll() is None:
+            child.proc.kill()
+            child.wait()
+    assert child.returncode == 2, child.output  # pytest's "interrupted"
+    assert "KeyboardInterrupt" in child.output
+    assert_nothing_left(child, dyn, links_before)
