@@ -206,34 +206,38 @@ class Outputs:
         return set(info["supported"]) - set(self.config.getoption("exempt_features") or ())
 
     def profile_info(self, *, allow_start: bool = False) -> dict | None:
+        """What the reports need of the profile, as plain data (it crosses from xdist workers)."""
         suite = self._suite()
         profile = suite.profile() if allow_start else suite._profile
-        if profile is not None:
-            return {"key": profile.key, "supported": sorted(profile.supported_features),
-                    "source": profile.features_source}
-        return self.worker_profile
+        if profile is None:
+            return self.worker_profile
+        return {"key": profile.key, "supported": sorted(profile.supported_features),
+                "source": profile.features_source, "organization": profile.organization,
+                "project": profile.project or profile.key, "url": profile.url,
+                "version": profile.version or _default_version(profile.key),
+                "contact": list(profile.contact)}
 
     def run_info(self, *, allow_start: bool = False) -> _report.RunInfo:
         from . import profiles as _profiles
         info = self.profile_info(allow_start=allow_start)
-        profile = _profiles.BUILTIN.get(info["key"]) if info else None
-        suite = self._suite()
-        if suite._profile is not None:
-            profile = suite._profile
-        profile = profile or _profiles.GENERIC
+        if info is None:  # no test got far enough to know the profile
+            generic = _profiles.GENERIC
+            info = {"key": generic.key, "supported": sorted(generic.supported_features),
+                    "source": "", "organization": "", "project": generic.key, "url": "",
+                    "version": "", "contact": []}
         opt = self.config.getoption
         implementation = _report.Implementation(
-            organization=opt("implementation_organization") or profile.organization or "unknown",
-            project=opt("implementation_project") or profile.project or profile.key,
-            url=opt("implementation_url") or profile.url or "unknown",
-            version=opt("implementation_version") or profile.version or _default_version(profile),
-            contact=tuple(opt("implementation_contact") or profile.contact))
-        strict = suite.settings.strict_rejection
+            organization=opt("implementation_organization") or info["organization"] or "unknown",
+            project=opt("implementation_project") or info["project"],
+            url=opt("implementation_url") or info["url"] or "unknown",
+            version=opt("implementation_version") or info["version"] or "unknown",
+            contact=tuple(opt("implementation_contact") or info["contact"]))
+        strict = self._suite().settings.strict_rejection
         return _report.RunInfo(
             implementation=implementation,
-            supported_features=frozenset(info["supported"] if info else profile.supported_features),
+            supported_features=frozenset(info["supported"]),
             exempt_features=frozenset(opt("exempt_features") or ()),
-            features_source=(info or {}).get("source") or profile.features_source,
+            features_source=info["source"],
             mode=opt("mode"),
             rejection_rule="transport-level only (--strict-rejection)" if strict
             else "any client-visible rejection")
@@ -262,11 +266,11 @@ class Outputs:
         return written
 
 
-def _default_version(profile) -> str:
-    if profile.key == "refgateway":
+def _default_version(key: str) -> str:
+    if key == "refgateway":
         refgateway = sys.modules.get("refgateway") or importlib.import_module("refgateway")
         return f"v{refgateway.__version__}"
-    return "unknown"
+    return ""
 
 
 def scenario_title(item: pytest.Item) -> str:
