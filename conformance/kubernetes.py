@@ -81,6 +81,7 @@ CONTENT_KINDS = (
 #: How long the GatewayClass may take to become Accepted when the run starts.
 CLASS_TIMEOUT = 30.0
 NAMESPACE_DELETE_TIMEOUT = 60.0
+PORT_FORWARD_TIMEOUT = 30.0
 #: Longest single watch request; the wait's deadline bounds it too.
 WATCH_SEGMENT = 30
 #: Test hosts (network namespaces) get /30s from 198.18.0.0/15, the range reserved for
@@ -700,11 +701,14 @@ class KubernetesTarget(Target):
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)
         # kubectl prints "Forwarding from 127.0.0.1:NNNNN -> PORT" once it listens.
-        first = proc.stdout.readline()
+        import select
+        ready, _, _ = select.select([proc.stdout], [], [], PORT_FORWARD_TIMEOUT)
+        first = proc.stdout.readline() if ready else f"no answer within {PORT_FORWARD_TIMEOUT:.0f} s"
         match = re.search(r"Forwarding from 127\.0\.0\.1:(\d+)", first)
         if not match:
             _stop_process(proc)
-            raise TargetError(f"kubectl port-forward to service/{name} port {port} failed: {first.strip()}")
+            raise TargetError(f"kubectl port-forward to service/{name} port {port} failed: "
+                              f"{first.strip() or 'it exited'}")
         address = ("127.0.0.1", int(match.group(1)))
         self._forwards[key] = (proc, address)
         return address

@@ -39,7 +39,7 @@ from kubernetes import dynamic  # noqa: E402
 
 from conformance.kubernetes import (CRD_INSTALL, MANAGED_LABEL, KubernetesTarget,  # noqa: E402
                                     echo_backend_manifests)
-from conformance.target import ObjectRef  # noqa: E402
+from conformance.target import ObjectRef, TargetError  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("testcluster")
 
@@ -393,6 +393,45 @@ def test_echo_deployments_are_valid_manifests(cluster, dyn):
             assert service["spec"]["ports"][0]["targetPort"] == 8443
 
 
+@pytest.fixture
+def target(cluster, controller):
+    target = KubernetesTarget(gateway_class="refgateway", kubeconfig=str(cluster.kubeconfig),
+                              backend_mode="local-process", address_mode="port-forward")
+    try:
+        yield target
+    finally:
+        target.close()
+
+
+def test_api_server_refusals_are_target_errors_with_its_message(target):
+    namespace = f"mtls-refused-{uuid.uuid4().hex[:6]}"
+    target.create_namespace(namespace)
+    gateway = {"apiVersion": f"{GROUP}/v1", "kind": "Gateway", "metadata": {"name": "bad", "namespace": namespace},
+               "spec": {"gatewayClassName": "refgateway",
+                        "listeners": [{"name": "x", "port": 8080, "protocol": "HTTP S"}]}}
+    with pytest.raises(TargetError) as info:
+        target.apply(gateway)
+    assert str(info.value).startswith(f"the API server refused Gateway {namespace}/bad: ")
+    assert "protocol" in str(info.value)
+
+
+def test_port_forward_needs_kubectl_and_a_service_of_the_gateway(target, monkeypatch, tmp_path):
+    namespace = f"mtls-forward-{uuid.uuid4().hex[:6]}"
+    target.create_namespace(namespace)
+    gateway = ObjectRef("Gateway", "g", namespace)
+    with pytest.raises(TargetError) as info:
+        target.listener_address(gateway, 443)
+    assert str(info.value) == (
+        f"--gateway-address-mode=port-forward: no Service in namespace {namespace} carries label "
+        "gateway.networking.k8s.io/gateway-name=g, so there is nothing to forward to; use "
+        "--gateway-address-mode=status")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(TargetError) as info:
+        target.listener_address(gateway, 443)
+    assert str(info.value) == ("--gateway-address-mode=port-forward runs `kubectl port-forward` and kubectl is "
+                               "not on PATH; install kubectl or use --gateway-address-mode=status")
+
+
 # --------------------------------------------------------------------------- interrupted runs
 
 
@@ -406,7 +445,11 @@ def test_sigint_during_a_wait_leaves_nothing_behind(cluster, dyn, links_before):
         child.read_until(r"\[mtls\] waiting up to \d+ s for Gateway", timeout=60)
         assert labelled_namespaces(dyn), "the run should have made its namespace by now"
         assert child.processes(), "the run should have started a backend by now"
-        assert child.test_hosts(), "the run should have made a test host by now"
+        hosts = child.test_hosts()
+        assert hosts, "the run should have made a test host by now"
+        listening = subprocess.run(["ip", "netns", "exec", hosts[0], "ss", "-ltnH"], capture_output=True,
+                                   text=True).stdout
+        assert listening.strip(), "the backend should be listening in the test host by now"
         child.proc.send_signal(signal.SIGINT)
         child.wait(timeout=60)
     finally:
