@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
@@ -161,12 +162,19 @@ class Suite:
 
     def progress(self, message: str) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None and not hasattr(self.config, "workerinput"):
+        worker = getattr(self.config, "workerinput", {}).get("workerid")
+        if reporter is not None:
             # Progress comes mostly from inside fixtures and tests, where output is
             # captured: it would only be shown if the test failed.
             capture = self.config.pluginmanager.get_plugin("capturemanager")
             with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-                reporter.write_line(f"[mtls] {message}")
+                if worker:
+                    # An xdist worker's terminal reporter is silent, but its uncaptured
+                    # stderr is the user's terminal.
+                    sys.stderr.write(f"\n[mtls {worker}] {message}\n")
+                    sys.stderr.flush()
+                else:
+                    reporter.write_line(f"[mtls] {message}")
 
     def target(self) -> Target:
         if self._target is None:

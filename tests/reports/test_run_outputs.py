@@ -27,8 +27,10 @@ SKIPPED = "test_frontend_default::test_expired_client_certificate_is_rejected"
 UNTRUSTED = "test_frontend_default::test_untrusted_client_certificate_is_rejected"
 
 
-def run(*args: str, faults: tuple[str, ...] = (), cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "pytest", str(MODULE), "-p", "no:cacheprovider", "-p", "no:xdist",
+def run(*args: str, faults: tuple[str, ...] = (), workers: int = 0,
+        cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    xdist = ["-n", str(workers)] if workers else ["-p", "no:xdist"]
+    argv = [sys.executable, "-m", "pytest", str(MODULE), "-p", "no:cacheprovider", *xdist,
             "-q", f"--gateway-command={gateway_command(*faults)}", "--max-time-to-consistency=1", *args]
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600)
 
@@ -127,3 +129,16 @@ def test_unknown_test_names_are_refused_with_the_accepted_form(tmp_path):
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert ("--skip-tests test_frontend_default::no_such_test: no collected test has that name; "
             "use a short name such as test_frontend_default::") in proc.stderr
+
+
+def test_xdist_workers_report_progress_and_the_profile(tmp_path):
+    proc = run(f"--run-test={UNTRUSTED}[https-8443-TLSv1.3]", "--max-time-to-consistency=3",
+               f"--report-dir={tmp_path}", workers=1, faults=("accept-any-client-cert",))
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output[-3000:]
+    assert "[mtls gw0] waiting up to 3 s for listener port 8443" in output, output[-3000:]
+    assert f"[mtls] feature done: {FE} FAILED (1 failed, " in output, output[-3000:]
+    # The controller runs no test; the profile the worker used still reaches the report.
+    verdicts = yaml.safe_load(next(tmp_path.glob("*-verdicts.yaml")).read_text())
+    assert verdicts["featuresSource"] == "GatewayClass refgateway status.supportedFeatures"
+    assert verdicts["implementation"]["project"] == "refgateway"
