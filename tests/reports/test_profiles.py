@@ -102,3 +102,33 @@ def test_a_profile_file_beats_the_gateway_class_status(tmp_path):
     assert verdicts["implementation"]["project"] == "mine"
     # refgateway's status claims the fallback feature; the file does not.
     assert verdicts["features"][FB]["verdict"] == "unsupported"
+
+
+#: Upstream feature names this suite uses, with their channel and their level in the
+#: GATEWAY-HTTP conformance profile. Copied from kubernetes-sigs/gateway-api at commit
+#: 4564255ac2c35d582249b3cdf261bdf51c8bca32: pkg/features/{gateway,httproute,
+#: referencegrant,backendtlspolicy}.go (Name, Channel) and conformance/utils/suite/
+#: profiles.go GatewayHTTPConformanceProfile (CoreFeatures: Gateway, ReferenceGrant,
+#: HTTPRoute; ExtendedFeatures: the Gateway and HTTPRoute extended features, and
+#: BackendTLSPolicy's core and extended features).
+UPSTREAM = {
+    "Gateway": ("standard", "core"),
+    "HTTPRoute": ("standard", "core"),
+    "ReferenceGrant": ("standard", "core"),
+    "GatewayFrontendClientCertificateValidation": ("standard", "extended"),
+    "GatewayFrontendClientCertificateValidationInsecureFallback": ("standard", "extended"),
+    "GatewayHTTPSListenerDetectMisdirectedRequests": ("standard", "extended"),
+    "GatewayBackendClientCertificate": ("standard", "extended"),
+    "BackendTLSPolicy": ("standard", "extended"),
+    "BackendTLSPolicySANValidation": ("standard", "extended"),
+}
+
+
+def test_upstream_features_keep_their_upstream_name_channel_and_level():
+    ours = {f.name: (f.channel, f.support) for f in features.FEATURES.values() if f.upstream}
+    assert ours == UPSTREAM
+    for feature in features.FEATURES.values():
+        assert feature.profile == "GATEWAY-HTTP"
+        assert feature.description and "\n" not in feature.description
+        if not feature.upstream:
+            assert feature.name not in UPSTREAM
