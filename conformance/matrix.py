@@ -145,7 +145,7 @@ th, td { border: 1px solid #d0d7de; padding: 6px 10px; text-align: left; vertica
 th { background: #f6f8fa; }
 th.run small { display: block; font-weight: normal; color: #57606a; }
 td.feature small { display: block; color: #57606a; max-width: 38em; }
-td.cell { text-align: center; font-weight: bold; white-space: nowrap; }
+td.cell { text-align: center; vertical-align: middle; font-weight: bold; white-space: nowrap; }
 .passed { background: #2da44e; color: #fff; }
 .partial { background: #d4a72c; color: #1b1f24; }
 .failed { background: #cf222e; color: #fff; }

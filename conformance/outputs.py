@@ -117,7 +117,8 @@ class Outputs:
         if names and self.allure is not None:
             self._label(item, names)
         reason = self.skip_reasons.get(item.nodeid)
-        if reason:
+        # As upstream, "not supported" wins over "skipped": the plugin's own setup says so.
+        if reason and not (names and self._suite().unsupported(names)):
             pytest.skip(reason)
 
     # -- evidence ------------------------------------------------------------------------
