@@ -264,6 +264,14 @@ class Outputs:
             written.append(_report.write_conformance_report(Path(report_output), self.results, run))
         for path in written:
             self._write_line(f"[mtls] wrote {path}")
+        impl = run.implementation
+        lacking = [f"--implementation-{key}" for key, value in (
+            ("organization", impl.organization), ("url", impl.url), ("version", impl.version))
+            if value in ("", "unknown")] + ([] if impl.contact else ["--implementation-contact"])
+        if lacking:
+            # conformance/apis/v1 Implementation.Validate refuses empty fields.
+            self._write_line(f"[mtls] before submitting this ConformanceReport, rerun with "
+                             f"{', '.join(lacking)}: upstream refuses it without them")
         return written
 
 

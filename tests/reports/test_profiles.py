@@ -102,6 +102,9 @@ def test_a_profile_file_beats_the_gateway_class_status(tmp_path):
     assert verdicts["implementation"]["project"] == "mine"
     # refgateway's status claims the fallback feature; the file does not.
     assert verdicts["features"][FB]["verdict"] == "unsupported"
+    assert ("[mtls] before submitting this ConformanceReport, rerun with --implementation-organization, "
+            "--implementation-url, --implementation-version, --implementation-contact: upstream refuses "
+            "it without them") in proc.stdout
 
 
 #: Upstream feature names this suite uses, with their channel and their level in the
