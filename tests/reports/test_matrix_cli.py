@@ -1,0 +1,48 @@
+"""``python -m conformance report``: the matrix from every report in a folder, or one clear error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conformance import features, matrix
+
+from ..selfcheck.runner import ROOT
+
+REPORTS = ROOT / "reports"
+
+
+def report(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "conformance", "report", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_committed_reports_make_a_matrix(tmp_path):
+    proc = report("reports/", "--output", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    columns = matrix.load(REPORTS)
+    assert len(columns) >= 2
+    assert proc.stdout.strip() == (f"wrote {tmp_path / 'index.html'} and {tmp_path / 'matrix.md'} "
+                                   f"({len(columns)} reports)")
+    md = (tmp_path / "matrix.md").read_text().splitlines()
+    rows = {line.split(" | ")[0].removeprefix("| "): line.split(" | ")[1:] for line in md
+            if line.startswith("| ") and not line.startswith("| feature")}
+    assert set(rows) == set(features.FEATURES)
+    by_label = {c.label: i for i, c in enumerate(columns)}
+    correct = by_label["refgateway v0.1.0"]
+    broken = by_label["refgateway v0.1.0+fault.accept-any-client-cert"]
+    fe = "GatewayFrontendClientCertificateValidation"
+    assert rows[fe][correct].strip(" |") == "passed"
+    assert rows[fe][broken].strip(" |") == "failed"
+
+
+def test_a_folder_without_reports_is_refused(tmp_path):
+    proc = report(str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"python -m conformance report: no ConformanceReport (*-report.yaml) under {tmp_path}; "
+        f"run the suite with --report-dir {tmp_path}/<implementation> first")
+    assert list(tmp_path.iterdir()) == [], "nothing is left behind"
+    proc = report(str(tmp_path / "nope"))
+    assert proc.returncode == 2
+    assert f"{tmp_path / 'nope'} is not a folder" in proc.stderr
