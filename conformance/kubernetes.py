@@ -184,7 +184,6 @@ class _TestHost:
         self.name = f"{NETNS_PREFIX}{os.getpid()}-{run_id}"
         self.host_if, self.peer_if = f"mt{run_id[:8]}h", f"mt{run_id[:8]}n"
         self.address = ""
-        self.created = False
 
     @staticmethod
     def _ip(*args: str) -> subprocess.CompletedProcess:
@@ -221,8 +220,6 @@ class _TestHost:
                     raise TargetError(
                         f"--backend-mode=local-process could not make a test host: `ip {' '.join(step)}` "
                         f"failed: {why[0]}; it needs root (CAP_NET_ADMIN), else use --backend-mode=deployment")
-                if step[:2] == ("netns", "add"):
-                    self.created = True
             self.address = str(peer_ip)
 
     def _free_subnet(self) -> ipaddress.IPv4Network:
@@ -245,9 +242,8 @@ class _TestHost:
                 self._ip("netns", "del", match.group(1))
 
     def destroy(self) -> None:
-        if self.created:
-            self._ip("netns", "del", self.name)  # takes the veth pair with it
-            self.created = False
+        # Unconditionally: an interrupted create() may have made more than it recorded.
+        self._ip("netns", "del", self.name)  # takes the veth pair with it
         self._ip("link", "del", self.host_if)  # in case the pair was made but not moved
 
 
@@ -296,6 +292,11 @@ class KubernetesTarget(Target):
             self._connect(kubeconfig, context)
             self._check_crds()
             self.controller_name = self._check_gateway_class(class_timeout)
+            if backend_mode == "local-process":
+                # Made now, not at the first backend: without root this is one error
+                # before any test, not an error in every test.
+                self._test_host = _TestHost(run_id=self.run_id)
+                self._test_host.create()
         except BaseException:
             self.close()
             raise
@@ -608,10 +609,7 @@ class KubernetesTarget(Target):
             return self._deploy_backend(namespace=namespace, service=service, port=port, tls=tls)
         from fixtures.echo import EchoProcess  # the checkout's echo backend, run in the test host
 
-        if self._test_host is None:
-            host = _TestHost(run_id=self.run_id)
-            self._test_host = host
-            host.create()
+        assert self._test_host is not None, "made in __init__ for --backend-mode=local-process"
         server = EchoProcess(namespace=namespace, service=service, pod=f"{service}-0", tls=tls,
                              host=self._test_host.address, command_prefix=self._test_host.command_prefix,
                              log_path=str(self._tmp / f"echo-{namespace}-{service}.log"))

@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -79,11 +80,11 @@ def gateway_class(dyn, name: str, controller: str, *, accepted: str | None = Non
 class Child:
     """A child pytest run, tagged so that everything it starts can be found afterwards."""
 
-    def __init__(self, *args: str, cwd: Path = ROOT) -> None:
+    def __init__(self, *args: str, cwd: Path = ROOT, prefix: tuple[str, ...] = ()) -> None:
         self.tag = uuid.uuid4().hex
         env = {**os.environ, TAG_VARIABLE: self.tag, "PYTHONUNBUFFERED": "1"}
         env.pop("PYTEST_XDIST_WORKER", None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
                                      cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         self.output = ""
@@ -309,6 +310,21 @@ def test_unknown_controller_runs_with_the_generic_profile_and_says_so(cluster, d
     assert ("[mtls] no built-in profile for controllerName example.com/unprofiled: running with the "
             "generic profile (pass --profile FILE to describe it)") in child.output
     assert "1 passed" in child.output
+    assert_nothing_left(child, dyn, links_before)
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) drops the capabilities")
+def test_local_process_backends_without_root_is_one_error_before_any_test(cluster, dyn, controller, links_before):
+    # Root without CAP_NET_ADMIN and CAP_SYS_ADMIN is, for `ip netns`, an ordinary user.
+    child = Child("scenarios/test_frontend_default.py", "--gateway-class=refgateway",
+                  f"--kubeconfig={cluster.kubeconfig}", "--backend-mode=local-process",
+                  prefix=("setpriv", "--bounding-set", "-net_admin,-sys_admin")).wait()
+    line = exit_line(child.output)
+    assert child.returncode == 4, child.output
+    assert re.search(r"--backend-mode=local-process could not make a test host: `ip netns add mtls-\d+-[0-9a-f]+` "
+                     r"failed: .*Operation not permitted; it needs root \(CAP_NET_ADMIN\), else use "
+                     r"--backend-mode=deployment", line), line
+    assert " passed" not in child.output and " error" not in child.output, child.output
     assert_nothing_left(child, dyn, links_before)
 
 
