@@ -10,8 +10,8 @@ The pytest plugin (plugin.py) registers one :class:`Outputs` per process. It
 - with allure (``--alluredir``) labels every test (epic: the support level in the
   GATEWAY-HTTP profile; feature: each feature; story: the scenario) and attaches the
   evidence of a failure;
-- writes the ConformanceReport, the feature verdicts and summary.md (``--report-dir``,
-  ``--report-output``).
+- writes the ConformanceReport, the feature verdicts, summary.md and the matrix of the
+  folder (``--report-dir``; ``--report-output`` for the ConformanceReport alone).
 
 Test names for ``--skip-tests`` and ``--run-test`` are short names: ``module::function``
 (``test_frontend_default::test_expired_client_certificate_is_rejected``, all parameters),
@@ -260,6 +260,9 @@ class Outputs:
         written = []
         if report_dir:
             written.append(_report.write(Path(report_dir), self.results, run))
+            # The matrix of every report in the folder: this run, and earlier ones kept there.
+            from . import matrix
+            written.extend(matrix.build(Path(report_dir)))
         if report_output:
             written.append(_report.write_conformance_report(Path(report_output), self.results, run))
         for path in written:

@@ -84,6 +84,9 @@ def test_a_run_writes_report_verdicts_junit_allure_and_progress(tmp_path):
     # 4. Progress: one line for the feature, when its last test is done; the matrix builds.
     done = [line for line in output.splitlines() if line.startswith("[mtls] feature done:")]
     assert [line.split()[3] for line in done].count(FE) == 1, output[-3000:]
+    assert f"[mtls] wrote {reports / 'index.html'}" in output
+    assert f"<code>{FE}</code>" in (reports / "index.html").read_text()
+    assert f"| {FE} | partial |" in (reports / "matrix.md").read_text()
     html_path, _ = matrix.build(tmp_path / "reports")
     assert FE in html_path.read_text()
 
