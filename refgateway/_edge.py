@@ -3,8 +3,14 @@
 Bytes from the socket go into a pyOpenSSL memory BIO; OpenSSL's output is read back
 out of the BIO and written to the socket. That way every TLS alert OpenSSL produces
 (``certificate required``, ``unknown ca``...) reaches the client, which asyncio's
-own TLS transport does not guarantee. Plaintext goes to an h11 state machine; each
-request is proxied to the backend over a fresh plain HTTP/1.1 connection.
+own TLS transport does not guarantee. Plaintext goes to an h11 state machine, or to
+an h2 one when ALPN chose "h2"; each request is proxied to the backend over a fresh
+plain HTTP/1.1 connection.
+
+HTTP/2 matters for mTLS because of connection coalescing: a client may send requests
+for several hostnames over one connection whose certificate covers them all. Every
+stream is therefore judged against the listener the handshake selected (SNI), exactly
+like an HTTP/1.1 request: another listener's Host gets 421.
 
 A connection keeps the TLS configuration it was accepted with (a config change does
 not disturb established connections), while routing looks at the port's *current*
@@ -18,6 +24,10 @@ import logging
 import random
 from typing import TYPE_CHECKING
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
 import h11
 from OpenSSL import SSL
 
@@ -62,6 +72,9 @@ class Edge(asyncio.Protocol):
         self.verify_error: int | str | None = None
         self.identity: list[tuple[bytes, bytes]] = [(b"x-refgateway-client-verify", b"NONE")]
         self.h = h11.Connection(h11.SERVER)
+        self.h2: h2.connection.H2Connection | None = None  # set when ALPN chose h2
+        self.h2_streams: dict[int, tuple[list, bytearray]] = {}  # requests still arriving
+        self.h2_pending: dict[int, bytes] = {}  # stream -> response body not yet sent
         self.data = asyncio.Event()
         self.eof = False
         self.closed = False
@@ -118,6 +131,8 @@ class Edge(asyncio.Protocol):
             else:
                 self.handshaken = True
                 self._record_identity()
+                if self.tls.get_alpn_proto_negotiated() == b"h2":
+                    self._h2_start()
             if self.reject:
                 return self._refuse()
             self._flush()
@@ -134,7 +149,10 @@ class Edge(asyncio.Protocol):
             except SSL.Error:
                 self._flush()
                 return self.close()
-            self.h.receive_data(chunk)
+            if self.h2 is not None:
+                self._h2_receive(chunk)
+            else:
+                self.h.receive_data(chunk)
         self._flush()
         self.data.set()
 
@@ -241,6 +259,100 @@ class Edge(asyncio.Protocol):
             self.identity += [(b"x-refgateway-client-cert-sha256", digest.encode()),
                               (b"x-refgateway-client-cert-subject", subject.encode("utf-8", "replace"))]
 
+    # ------------------------------------------------------------------ HTTP/2 side
+    # The h11 loop in _serve keeps running in h2 mode: it never gets bytes, so it only
+    # notices the end of the connection and closes it, as for HTTP/1.1.
+    def _h2_start(self) -> None:
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.h2.initiate_connection()
+        self._h2_flush()
+
+    def _h2_flush(self) -> None:
+        data = self.h2.data_to_send() if self.h2 is not None else b""
+        if data:
+            self.write(data)
+
+    def _h2_receive(self, chunk: bytes) -> None:
+        try:
+            events = self.h2.receive_data(chunk)
+        except h2.exceptions.ProtocolError as exc:
+            log.debug("HTTP/2 protocol error: %s", exc)
+            self._h2_flush()  # the GOAWAY h2 prepared
+            return self.close()
+        for ev in events:
+            if isinstance(ev, h2.events.RequestReceived):
+                self.h2_streams[ev.stream_id] = (ev.headers, bytearray())
+            elif isinstance(ev, h2.events.DataReceived):
+                if ev.stream_id in self.h2_streams:
+                    self.h2_streams[ev.stream_id][1].extend(ev.data)
+                self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded):
+                self._h2_dispatch(ev.stream_id)
+            elif isinstance(ev, h2.events.StreamReset):
+                self.h2_streams.pop(ev.stream_id, None)
+                self.h2_pending.pop(ev.stream_id, None)
+            elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+                self._h2_send_pending()
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                self.eof = True
+        self._h2_flush()
+
+    def _h2_dispatch(self, stream_id: int) -> None:
+        entry = self.h2_streams.pop(stream_id, None)
+        if entry is not None:
+            asyncio.get_running_loop().create_task(self._h2_serve_stream(stream_id, *entry))
+
+    async def _h2_serve_stream(self, stream_id: int, headers: list, body: bytearray) -> None:
+        pseudo = {k: v for k, v in headers if k.startswith(b":")}
+        regular = [(k, v) for k, v in headers if not k.startswith(b":")]
+        if not any(k == b"host" for k, _ in regular) and pseudo.get(b":authority"):
+            regular.insert(0, (b"host", pseudo[b":authority"]))  # RFC 9113 8.3.1
+        try:
+            req = h11.Request(method=pseudo.get(b":method", b""), target=pseudo.get(b":path", b""),
+                              headers=regular)
+        except h11.LocalProtocolError:
+            status, resp_headers, payload = 400, [], b"bad request\n"
+        else:
+            try:
+                status, resp_headers, payload = await self._handle(req, bytes(body))
+            except Exception:  # a bug must not take the gateway down
+                log.exception("HTTP/2 stream handler failed")
+                status, resp_headers, payload = 500, [], b"internal error\n"
+        if self.closed or self.h2 is None:
+            return
+        out = [(b":status", str(status).encode())]
+        out += [(k.lower(), v) for k, v in resp_headers if k.lower() not in HOP_BY_HOP]
+        out.append((b"content-length", str(len(payload)).encode()))
+        try:
+            self.h2.send_headers(stream_id, out, end_stream=not payload)
+        except h2.exceptions.ProtocolError:  # the client reset the stream meanwhile
+            return
+        if payload:
+            self.h2_pending[stream_id] = payload
+            self._h2_send_pending()
+        self._h2_flush()
+
+    def _h2_send_pending(self) -> None:
+        for stream_id in list(self.h2_pending):
+            payload = self.h2_pending[stream_id]
+            try:
+                while payload:
+                    window = min(self.h2.local_flow_control_window(stream_id),
+                                 self.h2.max_outbound_frame_size)
+                    if window <= 0:
+                        break
+                    self.h2.send_data(stream_id, payload[:window])
+                    payload = payload[window:]
+                if payload:
+                    self.h2_pending[stream_id] = payload
+                    continue
+                self.h2.end_stream(stream_id)
+            except h2.exceptions.ProtocolError:
+                pass
+            del self.h2_pending[stream_id]
+        self._h2_flush()
+
     # ------------------------------------------------------------------ HTTP side
     async def _next(self):
         while True:
@@ -301,7 +413,9 @@ class Edge(asyncio.Protocol):
             sni = self.listener
             if sni is None:
                 return 421, [], b"misdirected request\n"
-            if routing.misdirected(port, sni, host):
+            if "ignore-misdirected-requests" in self.faults:
+                sni = routing.select_listener(port.listeners, host) or sni
+            elif routing.misdirected(port, sni, host):
                 return 421, [], b"misdirected request: Host does not belong to the TLS listener\n"
             listener = next((x for x in port.listeners if x.name == sni.name), sni)
             if not routing.host_matches_listener(listener, host):

@@ -145,6 +145,7 @@ class Gateway:
         self.written_status: dict[tuple, dict] = {}
         self.written_ports: dict[tuple[str, str], dict] = {}
         self.ca_memory: dict = {}
+        self.cert_memory: dict = {}
         self.stopping = asyncio.Event()
 
     def load(self) -> tuple[dict, dict[str, str]]:
@@ -162,6 +163,8 @@ class Gateway:
         plan, statuses = translator.translate(objects, controller=self.controller, faults=self.faults)
         if "ignore-ca-rotation" in self.faults:
             plan = translator.sticky_cas(plan, self.ca_memory)
+        if "ignore-certificate-rotation" in self.faults:
+            plan = translator.sticky_certs(plan, self.cert_memory)
         await self._program(plan)
         await self.publish(plan, statuses, errors)
         log.info("reloaded: %d objects, %d ports, %d status documents, %d file errors",

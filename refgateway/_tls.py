@@ -39,6 +39,10 @@ ALERT_HANDSHAKE_FAILURE = b"\x15\x03\x03\x00\x02\x02\x28"
 
 _X509_V_FLAG_NO_CHECK_TIME = 0x200000  # not exported by pyOpenSSL
 
+#: Intermediate CAs allowed between a client leaf and a trusted root (OpenSSL verify
+#: depth), the same as NGINX Gateway Fabric's ssl_verify_depth.
+MAX_CLIENT_CHAIN_DEPTH = 4
+
 # X509_V_ERR_* -> the short reason reported in x-refgateway-client-verify.
 _REASONS = {
     2: "unknown-ca", 19: "unknown-ca", 20: "unknown-ca", 21: "unknown-ca", 18: "self-signed",
@@ -88,7 +92,7 @@ class ContextCache:
     """Builds and memoises one server Context per distinct listener TLS configuration."""
 
     def __init__(self, *, faults: frozenset[str], sni_callback: Callable, verify_callback: Callable,
-                 alpn: tuple[bytes, ...] = (b"http/1.1",)):
+                 alpn: tuple[bytes, ...] = (b"h2", b"http/1.1")):
         self._faults = faults
         self._sni = sni_callback
         self._verify = verify_callback
@@ -148,6 +152,8 @@ class ContextCache:
                         store.add_cert(ca)
             if "accept-expired-client-cert" in self._faults:
                 store.set_flags(_X509_V_FLAG_NO_CHECK_TIME)
+            if "ignore-chain-depth" not in self._faults:
+                ctx.set_verify_depth(MAX_CLIENT_CHAIN_DEPTH)
         # OpenSSL verifies client certificates for the purpose "sslclient" by default
         # on the server side, so a serverAuth-only certificate fails with bad-purpose.
         ctx.set_verify(verify_mode(v, self._faults), self._verify)

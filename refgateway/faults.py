@@ -32,6 +32,10 @@ FAULTS: dict[str, str] = {
     "distrust-client-ca": "the CA bundles of a frontend validation are not loaded: no client certificate verifies",
     "validate-http-listeners": "frontend validation is also applied to HTTP listeners, which then refuse every request",
     "report-valid-ca-unresolved": "listeners report ResolvedRefs=False/InvalidCACertificateRef although their CA refs are valid",
+    "hide-partially-invalid-ca-refs": "when at least one CA ref of a validation is valid, the invalid ones are not reported (listener ResolvedRefs=True)",
+    "ignore-chain-depth": "client certificate chains are verified to any depth (no verify-depth limit)",
+    "ignore-certificate-rotation": "each Gateway listener keeps serving the first server certificate loaded for it",
+    "ignore-misdirected-requests": "on HTTPS ports the Host header picks the listener; no 421 when it differs from the SNI listener",
 }
 
 

@@ -404,6 +404,8 @@ def _check_listener_tls(idx: _Index, gw: Mapping, ls: _ListenerState, faults: fr
     if "fail-open-invalid-ca" in faults and not good:
         return  # serve without client verification and say nothing
     for reason, msg in bad:
+        if good and "hide-partially-invalid-ca-refs" in faults:
+            break
         ls.unresolved(reason, msg)
     if not bad and "report-valid-ca-unresolved" in faults:
         ls.unresolved("InvalidCACertificateRef", "caCertificateRefs could not be resolved")
@@ -810,6 +812,24 @@ def sticky_cas(plan: Plan, memory: dict[tuple[str, str, int, str], tuple[bytes, 
                 mkey = (port.namespace, port.gateway, port.port, ls.name)
                 first = memory.setdefault(mkey, ls.validation.ca_pems)
                 ls = replace(ls, validation=replace(ls.validation, ca_pems=first))
+            listeners.append(ls)
+        ports[key] = replace(port, listeners=tuple(listeners))
+    return replace(plan, ports=ports)
+
+
+def sticky_certs(plan: Plan, memory: dict[tuple[str, str, int, str], tuple[bytes, bytes]]) -> Plan:
+    """Fault ``ignore-certificate-rotation``: keep the first server certificate per listener.
+
+    ``memory`` is updated in place with certificates seen for the first time.
+    """
+    ports = {}
+    for key, port in plan.ports.items():
+        listeners = []
+        for ls in port.listeners:
+            if ls.cert_pem is not None and ls.key_pem is not None:
+                mkey = (port.namespace, port.gateway, port.port, ls.name)
+                cert, key_pem = memory.setdefault(mkey, (ls.cert_pem, ls.key_pem))
+                ls = replace(ls, cert_pem=cert, key_pem=key_pem)
             listeners.append(ls)
         ports[key] = replace(port, listeners=tuple(listeners))
     return replace(plan, ports=ports)

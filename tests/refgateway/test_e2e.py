@@ -166,6 +166,22 @@ def test_curl(mtls_setup, start_gateway, pki):
     assert "alert certificate required" in denied.stderr
 
 
+def test_curl_negotiates_http2(mtls_setup, start_gateway, pki):
+    """curl offers h2 and http/1.1 by ALPN and gets h2; the client certificate is still required."""
+    gw = start_gateway()
+    gw.wait_condition("Gateway", "mtls", "Programmed")
+    port = gw.port("mtls", 443)
+    f = pki["files"]
+    base = ["curl", "-sS", "--http2", "--cacert", str(f["server-ca"]), "--resolve",
+            f"example.com:{port}:127.0.0.1", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
+            f"https://example.com:{port}/"]
+    ok = subprocess.run(base + ["--cert", str(f["client"][0]), "--key", str(f["client"][1])],
+                        capture_output=True, text=True, timeout=30)
+    assert ok.stdout == "2 200", ok.stderr
+    denied = subprocess.run(base, capture_output=True, text=True, timeout=30)
+    assert denied.returncode != 0 and "alert certificate required" in denied.stderr, denied.stderr
+
+
 @pytest.mark.skipif(not shutil.which("openssl"), reason="openssl not installed")
 def test_openssl_s_client_sees_certificate_request(mtls_setup, start_gateway, pki):
     gw = start_gateway()
