@@ -47,14 +47,26 @@ def listener_name(port: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def gw(mtls_namespace, mtls_gateway_class, mtls_backend, deploy_gateway, guide_tls_objects,
-       client_ca):
+def elsewhere(mtls_namespace, mtls_target, client_ca):
+    """Another namespace with a valid CA ConfigMap, and no ReferenceGrant for it."""
+    name = f"{mtls_namespace}-elsewhere"
+    mtls_target.create_namespace(name)
+    try:
+        mtls_target.apply(m.ca_configmap("ca-cert", name, client_ca.cert_pem))
+        yield name
+    finally:
+        mtls_target.delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def gw(mtls_namespace, elsewhere, mtls_gateway_class, mtls_backend, deploy_gateway,
+       guide_tls_objects, client_ca):
     ns = mtls_namespace
     backend = mtls_backend(ns, "httpbin", port=8000)
     per_port = {}
     for port, (_, ref, _) in INVALID.items():
-        # The other namespace need not exist: without a grant the ref is never followed.
-        ref = ref or m.object_ref("ca-cert", namespace=f"{ns}-elsewhere")
+        # The ConfigMap exists there: only the missing grant makes the ref invalid.
+        ref = ref or m.object_ref("ca-cert", namespace=elsewhere)
         per_port[port] = m.validation(ref, mode="AllowValidOnly")
     per_port[MIXED_PORT] = m.validation(m.object_ref("no-such-ca"), m.object_ref("ca-cert"))
     ports = [VALID_PORT, *INVALID, MIXED_PORT]
