@@ -33,7 +33,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -460,18 +459,29 @@ class KubernetesTarget(Target):
                 continue  # e.g. BackendTLSPolicy on older CRDs: nothing of that kind exists
             with contextlib.suppress(NotFoundError):
                 resource.delete(namespace=name, field_selector=f"metadata.namespace={name}")
+        from kubernetes.dynamic.exceptions import ConflictError
+
         namespaces = self._resource("v1", "Namespace")
         try:
             namespaces.delete(name=name)
         except NotFoundError:
             self._namespaces.remove(name)
             return
-        if not self._has_namespace_controller(name):
+        except ConflictError:
+            pass  # already Terminating: an earlier, interrupted delete
+        controlled = self._has_namespace_controller(name)
+        if not controlled:
             self._finalize_namespace(name)
         ref = ObjectRef("Namespace", name, api_version="v1")
         try:
             self.wait_for(ref, lambda obj: None if obj is None else f"it is {obj.get('status', {}).get('phase')}",
                           what="the namespace to be gone", timeout=NAMESPACE_DELETE_TIMEOUT)
+        except WaitTimeout as exc:
+            if not controlled:
+                raise
+            # The cluster's namespace controller is still at it (pods may take their
+            # grace period); it will finish without us.
+            self._progress(f"namespace {name} is still terminating, left to the cluster: {exc}")
         finally:
             self._namespaces.remove(name)
 

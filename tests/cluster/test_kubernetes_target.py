@@ -11,7 +11,6 @@ Backends use --backend-mode=local-process (there is no kubelet), which needs roo
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import re
 import shutil
