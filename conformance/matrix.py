@@ -42,6 +42,7 @@ class Column:
     source: str  # the report's path, relative to the folder
     cells: dict[str, str]
     details: dict[str, str]  # feature -> a tooltip: counts, failed tests
+    notes: str = ""  # how the run decided: supported-feature source, rejection rule
 
     @property
     def label(self) -> str:
@@ -121,17 +122,22 @@ def load(folder: Path) -> list[Column]:
         if report.get("kind") != "ConformanceReport":
             continue
         verdicts_path = path.with_name(path.name.removesuffix("-report.yaml") + "-verdicts.yaml")
+        notes = ""
         if verdicts_path.exists():
-            cells, details = _from_verdicts(_load_yaml(verdicts_path))
+            verdicts = _load_yaml(verdicts_path)
+            cells, details = _from_verdicts(verdicts)
+            notes = (f"supported features from {verdicts.get('featuresSource') or '?'}; "
+                     f"rejection rule: {verdicts.get('rejectionRule') or '?'}")
         else:
             cells, details = _from_report(report)
+            notes = "read off the ConformanceReport (no verdicts file)"
         impl = report.get("implementation") or {}
         columns.append(Column(
             project=str(impl.get("project", "?")), organization=str(impl.get("organization", "?")),
             version=str(impl.get("version", "?")),
             channel=str(report.get("gatewayAPIChannel", "?")), mode=str(report.get("mode", "?")),
             date=str(report.get("date", "")), source=str(path.relative_to(folder)),
-            cells=cells, details=details))
+            cells=cells, details=details, notes=notes))
     columns.sort(key=lambda c: (c.project, c.version, c.channel, c.mode, c.source))
     return columns
 
@@ -161,7 +167,8 @@ def render_html(columns: list[Column], *, title: str = "mTLS conformance matrix"
     esc = html.escape
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     head = "".join(
-        f'<th class="run" title="{esc(c.source)}">{esc(c.label)}<small>{esc(c.sublabel)}</small>'
+        f'<th class="run" title="{esc(c.source)}: {esc(c.notes)}">{esc(c.label)}'
+        f'<small>{esc(c.sublabel)}</small>'
         f'<small>{esc(c.date)}</small></th>' for c in columns)
     rows = []
     for name, feature in _features.FEATURES.items():
@@ -205,7 +212,8 @@ def render_markdown(columns: list[Column], *, title: str = "mTLS conformance mat
              "|---|" + "---|" * len(columns)]
     for name in _features.FEATURES:
         lines.append(f"| {name} | " + " | ".join(c.cells.get(name, "untested") for c in columns) + " |")
-    lines += ["", "Sources:", ""] + [f"- {c.label} ({c.sublabel}): `{c.source}`" for c in columns]
+    lines += ["", "Sources:", ""] + [f"- {c.label} ({c.sublabel}): `{c.source}`; {c.notes}"
+                                     for c in columns]
     return "\n".join(lines) + "\n"
 
 
