@@ -44,6 +44,8 @@ IDENTITY_PREFIX = b"x-refgateway-"
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te",
               b"trailer", b"upgrade", b"proxy-authenticate", b"proxy-authorization", b"content-length"}
 BACKEND_TIMEOUT = 10.0
+#: How long a connection refused by a fatal alert keeps draining what the client sends.
+LINGER = 2.0
 _rng = random.Random()
 
 
@@ -78,6 +80,7 @@ class Edge(asyncio.Protocol):
         self.data = asyncio.Event()
         self.eof = False
         self.closed = False
+        self.lingering = False
         self.task: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ transport side
@@ -105,11 +108,16 @@ class Edge(asyncio.Protocol):
             self.tls.set_app_data(None)  # break the reference cycle
 
     def eof_received(self):
+        if self.lingering:
+            self.close(graceful=False)
+            return False
         self.eof = True
         self.data.set()
         return True  # keep the write side open to finish an in-flight response
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return  # drained, see _linger
         if self.tls is None:
             if self.reject:
                 return self._refuse()
@@ -127,7 +135,7 @@ class Edge(asyncio.Protocol):
                 if self.reject:
                     return self._refuse()
                 self._flush()
-                return self.close()
+                return self._linger()
             else:
                 self.handshaken = True
                 self._record_identity()
@@ -168,6 +176,21 @@ class Edge(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(ALERT_HANDSHAKE_FAILURE)
         self.close(graceful=False)
+
+    def _linger(self) -> None:
+        """After a fatal alert: stop writing, drop what the client still sends, then close.
+
+        Closing at once makes the kernel answer the client's bytes in flight (under TLS
+        1.3 its Finished and first request arrive before it has read our alert) with a
+        reset, and a reset can discard the alert from the client's receive buffer
+        before the client reads it: the client would see a reset instead of the alert.
+        """
+        self.lingering = True
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        asyncio.get_running_loop().call_later(LINGER, self.close, False)
 
     def _flush(self) -> None:
         if self.tls is None or self.transport is None:
