@@ -299,6 +299,16 @@ def test_gateway_class_not_accepted_shows_the_controllers_answer(cluster, dyn, l
     assert_nothing_left(child, dyn, links_before)
 
 
+def test_gateway_class_nobody_answers_for_is_a_bounded_wait(cluster, dyn):
+    gateway_class(dyn, "unanswered", "example.com/nobody")
+    started = time.monotonic()
+    with pytest.raises(TargetError) as info:
+        KubernetesTarget(gateway_class="unanswered", kubeconfig=str(cluster.kubeconfig), class_timeout=2)
+    assert time.monotonic() - started < 10
+    assert str(info.value) == ("GatewayClass unanswered (controllerName example.com/nobody) is not Accepted after "
+                               "2 s: Accepted=Unknown (Pending: Waiting for controller); is its controller running?")
+
+
 def test_unknown_controller_runs_with_the_generic_profile_and_says_so(cluster, dyn, tmp_path, links_before):
     gateway_class(dyn, "unprofiled", "example.com/unprofiled", accepted="True")
     (tmp_path / "test_profile.py").write_text(
