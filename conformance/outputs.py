@@ -82,6 +82,8 @@ class Outputs:
         self.progress = _report.FeatureProgress()
         self.skip_reasons: dict[str, str] = {}
         self.worker_profile: dict | None = None
+        #: The Gateway API bundle version the target reports (its CRDs' annotation), if any.
+        self.bundle_version: str | None = None
         self._allure = None
 
     # -- selection -----------------------------------------------------------------------
@@ -156,6 +158,8 @@ class Outputs:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
         report = yield
+        if self.bundle_version is None:
+            self.bundle_version = getattr(self._suite()._target, "gateway_api_version", None)
         names = _features_of(item)
         if names:
             # JUnit writes the teardown report's user_properties as <property> elements.
@@ -216,7 +220,7 @@ class Outputs:
                 "source": profile.features_source, "organization": profile.organization,
                 "project": profile.project or profile.key, "url": profile.url,
                 "version": profile.version or _default_version(profile.key),
-                "contact": list(profile.contact)}
+                "contact": list(profile.contact), "gatewayAPIVersion": self.bundle_version}
 
     def run_info(self, *, allow_start: bool = False) -> _report.RunInfo:
         from . import profiles as _profiles
@@ -240,6 +244,7 @@ class Outputs:
             exempt_features=frozenset(opt("exempt_features") or ()),
             features_source=info["source"],
             mode=opt("mode"),
+            gateway_api_version=info.get("gatewayAPIVersion") or _report.GATEWAY_API_VERSION,
             rejection_rule="transport-level only (--strict-rejection)" if strict
             else "any client-visible rejection")
 

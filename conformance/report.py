@@ -27,7 +27,8 @@ import yaml
 
 from . import features as _features
 
-#: The Gateway API release whose feature names and semantics the scenarios follow.
+#: The Gateway API release whose feature names and semantics the scenarios follow; the
+#: report says this unless the target knows better (a cluster's CRD bundle-version).
 GATEWAY_API_VERSION = "v1.6.1"
 GATEWAY_API_CHANNEL = "standard"
 REPORT_API_VERSION = "gateway.networking.k8s.io/v1"
