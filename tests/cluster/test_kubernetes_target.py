@@ -85,7 +85,10 @@ class Child:
         env.pop("PYTEST_XDIST_WORKER", None)
         self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
                                      cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+                                     stderr=subprocess.STDOUT, text=True,
+                                     # A process group of its own, as a shell gives a command,
+                                     # so that Ctrl-C can be sent the way a terminal sends it.
+                                     start_new_session=True)
         self.output = ""
 
     def wait(self, timeout: float = 180) -> Child:
@@ -457,6 +460,41 @@ def test_port_forward_needs_kubectl_and_a_service_of_the_gateway(target, monkeyp
                                "not on PATH; install kubectl or use --gateway-address-mode=status")
 
 
+def test_deployment_backends_wait_for_a_ready_endpoint(cluster, dyn, controller):
+    """No kubelet here: the test plays the endpoint-slice controller for the Deployment's pods."""
+    import threading
+
+    target = KubernetesTarget(gateway_class="refgateway", kubeconfig=str(cluster.kubeconfig),
+                              backend_mode="deployment", echo_image="example/echo:1")
+    try:
+        namespace = f"mtls-deploy-{uuid.uuid4().hex[:6]}"
+        target.create_namespace(namespace)
+        result: dict = {}
+        thread = threading.Thread(target=lambda: result.update(
+            backend=target.start_backend(namespace=namespace, service="echo", port=8080)))
+        thread.start()
+        deployments = dyn.resources.get(api_version="apps/v1", kind="Deployment")
+        slice_ = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                  "metadata": {"name": "echo-abcde", "namespace": namespace,
+                               "labels": {"kubernetes.io/service-name": "echo"}},
+                  "addressType": "IPv4", "ports": [{"name": "http", "port": 3000, "protocol": "TCP"}],
+                  "endpoints": [{"addresses": ["10.244.0.7"], "conditions": {"ready": False}}]}
+        apply(dyn, slice_)
+        thread.join(timeout=2)
+        assert thread.is_alive(), "an endpoint that is not ready must not end the wait"
+        slice_["endpoints"][0]["conditions"]["ready"] = True
+        apply(dyn, slice_)
+        thread.join(timeout=10)
+        assert not thread.is_alive() and "backend" in result
+        deployment = deployments.get(name="echo", namespace=namespace).to_dict()
+        assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "example/echo:1"
+        with pytest.raises(TargetError, match="runs as a Deployment"):
+            result["backend"].requests
+    finally:
+        target.close()
+    assert labelled_namespaces(dyn) == []
+
+
 # --------------------------------------------------------------------------- interrupted runs
 
 
@@ -475,7 +513,7 @@ def test_sigint_during_a_wait_leaves_nothing_behind(cluster, dyn, links_before):
         listening = subprocess.run(["ip", "netns", "exec", hosts[0], "ss", "-ltnH"], capture_output=True,
                                    text=True).stdout
         assert listening.strip(), "the backend should be listening in the test host by now"
-        child.proc.send_signal(signal.SIGINT)
+        os.killpg(child.proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         child.wait(timeout=60)
     finally:
         if child.proc.poll() is None:
