@@ -87,19 +87,29 @@ class Outputs:
         self._allure = None
 
     # -- selection -----------------------------------------------------------------------
+    def unknown_test_names(self, nodeids: list[str]) -> str | None:
+        """The error for a --run-test / --skip-tests name that no collected test answers to."""
+        run_test = self.config.getoption("run_test")
+        for flag, names in (("--run-test", [run_test] if run_test else []),
+                            ("--skip-tests", self.config.getoption("skip_tests") or [])):
+            for name in names:
+                if not any(matches(nodeid, name) for nodeid in nodeids):
+                    examples = ", ".join(sorted({_report.without_params(_report.short_name(n))
+                                                 for n in nodeids})[:3])
+                    return (f"{flag} {name}: no collected test has that name; use a short name such "
+                            f"as {examples or 'test_module::test_function'} or a node id")
+        return None
+
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, session, config, items) -> None:
+        # Under xdist the controller checks the names (pytest_xdist_node_collection_finished):
+        # an error raised in a worker would read as a crash.
+        if not hasattr(config, "workerinput"):
+            error = self.unknown_test_names([item.nodeid for item in items])
+            if error:
+                raise pytest.UsageError(error)
         run_test = config.getoption("run_test")
         skip_tests = config.getoption("skip_tests") or []
-        for flag, names in (("--run-test", [run_test] if run_test else []),
-                            ("--skip-tests", skip_tests)):
-            for name in names:
-                if not any(matches(item, name) for item in items):
-                    examples = ", ".join(sorted({_report.without_params(_report.short_name(i.nodeid))
-                                                 for i in items})[:3])
-                    raise pytest.UsageError(
-                        f"{flag} {name}: no collected test has that name; use a short name such as "
-                        f"{examples or 'test_module::test_function'} or a node id")
         for item in items:
             if run_test and not matches(item, run_test):
                 self.skip_reasons[item.nodeid] = f"not selected by --run-test {run_test}"
@@ -191,6 +201,12 @@ class Outputs:
             return
         reporter.ensure_newline()
         reporter.write_line(text)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids) -> None:
+        error = self.unknown_test_names(list(ids))
+        if error:
+            pytest.exit(error, returncode=pytest.ExitCode.USAGE_ERROR)
 
     # -- the profile of the run ------------------------------------------------------------
     @pytest.hookimpl(optionalhook=True)

@@ -132,6 +132,12 @@ def test_unknown_test_names_are_refused_with_the_accepted_form(tmp_path):
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert ("--skip-tests test_frontend_default::no_such_test: no collected test has that name; "
             "use a short name such as test_frontend_default::") in proc.stderr
+    # Under xdist the controller says the same, instead of a worker crash.
+    proc = run("--run-test=test_frontend_default::no_such_test", workers=1)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert ("--run-test test_frontend_default::no_such_test: no collected test has that name; "
+            "use a short name such as test_frontend_default::") in proc.stdout + proc.stderr
+    assert "INTERNALERROR" not in proc.stdout + proc.stderr
 
 
 def test_xdist_workers_report_progress_and_the_profile(tmp_path):
