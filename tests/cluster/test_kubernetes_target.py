@@ -470,8 +470,14 @@ def test_deployment_backends_wait_for_a_ready_endpoint(cluster, dyn, controller)
         namespace = f"mtls-deploy-{uuid.uuid4().hex[:6]}"
         target.create_namespace(namespace)
         result: dict = {}
-        thread = threading.Thread(target=lambda: result.update(
-            backend=target.start_backend(namespace=namespace, service="echo", port=8080)))
+
+        def start() -> None:
+            try:
+                result["backend"] = target.start_backend(namespace=namespace, service="echo", port=8080)
+            except Exception as exc:
+                result["error"] = exc
+
+        thread = threading.Thread(target=start)
         thread.start()
         deployments = dyn.resources.get(api_version="apps/v1", kind="Deployment")
         slice_ = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -481,11 +487,11 @@ def test_deployment_backends_wait_for_a_ready_endpoint(cluster, dyn, controller)
                   "endpoints": [{"addresses": ["10.244.0.7"], "conditions": {"ready": False}}]}
         apply(dyn, slice_)
         thread.join(timeout=2)
-        assert thread.is_alive(), "an endpoint that is not ready must not end the wait"
+        assert thread.is_alive(), f"an endpoint that is not ready must not end the wait: {result}"
         slice_["endpoints"][0]["conditions"]["ready"] = True
         apply(dyn, slice_)
         thread.join(timeout=10)
-        assert not thread.is_alive() and "backend" in result
+        assert not thread.is_alive() and "backend" in result, result
         deployment = deployments.get(name="echo", namespace=namespace).to_dict()
         assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "example/echo:1"
         with pytest.raises(TargetError, match="runs as a Deployment"):
