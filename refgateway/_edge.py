@@ -360,10 +360,13 @@ async def proxy(endpoint: tuple[str, int], req: h11.Request, headers: list, body
             contexts, backend_tls, sni = upstream
             reader, writer = await asyncio.wait_for(asyncio.open_connection(
                 *endpoint, ssl=contexts.context(backend_tls), server_hostname=sni), BACKEND_TIMEOUT)
-            ssl_object = writer.get_extra_info("ssl_object")
-            if ssl_object is None:  # the backend closed right after the handshake (e.g. refused our certificate)
+            try:
+                der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            except (AttributeError, ValueError):
+                # The backend ended the connection right after the handshake (TLS 1.3: it
+                # refused our certificate): no ssl_object, or "handshake not done yet".
+                log.info("backend %s:%s closed the TLS connection after the handshake", *endpoint)
                 return 502, [], b"backend closed the TLS connection\n"
-            der = ssl_object.getpeercert(binary_form=True)
             problem = backend_identity_problem(der, backend_tls, faults)
             if problem:
                 log.info("backend %s:%s (BackendTLSPolicy %s) refused: %s",

@@ -892,7 +892,7 @@ def translate(objects: Mapping[Key, Mapping], *, controller: str = DEFAULT_CONTR
                 _cond("Accepted", True, "Accepted", "handled by the reference gateway", gen),
                 _cond("SupportedVersion", True, "SupportedVersion", "standard channel v1.5+ objects", gen),
             ],
-            "supportedFeatures": [{"name": f} for f in SUPPORTED_FEATURES],
+            "supportedFeatures": [{"name": f} for f in sorted(SUPPORTED_FEATURES)],
         }, cluster=True)
 
     owned: dict[tuple[str, str], list[_ListenerState]] = {}
