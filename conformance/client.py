@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import probe as _probe
-from .expect import ExpectationFailed, Timing, echo_header, eventually, judge_ok, judge_rejected
+from .expect import (ExpectationFailed, Timing, echo_header, eventually, judge_backend_refused, judge_ok,
+                     judge_rejected)
 from .probe import Outcome, Rejection, Response
 from .profiles import Profile
 from .target import ObjectRef, Target
@@ -128,6 +129,30 @@ class GatewayClient:
                                    expected="the connection to be rejected", what=what)
         _record_rejection(self._context(port, sni, cert, request), outcome,
                           strict=self.settings.strict_rejection)
+        return outcome
+
+    def expect_backend_refused(self, port: int, *, sni: str | None, backend: Any = None, cert: Any = None,
+                               what: str = "", **request: Any) -> Response:
+        """Converge on the gateway answering 5xx itself, and show ``backend`` got no request
+        meanwhile.
+
+        For a backend the gateway must not use: its certificate fails the BackendTLSPolicy,
+        or the policy cannot be honoured. ``backend`` is anything with ``requests``.
+        """
+        before = len(backend.requests) if backend is not None else 0
+        outcome = self._eventually(port, sni, cert, request, judge_backend_refused,
+                                   expected="an HTTP 5xx from the gateway", what=what)
+        seen = list(backend.requests)[before:] if backend is not None else []
+        if seen:
+            first = seen[0]
+            how = f"over TLS (SNI {(first.get('tls') or {}).get('serverName')!r})" if first.get("tls") else "in plaintext"
+            raise ExpectationFailed(
+                f"{what + ': ' if what else ''}{self._context(port, sni, cert, request)}: the gateway answered "
+                f"{outcome.describe()}, but {len(seen)} request(s) reached backend "
+                f"{getattr(backend, 'namespace', '?')}/{getattr(backend, 'service', '?')}, the first "
+                f"{first.get('method', '')} {first.get('path', '')} {how}; expected none",
+                evidence=outcome)
+        assert isinstance(outcome, Response)
         return outcome
 
     def _eventually(self, port, sni, cert, request, judge, *, expected, what):

@@ -55,6 +55,51 @@ def reached_backend(outcome: Outcome) -> bool:
     return isinstance(outcome, Response) and isinstance(outcome.json, dict) and "namespace" in outcome.json
 
 
+def echo_tls(response: Response) -> dict | None:
+    """The ``tls`` block of an echo backend's answer: absent when the request came in plaintext."""
+    tls = (response.json or {}).get("tls")
+    return tls if isinstance(tls, dict) else None
+
+
+def backend_saw_tls(*, sni: str) -> Callable[[Response], str | None]:
+    """A check for expect_ok: the backend got the request over TLS, with this SNI."""
+
+    def check(response: Response) -> str | None:
+        tls = echo_tls(response)
+        if tls is None:
+            return "the backend got the request in plaintext; expected TLS from the gateway"
+        if tls.get("serverName") != sni:
+            return (f"the backend saw SNI {tls.get('serverName')!r}; expected {sni!r}, the "
+                    f"BackendTLSPolicy hostname")
+        return None
+
+    return check
+
+
+def backend_saw_plaintext(response: Response) -> str | None:
+    """A check for expect_ok: the backend got the request in plaintext (no policy applies)."""
+    tls = echo_tls(response)
+    if tls is not None:
+        return f"the backend got the request over TLS (SNI {tls.get('serverName')!r}); expected plaintext"
+    return None
+
+
+def judge_backend_refused(outcome: Outcome) -> str | None:
+    """The gateway would not use a backend: an HTTP 5xx from the gateway itself.
+
+    For a BackendTLSPolicy that cannot be honoured the specification asks for a 5xx; for a
+    backend certificate that fails verification it leaves the error to the implementation,
+    and a 5xx is what every known implementation answers (refgateway and nginx: 502).
+    """
+    if isinstance(outcome, Rejection):
+        return f"got {outcome.describe()}: the gateway must answer the client with an HTTP 5xx"
+    if reached_backend(outcome):
+        return f"got {outcome.describe()} from the backend: the request was let through"
+    if not 500 <= outcome.status <= 599:
+        return f"got {outcome.describe()}, expected an HTTP 5xx from the gateway"
+    return None
+
+
 def judge_ok(outcome: Outcome, *, namespace: str | None = None,
              service: str | None = None) -> str | None:
     if not isinstance(outcome, Response):

@@ -49,6 +49,10 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
             "the backend is told what the Gateway verified about the client certificate, "
             "and clients cannot forge it (how: the implementation profile)",
             "extended", upstream=False),
+    Feature("BackendTLSPolicySystemCACertificates",
+            "BackendTLSPolicy wellKnownCACertificates: System verifies backends against the "
+            "gateway's system roots, and caCertificateRefs never widen to them",
+            "extended", upstream=False),
     Feature("FrontendClientCertificatePinning",
             "listener tls.options pin the client certificate beyond the CA: allowed SANs and "
             "SHA-256 hashes of the leaf (option keys: the implementation profile)",

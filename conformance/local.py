@@ -24,9 +24,10 @@ from pathlib import Path
 
 import yaml
 
-from .target import Manifest, ObjectRef, Progress, ServicePort, Target, TargetError
+from .target import Manifest, ObjectRef, Progress, ServicePort, SystemRootsUnavailable, Target, TargetError
 
-REFGATEWAY_COMMAND = f"{shlex.quote(sys.executable)} -m refgateway --config-dir {{config_dir}} --state-dir {{state_dir}}"
+REFGATEWAY_COMMAND = (f"{shlex.quote(sys.executable)} -m refgateway --config-dir {{config_dir}} "
+                      "--state-dir {state_dir} --system-ca-bundle {system_ca_bundle}")
 REFGATEWAY_CONTROLLER = "mtls-conformance.dev/refgateway"
 
 CLUSTER_SCOPED = {"GatewayClass", "Namespace"}
@@ -85,6 +86,10 @@ class LocalTarget(Target):
         self.config_dir.mkdir()
         self.state_dir.mkdir()
         self._log_path = self._root / "gateway.log"
+        #: Stands in for the gateway's system trust store, when its command takes
+        #: {system_ca_bundle}: the CAs that trust_as_system_roots() added, in PEM.
+        self.system_ca_bundle = self._root / "system-ca-bundle.pem"
+        self._system_roots: list[bytes] = []
         self._proc: subprocess.Popen | None = None
         try:
             self._start(start_timeout)
@@ -103,7 +108,7 @@ class LocalTarget(Target):
     # -- the gateway process ---------------------------------------------------------
     def _start(self, timeout: float) -> None:
         text = self.command.replace("{config_dir}", str(self.config_dir)).replace(
-            "{state_dir}", str(self.state_dir))
+            "{state_dir}", str(self.state_dir)).replace("{system_ca_bundle}", str(self.system_ca_bundle))
         try:
             argv = shlex.split(text)
         except ValueError as exc:
@@ -247,6 +252,15 @@ class LocalTarget(Target):
              "endpoints": [{"addresses": hosts, "conditions": {"ready": True}}],
              "ports": [{"name": p.name, "port": p.address[1], "protocol": "TCP"} for p in ports]},
         )
+
+    def trust_as_system_roots(self, ca_pem: bytes) -> None:
+        if "{system_ca_bundle}" not in self.command:
+            raise SystemRootsUnavailable(
+                f"--gateway-command {self.command!r} takes no {{system_ca_bundle}}, so the harness cannot "
+                "give the gateway a system trust store (docs/local-target.md)")
+        if ca_pem not in self._system_roots:
+            self._system_roots.append(ca_pem)
+            _atomic_write(self.system_ca_bundle, b"".join(self._system_roots).decode("ascii"))
 
     def listener_address(self, gateway: ObjectRef, port: int) -> tuple[str, int]:
         ports_file = self.state_dir / "ports" / (gateway.namespace or "") / f"{gateway.name}.yaml"

@@ -164,3 +164,43 @@ def reference_grant(name: str, namespace: str, *, from_kind: str, from_namespace
             "metadata": _meta(name, namespace),
             "spec": {"from": [{"group": from_group, "kind": from_kind, "namespace": from_namespace}],
                      "to": [{"group": to_group, "kind": to_kind}]}}
+
+
+def policy_target(service: str, *, section_name: str | None = None, kind: str = "Service",
+                  group: str = "") -> dict:
+    """A BackendTLSPolicy targetRef (LocalPolicyTargetReferenceWithSectionName)."""
+    ref: dict[str, Any] = {"group": group, "kind": kind, "name": service}
+    if section_name:
+        ref["sectionName"] = section_name
+    return ref
+
+
+def san_hostname(hostname: str) -> dict:
+    return {"type": "Hostname", "hostname": hostname}
+
+
+def san_uri(uri: str) -> dict:
+    return {"type": "URI", "uri": uri}
+
+
+def backend_tls_policy(name: str, namespace: str, *, targets: Sequence[Mapping], hostname: str,
+                       ca_refs: Sequence[Mapping] = (), well_known: str | None = None,
+                       subject_alt_names: Sequence[Mapping] = ()) -> dict:
+    """A ``gateway.networking.k8s.io/v1`` BackendTLSPolicy; ``ca_refs`` are object_ref()s."""
+    validation: dict[str, Any] = {"hostname": hostname}
+    if ca_refs:
+        validation["caCertificateRefs"] = [dict(r) for r in ca_refs]
+    if well_known is not None:
+        validation["wellKnownCACertificates"] = well_known
+    if subject_alt_names:
+        validation["subjectAltNames"] = [dict(s) for s in subject_alt_names]
+    return {"apiVersion": GATEWAY_API, "kind": "BackendTLSPolicy", "metadata": _meta(name, namespace),
+            "spec": {"targetRefs": [dict(t) for t in targets], "validation": validation}}
+
+
+def external_name_service(name: str, namespace: str, *, host: str, port: int,
+                          port_name: str = "https") -> dict:
+    """A Service for a host outside the cluster (``type: ExternalName``)."""
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(name, namespace),
+            "spec": {"type": "ExternalName", "externalName": host,
+                     "ports": [{"name": port_name, "port": port, "protocol": "TCP"}]}}

@@ -45,6 +45,16 @@ def _csv(value: str) -> list[str]:
     return names
 
 
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.strip().rpartition(":") if value.count(":") == 1 else (value.strip(), "", "")
+    if not sep:
+        host, port = value.strip(), "443"
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in host:
+        raise pytest.UsageError(f"--external-backend-host expects HOST or HOST:PORT (e.g. httpbin.org), "
+                                f"got {value!r}")
+    return host.lower(), int(port)
+
+
 def _positive_float(value: str) -> float:
     try:
         number = float(value)
@@ -65,7 +75,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="GatewayClass of the implementation under test")
     group.addoption("--gateway-command", metavar="CMD", default=None,
                     help="local target: command that runs a gateway following docs/local-target.md "
-                         "({config_dir} and {state_dir} are filled in); default: the bundled refgateway")
+                         "({config_dir}, {state_dir} and, if present, {system_ca_bundle} are filled in; "
+                         "see docs/local-target.md); default: the bundled refgateway")
     group.addoption("--controller-name", metavar="NAME", default=None,
                     help="local target: controllerName of the GatewayClass the harness creates")
     group.addoption("--kubeconfig", metavar="FILE", default=None,
@@ -97,6 +108,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                                        "value at the object's current generation")
     group.addoption("--report-dir", metavar="DIR", default=None,
                     help="write a ConformanceReport and a summary of the verdicts here")
+    group.addoption("--external-backend-host", metavar="HOST[:PORT]", type=_host_port, default=None,
+                    help="a public HTTPS host the gateway can reach (e.g. httpbin.org): the backend TLS "
+                         "scenarios with wellKnownCACertificates: System also run against it; without "
+                         "it they run only against a simulated external host")
     group.addoption("--list-features", action="store_true", default=False,
                     help="print the features this suite checks and exit")
     _outputs.add_options(group)
@@ -367,6 +382,16 @@ def mtls_profile(mtls_suite: Suite) -> _profiles.Profile:
 @pytest.fixture(scope="session")
 def mtls_settings(mtls_suite: Suite) -> Settings:
     return mtls_suite.settings
+
+
+@pytest.fixture(scope="session")
+def mtls_external_backend_host(pytestconfig: pytest.Config) -> tuple[str, int]:
+    """``--external-backend-host`` as (host, port); tests that need it skip without it."""
+    value = pytestconfig.getoption("external_backend_host")
+    if value is None:
+        pytest.skip("needs --external-backend-host HOST (a public HTTPS host the gateway can reach, "
+                    "e.g. httpbin.org); the simulated external host covers the same checks offline")
+    return value
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,10 @@ class TargetError(Exception):
     """The system under test cannot be used: the message says what to fix."""
 
 
+class SystemRootsUnavailable(TargetError):
+    """The harness cannot change the gateway's system trust store on this target."""
+
+
 class WaitTimeout(AssertionError):
     """A wait for a status condition ran out of time; the message holds the last status seen."""
 
@@ -142,6 +146,17 @@ class Target(abc.ABC):
             raise
         return server
 
+    def trust_as_system_roots(self, ca_pem: bytes) -> None:
+        """Add a CA to the roots the gateway trusts for BackendTLSPolicy
+        ``wellKnownCACertificates: System``, standing in for a public CA.
+
+        Only a harness that runs the gateway can do this (a local gateway whose command
+        takes ``{system_ca_bundle}``, docs/local-target.md); this default raises
+        :class:`SystemRootsUnavailable`, and scenarios that need it skip.
+        """
+        raise SystemRootsUnavailable(
+            f"the {self.kind} target cannot add roots to the gateway's system trust store")
+
     @abc.abstractmethod
     def listener_address(self, gateway: ObjectRef, port: int) -> tuple[str, int]:
         """Where a client connects to reach the Gateway's listeners on ``port``."""
@@ -236,4 +251,41 @@ class Target(abc.ABC):
             return None
 
         self.wait_for(route, check, what=what, timeout=timeout)
+        return found
+
+    def wait_for_policy_condition(self, policy: ObjectRef, gateway: ObjectRef, type_: str,
+                                  status: str = "True", *, reason: str | None = None,
+                                  timeout: float = 60.0) -> dict:
+        """Wait for a condition in a policy's ``status.ancestors[]`` entry for one Gateway.
+
+        As upstream's BackendTLSPolicyMustHaveCondition: every ancestor entry must be at
+        the policy's current generation, and the one for ``gateway`` must have the condition.
+        """
+        what = f"condition {type_}={status} for ancestor Gateway {gateway.name}" + (
+            f" reason {reason}" if reason else "")
+        found: dict = {}
+
+        def check(obj: dict | None) -> str | None:
+            if obj is None:
+                return "the policy does not exist"
+            generation = obj.get("metadata", {}).get("generation")
+            ancestors = (obj.get("status") or {}).get("ancestors") or []
+            for entry in ancestors:
+                stale = [c for c in entry.get("conditions") or [] if c.get("observedGeneration") != generation]
+                if stale:
+                    return (f"ancestor {(entry.get('ancestorRef') or {}).get('name')} has conditions at "
+                            f"observedGeneration {stale[0].get('observedGeneration')}, metadata.generation "
+                            f"is {generation}")
+            mine = [e for e in ancestors if (e.get("ancestorRef") or {}).get("name") == gateway.name
+                    and (e.get("ancestorRef") or {}).get("namespace") in (None, gateway.namespace)]
+            if not mine:
+                return f"no status.ancestors entry for Gateway {gateway.name}"
+            conds = [c for e in mine for c in e.get("conditions") or []]
+            cond = find_condition(conds, type_)
+            if cond is None or cond.get("status") != status or (reason and cond.get("reason") != reason):
+                return f"has {describe_conditions(conds)}"
+            found.update(cond)
+            return None
+
+        self.wait_for(policy, check, what=what, timeout=timeout)
         return found

@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, help="directory for ready, status/, ports/ and errors.yaml")
     p.add_argument("--controller-name", default=DEFAULT_CONTROLLER,
                    help=f"GatewayClass controllerName to own (default {DEFAULT_CONTROLLER})")
+    p.add_argument("--system-ca-bundle", type=Path, metavar="FILE", default=None,
+                   help="PEM file of the roots that BackendTLSPolicy wellKnownCACertificates: System trusts "
+                        "(default: this machine's default verify paths); read when a backend context is built")
     p.add_argument("--fault", action="append", default=[], metavar="NAME",
                    help="enable a deliberate deviation; repeatable; see --list-faults")
     p.add_argument("--list-faults", action="store_true", help="print the fault names and exit")
@@ -84,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s refgateway[%(process)d] %(levelname)s %(message)s")
     from ._server import Gateway  # imports pyOpenSSL; keep --help and --list-faults fast
 
-    gw = Gateway(config_dir, state_dir, controller=args.controller_name, faults=faults)
+    bundle = args.system_ca_bundle.resolve() if args.system_ca_bundle else None
+    if bundle is not None and not bundle.parent.is_dir():
+        print(f"refgateway: error: --system-ca-bundle {args.system_ca_bundle}: its directory does not exist",
+              file=sys.stderr)
+        return 2
+    gw = Gateway(config_dir, state_dir, controller=args.controller_name, faults=faults, system_ca_bundle=bundle)
     asyncio.run(gw.run())
     return 0

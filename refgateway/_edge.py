@@ -32,8 +32,9 @@ import h11
 from OpenSSL import SSL
 
 from . import routing
-from ._tls import ALERT_HANDSHAKE_FAILURE, leaf_identity, pin_mismatch, short_reason, verify_mode
-from .translator import ALLOW_INSECURE_FALLBACK, Listener
+from ._tls import (ALERT_HANDSHAKE_FAILURE, BackendContexts, backend_identity_problem, leaf_identity,
+                   pin_mismatch, short_reason, verify_mode)
+from .translator import ALLOW_INSECURE_FALLBACK, BackendTLS, Listener
 
 if TYPE_CHECKING:
     from ._server import Site
@@ -459,16 +460,27 @@ class Edge(asyncio.Protocol):
                                    headers={k.decode("latin-1"): v.decode("latin-1") for k, v in headers})
         if rule is None:
             return 404, [], b"no route\n"
-        status, endpoint = routing.pick_endpoint(rule.backends, _rng)
+        status, endpoint, backend = routing.pick_endpoint(rule.backends, _rng)
         if endpoint is None:
             return status, [], b"no usable backend for this rule\n"
+        upstream = None
+        if backend.tls is not None:
+            sni = host if "backend-sni-from-host" in self.faults else backend.tls.hostname
+            upstream = (self.site.backend_contexts, backend.tls, sni)
         return await proxy(endpoint, req, headers, body, tls=self.tls is not None,
-                           client=self.transport.get_extra_info("peername"))
+                           client=self.transport.get_extra_info("peername"), upstream=upstream,
+                           faults=self.faults)
 
 
 async def proxy(endpoint: tuple[str, int], req: h11.Request, headers: list, body: bytes, *,
-                tls: bool, client) -> tuple[int, list, bytes]:
-    """Send one request to a backend over plain HTTP/1.1 and buffer its response."""
+                tls: bool, client, upstream: tuple[BackendContexts, BackendTLS, str] | None = None,
+                faults: frozenset[str] = frozenset()) -> tuple[int, list, bytes]:
+    """Send one request to a backend over HTTP/1.1 and buffer its response.
+
+    ``upstream`` = (contexts, the policy's TLS settings, SNI) originates TLS; the
+    backend's identity is checked after the handshake and before the request is sent,
+    so a backend that fails it never sees the request (502).
+    """
     out = [(k, v) for k, v in headers if k not in HOP_BY_HOP]
     if client:
         out.append((b"x-forwarded-for", str(client[0]).encode()))
@@ -479,7 +491,24 @@ async def proxy(endpoint: tuple[str, int], req: h11.Request, headers: list, body
     conn = h11.Connection(h11.CLIENT)
     writer = None
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(*endpoint), BACKEND_TIMEOUT)
+        if upstream is None:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(*endpoint), BACKEND_TIMEOUT)
+        else:
+            contexts, backend_tls, sni = upstream
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                *endpoint, ssl=contexts.context(backend_tls), server_hostname=sni), BACKEND_TIMEOUT)
+            try:
+                der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            except (AttributeError, ValueError):
+                # The backend ended the connection right after the handshake (TLS 1.3: it
+                # refused our certificate): no ssl_object, or "handshake not done yet".
+                log.info("backend %s:%s closed the TLS connection after the handshake", *endpoint)
+                return 502, [], b"backend closed the TLS connection\n"
+            problem = backend_identity_problem(der, backend_tls, faults)
+            if problem:
+                log.info("backend %s:%s (BackendTLSPolicy %s) refused: %s",
+                         endpoint[0], endpoint[1], backend_tls.policy, problem)
+                return 502, [], b"backend certificate rejected\n"
         data = conn.send(h11.Request(method=req.method, target=req.target, headers=out))
         if body:
             data += conn.send(h11.Data(data=body))

@@ -31,7 +31,7 @@ from OpenSSL import SSL
 
 from . import translator
 from ._edge import Edge, on_sni, on_verify
-from ._tls import ContextCache
+from ._tls import BackendContexts, ContextCache
 
 log = logging.getLogger("refgateway")
 
@@ -132,16 +132,19 @@ class Site:
     server: asyncio.AbstractServer | None = None
     bound: int = 0
     edges: set = field(default_factory=set)
+    backend_contexts: BackendContexts | None = None
 
 
 class Gateway:
-    def __init__(self, config_dir: Path, state_dir: Path, *, controller: str, faults: frozenset[str]):
+    def __init__(self, config_dir: Path, state_dir: Path, *, controller: str, faults: frozenset[str],
+                 system_ca_bundle: Path | None = None):
         self.config_dir = config_dir
         self.state_dir = state_dir
         self.controller = controller
         self.faults = faults
         self.sites: dict[tuple[str, str, int], Site] = {}
         self.contexts = ContextCache(faults=faults, sni_callback=on_sni, verify_callback=on_verify)
+        self.backend_contexts = BackendContexts(faults=faults, system_ca_bundle=system_ca_bundle)
         self.written_status: dict[tuple, dict] = {}
         self.written_ports: dict[tuple[str, str], dict] = {}
         self.ca_memory: dict = {}
@@ -183,7 +186,7 @@ class Gateway:
                         log.warning("cannot build TLS context for %s/%s %s: %s", key[0], key[1], ls.name, exc)
             site = self.sites.get(key)
             if site is None:
-                site = Site(port=port, faults=self.faults)
+                site = Site(port=port, faults=self.faults, backend_contexts=self.backend_contexts)
                 if not await self._listen(key, site):
                     continue  # controller mode: reported as not programmed, retried on the next reload
                 self.sites[key] = site

@@ -24,15 +24,22 @@ verification and could carry a verdict across listeners or CA rotations.
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import ssl
+from pathlib import Path
 from typing import Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
 
-from .translator import ALLOW_INSECURE_FALLBACK, Listener, Validation
+from .translator import ALLOW_INSECURE_FALLBACK, BackendTLS, Listener, Validation
 
-__all__ = ["ContextCache", "verify_mode", "short_reason", "pin_mismatch", "leaf_identity", "ALERT_HANDSHAKE_FAILURE"]
+__all__ = ["ContextCache", "verify_mode", "short_reason", "pin_mismatch", "leaf_identity", "ALERT_HANDSHAKE_FAILURE",
+           "BackendContexts", "BackendIdentityError", "backend_identity_problem"]
+
+log = logging.getLogger("refgateway.tls")
 
 # A plaintext TLS alert record: level fatal(2), description handshake_failure(40).
 ALERT_HANDSHAKE_FAILURE = b"\x15\x03\x03\x00\x02\x02\x28"
@@ -157,4 +164,124 @@ class ContextCache:
         # OpenSSL verifies client certificates for the purpose "sslclient" by default
         # on the server side, so a serverAuth-only certificate fails with bad-purpose.
         ctx.set_verify(verify_mode(v, self._faults), self._verify)
+        return ctx
+
+
+# --------------------------------------------------------------------------- backend TLS
+#
+# The gateway as a TLS *client* of its backends (BackendTLSPolicy). This side uses the
+# stdlib ssl module through asyncio: nothing here needs the alerts a client sees, and the
+# certificate identity is checked after the handshake, before a byte of the request is
+# sent, because the policy may ask for subjectAltNames that OpenSSL's own hostname check
+# cannot express.
+
+
+class BackendIdentityError(Exception):
+    """The backend's certificate does not carry the identity its BackendTLSPolicy asks for."""
+
+
+def _dns_match(pattern: str, name: str) -> bool:
+    """RFC 6125 6.4: exact, or a wildcard standing for the whole leftmost label."""
+    pattern, name = pattern.lower().rstrip("."), name.lower().rstrip(".")
+    if pattern.startswith("*."):
+        head, _, rest = name.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return pattern == name
+
+
+def backend_identity_problem(der: bytes | None, tls: BackendTLS, faults: frozenset[str]) -> str | None:
+    """Why the backend's leaf certificate fails the policy's identity check, or None.
+
+    With subjectAltNames, one of them must be in the certificate and the hostname is not
+    used for authentication; without, the hostname must match a DNS SAN.
+    """
+    if not tls.verify or "backend-skip-hostname-verification" in faults:
+        return None
+    if der is None:
+        return "the backend sent no certificate"
+    try:
+        san = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value
+        dns, uris = san.get_values_for_type(x509.DNSName), san.get_values_for_type(x509.UniformResourceIdentifier)
+    except (ValueError, x509.ExtensionNotFound):
+        dns, uris = [], []
+    wanted = tls.subject_alt_names if "backend-ignore-subject-alt-names" not in faults else ()
+    if wanted:
+        for kind, value in wanted:
+            if kind == "Hostname" and any(_dns_match(d, value) or d.lower() == value.lower() for d in dns):
+                return None
+            if kind == "URI" and value in uris:
+                return None
+        return (f"certificate SANs {dns + uris} match none of the policy's subjectAltNames "
+                f"{[v for _, v in wanted]}")
+    if any(_dns_match(d, tls.hostname) for d in dns):
+        return None
+    return f"certificate DNS SANs {dns} do not match hostname {tls.hostname!r}"
+
+
+def _load_cert_chain_from_memory(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    # The stdlib loads credentials only from files; a memfd keeps the key off the disk.
+    fd = os.memfd_create("refgateway-client-credential", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, key_pem + b"\n" + cert_pem)
+        ctx.load_cert_chain(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+
+
+class BackendContexts:
+    """Client contexts for TLS to backends, one per distinct policy (and system bundle)."""
+
+    def __init__(self, *, faults: frozenset[str], system_ca_bundle: Path | None = None):
+        self._faults = faults
+        self._bundle = system_ca_bundle
+        self._cache: dict[tuple, ssl.SSLContext] = {}
+
+    def _bundle_version(self) -> tuple | None:
+        # The bundle is read when a context is built, so a harness may write it after the
+        # gateway started; its identity is part of the cache key.
+        if self._bundle is None:
+            return None
+        try:
+            st = self._bundle.stat()
+        except OSError:
+            return ("missing",)
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def context(self, tls: BackendTLS) -> ssl.SSLContext:
+        system = tls.system or "backend-trust-system-roots" in self._faults
+        key = (tls, self._bundle_version() if system else None)
+        ctx = self._cache.get(key)
+        if ctx is None:
+            if len(self._cache) > 256:
+                self._cache.clear()
+            ctx = self._cache[key] = self._build(tls, system)
+        return ctx
+
+    def _build(self, tls: BackendTLS, system: bool) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.options |= ssl.OP_NO_TICKET
+        ctx.set_alpn_protocols(["http/1.1"])
+        ctx.check_hostname = False  # backend_identity_problem() checks the identity
+        if not tls.verify or "backend-skip-chain-verification" in self._faults:
+            ctx.verify_mode = ssl.CERT_NONE
+        elif system:
+            if self._bundle is None:
+                ctx.load_default_certs()
+            else:
+                try:
+                    ctx.load_verify_locations(cafile=str(self._bundle))
+                except (OSError, ssl.SSLError) as exc:  # missing or empty: no system root at all
+                    log.warning("system CA bundle %s unusable (%s): no backend certificate verifies", self._bundle, exc)
+        else:
+            seen = set()
+            for pem in tls.ca_pems:
+                for cert in x509.load_pem_x509_certificates(pem):
+                    der = cert.public_bytes(Encoding.DER)
+                    if der not in seen:
+                        seen.add(der)
+                        ctx.load_verify_locations(cadata=der)
+        if tls.client_cert is not None:
+            _load_cert_chain_from_memory(ctx, *tls.client_cert)
         return ctx

@@ -36,6 +36,17 @@ FAULTS: dict[str, str] = {
     "ignore-chain-depth": "client certificate chains are verified to any depth (no verify-depth limit)",
     "ignore-certificate-rotation": "each Gateway listener keeps serving the first server certificate loaded for it",
     "ignore-misdirected-requests": "on HTTPS ports the Host header picks the listener; no 421 when it differs from the SNI listener",
+    "backend-skip-hostname-verification": "the backend certificate's chain is verified but not its identity (neither the policy hostname nor its subjectAltNames)",
+    "backend-ignore-subject-alt-names": "BackendTLSPolicy subjectAltNames are ignored; the backend certificate is verified against the hostname instead",
+    "backend-skip-chain-verification": "the backend certificate's chain is not verified (any issuer, any validity window); its identity still is",
+    "backend-trust-system-roots": "BackendTLSPolicy caCertificateRefs are not used: backends are verified against the system roots instead",
+    "backend-plaintext-fallback": "a BackendTLSPolicy that cannot be honoured is ignored: its backends get the request in plain HTTP instead of 5xx",
+    "backend-fail-open": "a BackendTLSPolicy without usable trust anchors is reported Accepted and its backends are reached over TLS without verification",
+    "backend-sni-from-host": "the SNI sent to a TLS backend is the client's Host instead of the policy hostname (verification still uses the hostname)",
+    "omit-backend-client-cert": "the Gateway's spec.tls.backend.clientCertificateRef is resolved and reported but never presented to backends",
+    "report-client-certificate-ref-resolved": "an invalid spec.tls.backend.clientCertificateRef is not reported: the Gateway says ResolvedRefs=True",
+    "ignore-section-name": "BackendTLSPolicy targetRefs sectionName is ignored: a policy for one Service port applies to every port",
+    "reverse-policy-conflict-order": "when BackendTLSPolicies conflict, the newest wins (then the last by namespace/name)",
 }
 
 

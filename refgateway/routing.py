@@ -80,18 +80,18 @@ def select_rule(rules: Sequence[Rule], *, host: str, path: str, method: str,
     return best
 
 
-def pick_endpoint(backends: Sequence[Backend], rng: random.Random) -> tuple[int, tuple[str, int] | None]:
-    """Weighted choice: (status if no endpoint can be used, endpoint)."""
+def pick_endpoint(backends: Sequence[Backend], rng: random.Random) -> tuple[int, tuple[str, int] | None, Backend | None]:
+    """Weighted choice: (status if no endpoint can be used, endpoint, the backend chosen)."""
     total = sum(b.weight for b in backends)
     if total <= 0:
-        return 500, None
+        return 500, None, None
     n = rng.uniform(0, total)
     for b in backends:
         n -= b.weight
         if n <= 0:
             break
     if b.endpoints is None:
-        return 500, None
+        return 500, None, b
     if not b.endpoints:
-        return 503, None
-    return 0, rng.choice(b.endpoints)
+        return 503, None, b
+    return 0, rng.choice(b.endpoints), b

@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_CONTROLLER",
     "SUPPORTED_FEATURES",
     "Validation",
+    "BackendTLS",
     "Listener",
     "Rule",
     "Backend",
@@ -63,6 +64,9 @@ SUPPORTED_FEATURES = (
     "GatewayHTTPSListenerDetectMisdirectedRequests",
     "HTTPRoute",
     "ReferenceGrant",
+    "BackendTLSPolicy",
+    "BackendTLSPolicySANValidation",
+    "GatewayBackendClientCertificate",
 )
 
 Key = tuple[str, str, str]  # (kind, namespace, name)
@@ -82,9 +86,23 @@ class Validation:
 
 
 @dataclass(frozen=True)
+class BackendTLS:
+    """TLS from the gateway to one backend, from the BackendTLSPolicy that governs its port."""
+
+    policy: str  # namespace/name, for logs
+    hostname: str  # the SNI; also the identity checked unless subject_alt_names are given
+    ca_pems: tuple[bytes, ...] = ()  # trust anchors from caCertificateRefs
+    system: bool = False  # wellKnownCACertificates: System
+    subject_alt_names: tuple[tuple[str, str], ...] = ()  # ("Hostname" | "URI", value)
+    client_cert: tuple[bytes, bytes] | None = None  # the Gateway's spec.tls.backend certificate
+    verify: bool = True  # False only under the backend-fail-open fault
+
+
+@dataclass(frozen=True)
 class Backend:
     weight: int
     endpoints: tuple[tuple[str, int], ...] | None  # None: the backendRef is invalid (500)
+    tls: BackendTLS | None = None  # None: plain HTTP
 
 
 @dataclass(frozen=True)
@@ -483,7 +501,169 @@ def _gateway(idx: _Index, gw: Mapping, faults: frozenset[str]) -> tuple[list[_Li
                     ls.conflicted = (True, "HostnameConflict", msg)
                     ls.refuse("HostnameConflict", msg)
     insecure = _uses_fallback(spec)
-    return listeners, {"insecure": insecure}
+    client_cert, client_cert_problem = _client_certificate(idx, gw)
+    return listeners, {"insecure": insecure, "client_cert": client_cert, "client_cert_problem": client_cert_problem}
+
+
+# --------------------------------------------------------------------------- backend TLS
+
+
+def _client_certificate(idx: _Index, gw: Mapping) -> tuple[tuple[bytes, bytes] | None, tuple[str, str] | None]:
+    """Resolve spec.tls.backend.clientCertificateRef: (cert and key, (reason, message) if invalid)."""
+    ref = (((gw.get("spec") or {}).get("tls") or {}).get("backend") or {}).get("clientCertificateRef")
+    if not ref:
+        return None, None
+    gw_ns = _meta(gw).get("namespace") or ""
+    group, kind = ref.get("group") or "", ref.get("kind") or "Secret"
+    ns, name = ref.get("namespace") or gw_ns, ref.get("name") or ""
+    where = f"{kind} {ns}/{name}"
+    if group != "" or kind != "Secret":
+        return None, ("InvalidClientCertificateRef",
+                      f"clientCertificateRef {where} (group {group!r}) is not a core Secret")
+    if ns != gw_ns and not idx.granted(GW_GROUP, "Gateway", gw_ns, "", "Secret", ns, name):
+        return None, ("RefNotPermitted",
+                      f"clientCertificateRef {where} is in another namespace and no ReferenceGrant allows it")
+    secret = idx.get("Secret", ns, name)
+    if secret is None:
+        return None, ("InvalidClientCertificateRef", f"clientCertificateRef {where} does not exist")
+    crt, key = _decode_secret(secret, "tls.crt"), _decode_secret(secret, "tls.key")
+    problem = _valid_keypair(crt, key)
+    if problem:
+        return None, ("InvalidClientCertificateRef", f"clientCertificateRef {where}: {problem}")
+    return (crt, key), None
+
+
+@dataclass
+class _Policy:
+    namespace: str
+    name: str
+    order: tuple  # (creationTimestamp, namespace/name): the older, then the first by name, wins
+    gen: int
+    services: set[str] = field(default_factory=set)  # targeted Services (for ancestors)
+    targets: list[tuple[str, str | None]] = field(default_factory=list)  # (service, sectionName)
+    accepted: tuple[bool, str, str] = (True, "Accepted", "policy is accepted")
+    resolved: tuple[bool, str, str] = (True, "ResolvedRefs", "all references are resolved")
+    tls: BackendTLS | None = None  # None: the policy cannot be honoured
+
+    def refuse(self, reason: str, message: str) -> None:
+        if self.accepted[0]:
+            self.accepted = (False, reason, message)
+
+
+def _policy_anchors(idx: _Index, ns: str, validation: Mapping) -> tuple[
+        tuple[bytes, ...], bool, list[tuple[str, str]], tuple[str, str] | None]:
+    """Trust anchors of a policy: (CA bundles, system roots?, bad refs, why none is usable)."""
+    refs = validation.get("caCertificateRefs") or []
+    well_known = validation.get("wellKnownCACertificates") or ""
+    if refs and well_known:
+        return (), False, [], ("Invalid", "caCertificateRefs and wellKnownCACertificates are mutually exclusive")
+    if well_known:
+        if well_known != "System":
+            return (), False, [], ("Invalid", f"wellKnownCACertificates {well_known!r} is not supported; only System")
+        return (), True, [], None
+    if not refs:
+        return (), False, [], ("Invalid", "validation needs caCertificateRefs or wellKnownCACertificates")
+    good, bad = [], []
+    for ref in refs:
+        group, kind, name = ref.get("group") or "", ref.get("kind") or "", ref.get("name") or ""
+        where = f"{kind or '<no kind>'} {ns}/{name}"
+        if group != "" or kind not in ("ConfigMap", "Secret"):
+            bad.append(("InvalidKind", f"caCertificateRef {where} (group {group!r}) is not a core ConfigMap or Secret"))
+            continue
+        obj = idx.get(kind, ns, name)
+        if obj is None:
+            bad.append(("InvalidCACertificateRef", f"caCertificateRef {where} does not exist"))
+            continue
+        if kind == "ConfigMap":
+            raw = (obj.get("data") or {}).get("ca.crt")
+            pem = raw.encode() if isinstance(raw, str) else None
+        else:
+            pem = _decode_secret(obj, "ca.crt")
+        if not _parse_ca_bundle(pem):
+            bad.append(("InvalidCACertificateRef",
+                        f"caCertificateRef {where} has no parsable PEM certificate under key ca.crt"))
+            continue
+        good.append(pem)
+    if not good:
+        return (), False, bad, ("NoValidCACertificate", f"none of the {len(bad)} caCertificateRefs is usable")
+    return tuple(good), False, bad, None
+
+
+_SAN_FIELDS = {"Hostname": "hostname", "URI": "uri"}
+
+
+def _policy(idx: _Index, obj: Mapping, faults: frozenset[str]) -> _Policy:
+    meta = _meta(obj)
+    ns, name = meta.get("namespace") or "", meta.get("name") or ""
+    p = _Policy(ns, name, (str(meta.get("creationTimestamp") or ""), f"{ns}/{name}"), _gen(obj))
+    spec = obj.get("spec") or {}
+    if not spec.get("targetRefs"):
+        p.refuse("TargetNotFound", "the policy has no targetRefs")
+    for ref in spec.get("targetRefs") or []:
+        group, kind, svc_name = ref.get("group") or "", ref.get("kind") or "", ref.get("name") or ""
+        section = None if "ignore-section-name" in faults else ref.get("sectionName") or None
+        if group != "" or kind != "Service":
+            p.refuse("TargetNotFound", f"targetRef {group}/{kind} {svc_name} is not a core Service")
+            continue
+        p.services.add(svc_name)
+        svc = idx.get("Service", ns, svc_name)
+        if svc is None:
+            p.refuse("TargetNotFound", f"targetRef Service {ns}/{svc_name} does not exist")
+            continue
+        ports = {pt.get("name") or "" for pt in (svc.get("spec") or {}).get("ports") or []}
+        if section is not None and section not in ports:
+            p.refuse("TargetNotFound", f"targetRef Service {ns}/{svc_name} has no port named {section!r}")
+            continue
+        p.targets.append((svc_name, section))
+
+    validation = spec.get("validation") or {}
+    anchors, system, bad_refs, anchors_problem = _policy_anchors(idx, ns, validation)
+    fail_open = "backend-fail-open" in faults
+    if bad_refs and not fail_open:
+        p.resolved = (False, bad_refs[0][0], "; ".join(m for _, m in bad_refs))
+    if anchors_problem and not fail_open:
+        p.refuse(*anchors_problem)
+    hostname = validation.get("hostname") or ""
+    if not hostname or "*" in hostname:
+        p.refuse("Invalid", f"validation.hostname {hostname!r} must be a precise hostname")
+    sans = []
+    for san in validation.get("subjectAltNames") or []:
+        value = san.get(_SAN_FIELDS.get(san.get("type"), "")) or ""
+        if not value:
+            p.refuse("Invalid", f"subjectAltName {dict(san)!r} needs type Hostname with hostname or URI with uri")
+        sans.append((san.get("type"), value))
+    if p.accepted[0]:  # before conflicts: a policy that wins one target is honoured there
+        p.tls = BackendTLS(policy=f"{ns}/{name}", hostname=hostname.lower(), ca_pems=anchors, system=system,
+                           subject_alt_names=tuple(sans), verify=anchors_problem is None)
+    return p
+
+
+def _backend_policies(idx: _Index, faults: frozenset[str]) -> tuple[
+        list[_Policy], dict[tuple[str, str, str | None], _Policy]]:
+    """Every BackendTLSPolicy, and the one that governs each (namespace, Service, sectionName)."""
+    policies = [_policy(idx, obj, faults) for (kind, _, _), obj in sorted(idx.objects.items())
+                if kind == "BackendTLSPolicy"]
+    claims: dict[tuple[str, str, str | None], list[_Policy]] = {}
+    for p in policies:
+        for svc, section in p.targets:
+            claims.setdefault((p.namespace, svc, section), []).append(p)
+    governing = {}
+    for target, contenders in sorted(claims.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")):
+        contenders.sort(key=lambda p: p.order, reverse="reverse-policy-conflict-order" in faults)
+        winner = governing[target] = contenders[0]
+        where = f"Service {target[0]}/{target[1]}" + (f" port {target[2]}" if target[2] else "")
+        for loser in contenders[1:]:
+            loser.refuse("Conflicted", f"BackendTLSPolicy {winner.namespace}/{winner.name} "
+                                       f"takes precedence for {where}")
+    return policies, governing
+
+
+def _policy_status(p: _Policy, ancestors: list[tuple[str, str]], controller: str) -> dict:
+    return {"ancestors": [
+        {"ancestorRef": {"group": GW_GROUP, "kind": "Gateway", "namespace": ns, "name": name},
+         "controllerName": controller,
+         "conditions": [_cond("Accepted", *p.accepted, p.gen), _cond("ResolvedRefs", *p.resolved, p.gen)]}
+        for ns, name in ancestors]}
 
 
 # --------------------------------------------------------------------------- routes
@@ -540,27 +720,51 @@ def _intersect_hostnames(listener_host: str | None, route_hosts: list[str]) -> l
     return out or None
 
 
-def _resolve_backends(idx: _Index, route: Mapping, rule: Mapping) -> tuple[tuple[Backend, ...], list[tuple[str, str]]]:
+@dataclass(frozen=True)
+class _BackendTLSContext:
+    """What decides TLS to a route's backends on one Gateway."""
+
+    governing: Mapping[tuple[str, str, str | None], _Policy]
+    client_cert: tuple[bytes, bytes] | None
+    faults: frozenset[str]
+
+    def tls_for(self, ns: str, svc: str, port_name: str) -> tuple[bool, BackendTLS | None]:
+        """(usable, TLS settings) for a Service port; not usable: the policy cannot be honoured."""
+        policy = self.governing.get((ns, svc, port_name)) or self.governing.get((ns, svc, None))
+        if policy is None:
+            return True, None
+        if policy.tls is None:
+            return "backend-plaintext-fallback" in self.faults, None
+        return True, replace(policy.tls, client_cert=self.client_cert)
+
+
+def _resolve_backends(idx: _Index, route: Mapping, rule: Mapping,
+                      tls: _BackendTLSContext | None = None) -> tuple[tuple[Backend, ...], list[tuple[str, str]]]:
+    """The backends of a rule (with the TLS their policies ask for when ``tls`` is given)."""
     rns = _meta(route).get("namespace") or ""
     backends, problems = [], []
     for ref in rule.get("backendRefs") or []:
         weight = int(ref.get("weight", 1) if ref.get("weight") is not None else 1)
         group, kind = ref.get("group") or "", ref.get("kind") or "Service"
         name, ns, port = ref.get("name") or "", ref.get("namespace") or rns, ref.get("port")
-        endpoints = None
+        endpoints, backend_tls = None, None
         if group != "" or kind != "Service":
             problems.append(("InvalidKind", f"backendRef {group}/{kind} {name} is not a core Service"))
         elif ns != rns and not idx.granted(GW_GROUP, "HTTPRoute", rns, "", "Service", ns, name):
             problems.append(("RefNotPermitted", f"backendRef Service {ns}/{name} is not permitted by a ReferenceGrant"))
         else:
             svc = idx.get("Service", ns, name)
-            sport = None
-            if svc is not None:
-                sport = next((p for p in (svc.get("spec") or {}).get("ports") or [] if p.get("port") == port), None)
+            svc_spec = (svc or {}).get("spec") or {}
+            sport = next((p for p in svc_spec.get("ports") or [] if p.get("port") == port), None)
+            external = svc_spec.get("type") == "ExternalName" and svc_spec.get("externalName")
+            if external and sport is None and port:
+                sport = {"name": "", "port": port}  # ExternalName Services need not list their ports
             if svc is None:
                 problems.append(("BackendNotFound", f"backendRef Service {ns}/{name} does not exist"))
             elif sport is None:
                 problems.append(("BackendNotFound", f"backendRef Service {ns}/{name} has no port {port}"))
+            elif external:
+                endpoints = ((str(svc_spec["externalName"]), int(port)),)
             else:
                 eps = []
                 for sl in idx.slices.get((ns, name), []):
@@ -573,17 +777,21 @@ def _resolve_backends(idx: _Index, route: Mapping, rule: Mapping) -> tuple[tuple
                             continue
                         eps.extend((a, int(ep_port)) for a in ep.get("addresses") or [])
                 endpoints = tuple(eps)
+            if endpoints is not None and tls is not None:
+                usable, backend_tls = tls.tls_for(ns, name, sport.get("name") or "")
+                if not usable:
+                    endpoints = None  # a policy that cannot be honoured: 500, never plaintext
         if weight > 0:
-            backends.append(Backend(weight, endpoints))
+            backends.append(Backend(weight, endpoints, backend_tls))
     return tuple(backends), problems
 
 
-def _route_rules(idx: _Index, route: Mapping, hostnames: list[str]) -> list[Rule]:
+def _route_rules(idx: _Index, route: Mapping, hostnames: list[str], tls: _BackendTLSContext) -> list[Rule]:
     meta = _meta(route)
     order_base = (str(meta.get("creationTimestamp") or ""), f"{meta.get('namespace')}/{meta.get('name')}")
     rules = []
     for ri, rule in enumerate((route.get("spec") or {}).get("rules") or [{}]):
-        backends, _ = _resolve_backends(idx, route, rule)
+        backends, _ = _resolve_backends(idx, route, rule, tls)
         for mi, m in enumerate(rule.get("matches") or [{}]):
             path = m.get("path") or {}
             ptype = path.get("type") or "PathPrefix"
@@ -602,8 +810,13 @@ def _route_rules(idx: _Index, route: Mapping, hostnames: list[str]) -> list[Rule
 
 
 def _route(idx: _Index, route: Mapping, owned: Mapping[tuple[str, str], list[_ListenerState]],
-           controller: str) -> list[dict]:
-    """Attach one HTTPRoute; return its status.parents entries for our Gateways."""
+           controller: str, backend_tls: Mapping[tuple[str, str], _BackendTLSContext],
+           services_used: dict[tuple[str, str], set[tuple[str, str]]]) -> list[dict]:
+    """Attach one HTTPRoute; return its status.parents entries for our Gateways.
+
+    ``services_used`` collects, per Gateway, the Services its attached routes send to
+    (the Gateways that are ancestors of a BackendTLSPolicy).
+    """
     meta = _meta(route)
     rns, gen = meta.get("namespace") or "", _gen(route)
     spec = route.get("spec") or {}
@@ -636,7 +849,12 @@ def _route(idx: _Index, route: Mapping, owned: Mapping[tuple[str, str], list[_Li
             attached.append((ls, eff))
         for ls, eff in attached:
             ls.attached += 1
-            ls.rules.extend(_route_rules(idx, route, eff))
+            ls.rules.extend(_route_rules(idx, route, eff, backend_tls[gw_key]))
+        if attached:
+            services_used.setdefault(gw_key, set()).update(
+                (ref.get("namespace") or rns, ref.get("name") or "")
+                for rule in spec.get("rules") or [] for ref in rule.get("backendRefs") or []
+                if (ref.get("group") or "") == "" and (ref.get("kind") or "Service") == "Service")
         conds = [_cond("Accepted", True, "Accepted", "route is accepted", gen)] if attached else [
             _cond("Accepted", False, reason, msg, gen)]
         if problems:
@@ -676,7 +894,7 @@ def translate(objects: Mapping[Key, Mapping], *, controller: str = DEFAULT_CONTR
                 _cond("Accepted", True, "Accepted", "handled by the reference gateway", gen),
                 _cond("SupportedVersion", True, "SupportedVersion", "standard channel v1.5+ objects", gen),
             ],
-            "supportedFeatures": [{"name": f} for f in SUPPORTED_FEATURES],
+            "supportedFeatures": [{"name": f} for f in sorted(SUPPORTED_FEATURES)],
         }, cluster=True)
 
     owned: dict[tuple[str, str], list[_ListenerState]] = {}
@@ -685,12 +903,25 @@ def translate(objects: Mapping[Key, Mapping], *, controller: str = DEFAULT_CONTR
         if kind == "Gateway" and (gw.get("spec") or {}).get("gatewayClassName") in classes:
             owned[(ns, name)], extras[(ns, name)] = _gateway(idx, gw, faults)
 
+    policies, governing = _backend_policies(idx, faults)
+    backend_tls = {}
+    for key, extra in extras.items():
+        client_cert = None if "omit-backend-client-cert" in faults else extra["client_cert"]
+        backend_tls[key] = _BackendTLSContext(governing, client_cert, faults)
+    services_used: dict[tuple[str, str], set[tuple[str, str]]] = {}
     for (kind, ns, name), route in sorted(objects.items()):
         if kind != "HTTPRoute":
             continue
-        parents = _route(idx, route, owned, controller)
+        parents = _route(idx, route, owned, controller, backend_tls, services_used)
         if parents:
             statuses[(kind, ns, name)] = _doc("gateway.networking.k8s.io/v1", kind, route, {"parents": parents})
+    for p in policies:
+        ancestors = sorted(gw for gw, used in services_used.items()
+                           if any((p.namespace, svc) in used for svc in p.services))
+        if ancestors:
+            statuses[("BackendTLSPolicy", p.namespace, p.name)] = _doc(
+                "gateway.networking.k8s.io/v1", "BackendTLSPolicy", objects[("BackendTLSPolicy", p.namespace, p.name)],
+                _policy_status(p, ancestors, controller))
 
     ports: dict[tuple[str, str, int], Port] = {}
     for (ns, name), listeners in owned.items():
@@ -718,6 +949,14 @@ def translate(objects: Mapping[Key, Mapping], *, controller: str = DEFAULT_CONTR
             _cond("Programmed", any_programmed or not listeners, "Programmed" if any_programmed or not listeners else "Invalid",
                   "gateway is programmed on 127.0.0.1" if any_programmed or not listeners else "no listener can be programmed", gen),
         ]
+        cert_problem = extras[(ns, name)]["client_cert_problem"]
+        if cert_problem and "report-client-certificate-ref-resolved" not in faults:
+            gconds.append(_cond("ResolvedRefs", False, *cert_problem, gen))
+        elif any(not ls.resolved[0] for ls in listeners):
+            gconds.append(_cond("ResolvedRefs", False, "ListenersNotResolved",
+                                "some listeners have unresolved references", gen))
+        else:
+            gconds.append(_cond("ResolvedRefs", True, "ResolvedRefs", "all references are resolved", gen))
         if extras[(ns, name)]["insecure"] and "no-insecure-condition" not in faults:
             gconds.append(_cond("InsecureFrontendValidationMode", True, "ConfigurationChanged",
                                 "client certificate validation allows insecure fallback", gen))
@@ -773,8 +1012,9 @@ def _walk_conditions(doc: Any, path: tuple = ()) -> Iterable[tuple[tuple, list]]
                 yield from _walk_conditions(v, path + (k,))
     elif isinstance(doc, list):
         for i, v in enumerate(doc):
+            ref = next((v[k] for k in ("parentRef", "ancestorRef") if isinstance(v, dict) and k in v), None)
             key = v.get("name") if isinstance(v, dict) and "name" in v else (
-                repr(sorted(v["parentRef"].items())) if isinstance(v, dict) and "parentRef" in v else i)
+                repr(sorted(ref.items())) if ref is not None else i)
             yield from _walk_conditions(v, path + (key,))
 
 

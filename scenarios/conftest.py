@@ -15,7 +15,8 @@ import pytest
 from conformance import manifests as m
 from conformance.client import GatewayClient, Settings
 from conformance.profiles import Profile
-from conformance.target import ObjectRef, Target
+from conformance.target import ObjectRef, SystemRootsUnavailable, Target
+from fixtures.echo import ServerTLS
 
 from .guide import HOSTNAME
 
@@ -98,3 +99,54 @@ def guide_tls_objects(mtls_namespace, server_credential, client_ca) -> list[dict
     return [m.tls_secret("https-cert", mtls_namespace, cert_pem=server_credential.chain_pem,
                          key_pem=server_credential.key_pem),
             m.ca_configmap("ca-cert", mtls_namespace, client_ca.cert_pem)]
+
+
+# -- backend TLS ------------------------------------------------------------------------
+#: The names upstream's tls-checks-certificate carries (conformance/utils/suite).
+BACKEND_HOSTNAME = "abc.example.com"
+BACKEND_OTHER_HOSTNAME = "other.example.com"
+BACKEND_SPIFFE_ID = "spiffe://abc.example.com/test-identity"
+
+
+@pytest.fixture(scope="session")
+def backend_ca(mtls_pki):
+    """Signs the backends' serving certificates (upstream: ``tls-checks-ca-certificate``)."""
+    return mtls_pki.authority("tls-checks-ca")
+
+
+@pytest.fixture(scope="session")
+def backend_credential(backend_ca):
+    """Upstream's ``tls-checks-certificate``: two DNS names and a SPIFFE URI."""
+    return backend_ca.issue_server(BACKEND_HOSTNAME, BACKEND_OTHER_HOSTNAME, uris=[BACKEND_SPIFFE_ID],
+                                   name="tls-checks-certificate")
+
+
+@pytest.fixture(scope="session")
+def system_trusted_ca(mtls_pki, mtls_target: Target):
+    """A CA standing in for a public one: the harness adds it to the gateway's system roots."""
+    ca = mtls_pki.authority("simulated-public-root-ca")
+    try:
+        mtls_target.trust_as_system_roots(ca.cert_pem)
+    except SystemRootsUnavailable as exc:
+        pytest.skip(f"{exc}; a real public host can be used instead with --external-backend-host")
+    return ca
+
+
+@pytest.fixture(scope="module")
+def deploy_tls_backend(mtls_backend, request: pytest.FixtureRequest):
+    """Factory: ``deploy_tls_backend(kind, namespace, service, credential=..., port=8443,
+    client_ca=None, require_client_cert=False) -> Backend`` with kind "echo" (the echo
+    backend, which reports SNI and peer certificates) or "nginx" (Debian's nginx)."""
+
+    def deploy(kind: str, namespace: str, service: str, *, credential, port: int = 8443,
+               client_ca=None, require_client_cert: bool = False):
+        client_ca_pem = client_ca.cert_pem if client_ca is not None else None
+        if kind == "nginx":
+            nginx = request.getfixturevalue("mtls_nginx_backend")
+            return nginx(namespace, service, port=port, credential=credential, client_ca_pem=client_ca_pem,
+                         require_client_cert=require_client_cert)
+        tls = ServerTLS(cert_chain_pem=credential.chain_pem, key_pem=credential.key_pem,
+                        client_ca_pem=client_ca_pem, require_client_cert=require_client_cert)
+        return mtls_backend(namespace, service, port=port, tls=tls)
+
+    return deploy

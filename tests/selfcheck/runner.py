@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "scenarios"
 
 #: A local gateway converges in milliseconds; a check that is going to fail needs only
-#: enough time to prove it is not still converging (status conditions included).
+#: enough time to prove it is not still converging (traffic, and status conditions).
 FAST = ["--max-time-to-consistency=1", "--condition-timeout=5"]
 
 
@@ -26,7 +26,7 @@ FAST = ["--max-time-to-consistency=1", "--condition-timeout=5"]
 class SuiteRun:
     returncode: int
     outcomes: dict[str, str]  # node id relative to scenarios/ -> passed | failed | skipped
-    messages: dict[str, str]  # node id -> failure message
+    messages: dict[str, str]  # node id -> failure (or skip) message
     output: str
 
     def with_outcome(self, outcome: str) -> set[str]:
@@ -35,7 +35,7 @@ class SuiteRun:
 
 def gateway_command(*faults: str) -> str:
     argv = [sys.executable, "-m", "refgateway", "--config-dir", "{config_dir}",
-            "--state-dir", "{state_dir}"]
+            "--state-dir", "{state_dir}", "--system-ca-bundle", "{system_ca_bundle}"]
     for fault in faults:
         argv += ["--fault", fault]
     return shlex.join(argv)
@@ -64,6 +64,7 @@ def parse_junit(path: Path) -> tuple[dict[str, str], dict[str, str]]:
             messages[nodeid] = (failure.get("message") or "") + "\n" + (failure.text or "")
         elif case.find("skipped") is not None:
             outcomes.setdefault(nodeid, "skipped")
+            messages.setdefault(nodeid, case.find("skipped").get("message") or "")
         else:
             outcomes.setdefault(nodeid, "passed")
     return outcomes, messages

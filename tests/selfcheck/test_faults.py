@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from .expected_failures import EXPECTED_FAILURES, NOT_YET_COVERED
+from .expected_failures import EXPECTED_FAILURES, NOT_YET_COVERED, OPT_IN
 from .runner import SCENARIOS, run_suite
 
 
@@ -54,7 +54,7 @@ def test_every_scenario_can_fail():
     patterns = [p for ps in EXPECTED_FAILURES.values() for p in ps]
     nodeids = collected_scenarios()
     assert nodeids, "no scenario was collected"
-    never = [n for n in nodeids if not any(matches(n, p) for p in patterns)]
+    never = [n for n in nodeids if not any(matches(n, p) for p in [*patterns, *OPT_IN])]
     assert never == [], "scenario tests that no refgateway fault makes fail:\n" + "\n".join(never)
 
 
@@ -62,7 +62,12 @@ def test_suite_passes_against_a_correct_gateway(tmp_path):
     run = run_suite(tmp_path)
     assert run.outcomes, f"the child run collected nothing:\n{run.output[-3000:]}"
     failed = sorted(run.with_outcome("failed"))
-    skipped = sorted(run.with_outcome("skipped"))
+    skipped = sorted(n for n in run.with_outcome("skipped") if not any(matches(n, p) for p in OPT_IN))
+    opt_in = [n for n in run.with_outcome("skipped") if n not in skipped]
+    for nodeid in opt_in:  # skipped, and saying which option runs them
+        option = next(o for p, o in OPT_IN.items() if matches(nodeid, p))
+        assert option in run.messages.get(nodeid, ""), (
+            f"{nodeid} was skipped without naming {option}")
     assert not failed, "scenarios failed against the correct refgateway:\n" + "\n\n".join(
         f"{n}\n{run.messages[n][:1500]}" for n in failed)
     assert not skipped, f"refgateway supports every feature, yet these were skipped: {skipped}"

@@ -1,0 +1,185 @@
+"""Backend mTLS: the Gateway presents spec.tls.backend.clientCertificateRef to its backends.
+
+Guide: Gateway API TLS documentation, "Gateway's Certificate Selection (Backend mTLS)"
+(shared/guides/gateway-api-tls-configuration.txt):
+
+    Mutual TLS (mTLS) for upstream connections requires the Gateway to present a client
+    certificate to the backend, in addition to verifying the backend's certificate. [...]
+    use the tls.backend.clientCertificateRef field in the Gateway resource. This
+    configuration applies to the Gateway as a client for all upstream connections managed
+    by that Gateway.
+
+        tls:
+          backend:
+            clientCertificateRef:
+              kind: Secret
+              group: ""
+              name: foo-example-cert
+
+The specification (GatewayBackendTLS) makes an invalid reference (missing Secret, wrong
+group or kind, no tls.crt/tls.key) ``ResolvedRefs=False/InvalidClientCertificateRef`` on
+the Gateway, and a reference to another namespace without a ReferenceGrant
+``RefNotPermitted``; the Gateway stays Accepted. A backend that requires a client
+certificate then refuses the Gateway, so its requests fail: never a 2xx.
+
+Upstream: GatewayTLSBackendClientCertificate (the backend sees the Gateway's certificate
+in ``tls.peerCertificates``), GatewayInvalidTLSBackendConfiguration.
+"""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+
+from conformance import manifests as m
+from conformance.expect import echo_tls
+from conformance.target import ObjectRef
+
+from .conftest import BACKEND_HOSTNAME
+
+pytestmark = pytest.mark.features("BackendTLSPolicy", "GatewayBackendClientCertificate")
+
+HTTP_PORT = 80
+HOST = BACKEND_HOSTNAME
+
+
+@pytest.fixture(scope="module")
+def gateway_client_ca(mtls_pki):
+    """The CA the backends trust for the Gateway's client certificate."""
+    return mtls_pki.authority("gateway-client-ca")
+
+
+@pytest.fixture(scope="module")
+def gateway_client_cert(gateway_client_ca):
+    """Upstream's ``tls-checks-client-certificate``."""
+    return gateway_client_ca.issue_client("tls-checks-client-certificate", common_name="gateway.example.com")
+
+
+@pytest.fixture(scope="module")
+def other_namespace(mtls_namespace, mtls_target):
+    name = f"{mtls_namespace}-other"[:63]
+    mtls_target.create_namespace(name)
+    yield name
+    mtls_target.delete_namespace(name)
+
+
+def gateway(name, namespace, gateway_class, client_cert_ref):
+    return m.gateway(name, namespace, gateway_class=gateway_class, listeners=[m.http_listener("http", HTTP_PORT)],
+                     backend_client_certificate=client_cert_ref)
+
+
+@pytest.fixture(scope="module")
+def backends(mtls_namespace, mtls_target, backend_ca, backend_credential, gateway_client_ca, deploy_tls_backend):
+    """Backends that require a client certificate from the Gateway's CA: echo and nginx,
+    one Service each, behind one BackendTLSPolicy each."""
+    ns = mtls_namespace
+    deployed = {}
+    for kind in ("echo", "nginx"):
+        service = f"tls-backend-with-client-cert-validation-{kind}"
+        try:
+            deployed[kind] = deploy_tls_backend(kind, ns, service, port=443, credential=backend_credential,
+                                                client_ca=gateway_client_ca, require_client_cert=True)
+        except pytest.skip.Exception:
+            continue  # nginx only beside a local gateway
+        mtls_target.apply(m.backend_tls_policy(
+            service, ns, targets=[m.policy_target(service)], hostname=BACKEND_HOSTNAME,
+            ca_refs=[m.object_ref("tls-checks-ca-certificate")]))
+    mtls_target.apply(m.ca_configmap("tls-checks-ca-certificate", ns, backend_ca.cert_pem))
+    return deployed
+
+
+def route_to_backends(name, namespace, gateways, backends):
+    return m.http_route(name, namespace, hostnames=[HOST], parents=[m.parent_ref(g) for g in gateways],
+                        rules=[m.rule(m.backend_ref(b.service, b.port), path=f"/{kind}")
+                               for kind, b in backends.items()])
+
+
+@pytest.fixture(scope="module")
+def gw(mtls_namespace, mtls_gateway_class, mtls_target, deploy_gateway, backends, gateway_client_cert):
+    ns = mtls_namespace
+    name = "gateway-tls-backend-client-certificate"
+    gw = deploy_gateway(gateway(name, ns, mtls_gateway_class, m.secret_ref("tls-checks-client-certificate")),
+                        m.tls_secret("tls-checks-client-certificate", ns, cert_pem=gateway_client_cert.chain_pem,
+                                     key_pem=gateway_client_cert.key_pem),
+                        routes=[route_to_backends("client-certificate", ns, [name], backends)])
+    for b in backends.values():
+        mtls_target.wait_for_policy_condition(ObjectRef("BackendTLSPolicy", b.service, ns), gw.gateway, "Accepted",
+                                              "True", reason="Accepted", timeout=gw.settings.timing.condition_timeout)
+    return gw
+
+
+def presented_certificate(kind, cert):
+    """A check for expect_ok: the backend saw ``cert`` as the client certificate."""
+
+    def check(response):
+        tls = echo_tls(response) or {}
+        if kind == "nginx":
+            seen = (tls.get("clientVerify"), (tls.get("clientFingerprint") or "").lower())
+            expected = ("SUCCESS", cert.certificate.fingerprint(hashes.SHA1()).hex())
+            return None if seen == expected else (
+                f"nginx saw client verify {seen[0]!r}, fingerprint {seen[1]!r}; expected SUCCESS and the "
+                f"Gateway certificate's {expected[1]}")
+        peers = tls.get("peerCertificates") or []
+        if not peers:
+            return "the backend saw no client certificate; expected the Gateway's clientCertificateRef"
+        if peers[0].strip() != cert.cert_pem.decode().strip():
+            return "the backend saw a client certificate other than the Gateway's clientCertificateRef"
+        return None
+
+    return check
+
+
+@pytest.mark.parametrize("kind", ["echo", "nginx"])
+def test_backend_sees_the_gateway_client_certificate(gw, kind, backends, mtls_target, gateway_client_cert):
+    if kind not in backends:
+        pytest.skip("the nginx backend runs on this machine; only a local gateway reaches it")
+    mtls_target.wait_for_condition(gw.gateway, "ResolvedRefs", "True", reason="ResolvedRefs",
+                                   timeout=gw.settings.timing.condition_timeout)
+    gw.expect_ok(HTTP_PORT, sni=None, host=HOST, plaintext=True, path=f"/{kind}",
+                 check=presented_certificate(kind, gateway_client_cert),
+                 what=f"{kind} requires a client certificate from the Gateway's CA")
+
+
+INVALID_REFS = {
+    # case: (clientCertificateRef, expected ResolvedRefs reason)
+    "nonexistent-secret": (m.secret_ref("nonexistent-certificate"), "InvalidClientCertificateRef"),
+    "unsupported-group": ({"group": "wrong.group.company.io", "kind": "Secret", "name": "tls-checks-client-certificate"},
+                          "InvalidClientCertificateRef"),
+    "unsupported-kind": ({"group": "", "kind": "WrongKind", "name": "tls-checks-client-certificate"},
+                         "InvalidClientCertificateRef"),
+    "malformed-secret": (m.secret_ref("malformed-client-certificate"), "InvalidClientCertificateRef"),
+    "missing-reference-grant": (None, "RefNotPermitted"),  # filled in with the other namespace
+}
+
+
+@pytest.fixture(scope="module")
+def invalid_gateways(gw, mtls_namespace, mtls_gateway_class, mtls_target, deploy_gateway, backends,
+                     other_namespace, gateway_client_cert):
+    ns = mtls_namespace
+    mtls_target.apply(
+        {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": {},
+         "metadata": {"name": "malformed-client-certificate", "namespace": ns}},
+        m.tls_secret("certificate", other_namespace, cert_pem=gateway_client_cert.chain_pem,
+                     key_pem=gateway_client_cert.key_pem))
+    clients = {}
+    for case, (ref, _) in INVALID_REFS.items():
+        ref = ref or m.secret_ref("certificate", namespace=other_namespace)
+        clients[case] = deploy_gateway(gateway(f"gateway-client-certificate-{case}", ns, mtls_gateway_class, ref))
+    mtls_target.apply(route_to_backends("invalid-client-certificates", ns,
+                                        [g.gateway.name for g in clients.values()], backends))
+    return clients
+
+
+@pytest.mark.parametrize("case", list(INVALID_REFS))
+def test_invalid_client_certificate_ref_is_reported_and_not_presented(case, invalid_gateways, backends, mtls_target):
+    client = invalid_gateways[case]
+    reason = INVALID_REFS[case][1]
+    timeout = client.settings.timing.condition_timeout
+    mtls_target.wait_for_condition(client.gateway, "ResolvedRefs", "False", reason=reason, timeout=timeout)
+    mtls_target.wait_for_condition(client.gateway, "Accepted", "True", reason="Accepted", timeout=timeout)
+    backend = backends["echo"]
+    mtls_target.wait_for_route_condition(ObjectRef("HTTPRoute", "invalid-client-certificates", backend.namespace),
+                                         client.gateway, "Accepted", timeout=timeout)
+    client.expect_backend_refused(HTTP_PORT, sni=None, host=HOST, plaintext=True, path="/echo", backend=backend,
+                                  what=f"clientCertificateRef {case}: the Gateway has no certificate to present "
+                                       "to a backend that requires one")

@@ -1,0 +1,143 @@
+"""Backend TLS to an external service: wellKnownCACertificates System.
+
+Guide: kgateway "Backend TLS", section "External service"
+(shared/guides/kgateway-backend-tls.txt):
+
+    Create a TLS policy that originates a TLS connection to the Backend [httpbin.org] [...]
+    To originate the TLS connection, you use known trusted CA certificates.
+
+        validation:
+          hostname: httpbin.org
+          wellKnownCACertificates: System
+
+    Send a request to the httpbin-external.example domain. [...] you get back a 200.
+
+The Gateway API TLS documentation ("Using System Certificates") leaves which system roots
+are used to the implementation. The suite cannot reach the internet, so the external
+host is simulated: a TLS server on this machine whose certificate comes from a CA that
+the harness adds to the gateway's system roots (a local gateway's ``{system_ca_bundle}``,
+docs/local-target.md). ``--external-backend-host`` runs the same checks against a real
+public host through a Service of type ExternalName.
+
+What the guide does not show is checked too: a self-signed external certificate is
+refused, and a policy with caCertificateRefs trusts those CAs only, never the system roots.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conformance import manifests as m
+from conformance.expect import backend_saw_tls, eventually
+from conformance.target import ObjectRef
+
+SIMULATED = pytest.mark.features("BackendTLSPolicy", "BackendTLSPolicySystemCACertificates")
+#: Opt-in: only our extension feature, so that a run without --external-backend-host
+#: leaves the upstream BackendTLSPolicy verdict (and the ConformanceReport) complete.
+REAL_HOST = pytest.mark.features("BackendTLSPolicySystemCACertificates")
+
+GATEWAY = "http"
+HTTP_PORT = 8080
+ROUTE_HOST = "httpbin-external.example"  # the guide's route hostname
+SIMULATED_HOST = "httpbin.external.example"  # stands in for httpbin.org
+
+
+def route(name, namespace, *paths_to_services):
+    return m.http_route(name, namespace, hostnames=[ROUTE_HOST], parents=[m.parent_ref(GATEWAY)],
+                        rules=[m.rule(m.backend_ref(svc, port), path=path)
+                               for path, (svc, port) in paths_to_services])
+
+
+def system_policy(name, namespace, service, *, hostname):
+    return m.backend_tls_policy(name, namespace, targets=[m.policy_target(service)], hostname=hostname,
+                                well_known="System")
+
+
+@pytest.fixture(scope="module")
+def gw(mtls_namespace, mtls_gateway_class, deploy_gateway):
+    return deploy_gateway(m.gateway(GATEWAY, mtls_namespace, gateway_class=mtls_gateway_class,
+                                    listeners=[m.http_listener("http", HTTP_PORT)]))
+
+
+@pytest.fixture(scope="module")
+def simulated(gw, mtls_namespace, mtls_pki, mtls_target, system_trusted_ca, deploy_tls_backend):
+    """Three "external" servers for the same name: a publicly trusted certificate, a
+    self-signed one, and a publicly trusted one behind a policy that names a private CA."""
+    ns = mtls_namespace
+    public = system_trusted_ca.issue_server(SIMULATED_HOST, name="simulated-public-host")
+    self_signed = mtls_pki.self_signed("simulated-self-signed-host", SIMULATED_HOST)
+    private_ca = mtls_pki.authority("private-ca-for-external")
+    backends = {"public": deploy_tls_backend("echo", ns, "httpbin-org", port=443, credential=public),
+                "self-signed": deploy_tls_backend("echo", ns, "self-signed-host", port=443, credential=self_signed),
+                "ca-ref": deploy_tls_backend("echo", ns, "ca-ref-host", port=443, credential=public)}
+    policies = {"public": system_policy("httpbin-org", ns, "httpbin-org", hostname=SIMULATED_HOST),
+                "self-signed": system_policy("self-signed-host", ns, "self-signed-host", hostname=SIMULATED_HOST),
+                "ca-ref": m.backend_tls_policy("ca-ref-host", ns, targets=[m.policy_target("ca-ref-host")],
+                                               hostname=SIMULATED_HOST, ca_refs=[m.object_ref("private-ca")])}
+    mtls_target.apply(m.ca_configmap("private-ca", ns, private_ca.cert_pem), *policies.values(),
+                      route("httpbin-org", ns, *[(f"/{case}", (b.service, b.port)) for case, b in backends.items()]))
+    for p in policies.values():
+        mtls_target.wait_for_policy_condition(ObjectRef.of(p), gw.gateway, "Accepted", "True", reason="Accepted",
+                                              timeout=gw.settings.timing.condition_timeout)
+    return backends
+
+
+@SIMULATED
+def test_system_roots_trust_a_publicly_issued_certificate(gw, simulated):
+    gw.expect_ok(HTTP_PORT, sni=None, host=ROUTE_HOST, plaintext=True, path="/public",
+                 check=backend_saw_tls(sni=SIMULATED_HOST),
+                 what=f"wellKnownCACertificates System to {SIMULATED_HOST} (certificate from a system root)")
+
+
+@SIMULATED
+def test_self_signed_external_certificate_is_refused(gw, simulated):
+    gw.expect_ok(HTTP_PORT, sni=None, host=ROUTE_HOST, plaintext=True, path="/public")
+    gw.expect_backend_refused(HTTP_PORT, sni=None, host=ROUTE_HOST, plaintext=True, path="/self-signed",
+                              backend=simulated["self-signed"],
+                              what=f"wellKnownCACertificates System, {SIMULATED_HOST} presents a self-signed certificate")
+
+
+@SIMULATED
+def test_ca_refs_do_not_fall_back_to_system_roots(gw, simulated):
+    """A certificate every system trusts is still refused when the policy names its own CA."""
+    gw.expect_ok(HTTP_PORT, sni=None, host=ROUTE_HOST, plaintext=True, path="/public")
+    gw.expect_backend_refused(HTTP_PORT, sni=None, host=ROUTE_HOST, plaintext=True, path="/ca-ref",
+                              backend=simulated["ca-ref"],
+                              what="caCertificateRefs name a private CA; the backend's certificate chains to a "
+                                   "system root only")
+
+
+# -- a real public host (opt-in) --------------------------------------------------------
+@pytest.fixture(scope="module")
+def real_host(gw, mtls_namespace, mtls_target, mtls_pki, mtls_external_backend_host):
+    host, port = mtls_external_backend_host
+    ns = mtls_namespace
+    policies = {"public": system_policy("real-host", ns, "real-host", hostname=host),
+                "ca-ref": m.backend_tls_policy("real-host-ca-ref", ns, targets=[m.policy_target("real-host-ca-ref")],
+                                               hostname=host, ca_refs=[m.object_ref("real-host-private-ca")])}
+    mtls_target.apply(
+        m.external_name_service("real-host", ns, host=host, port=port),
+        m.external_name_service("real-host-ca-ref", ns, host=host, port=port),
+        m.ca_configmap("real-host-private-ca", ns, mtls_pki.authority("private-ca-for-real-host").cert_pem),
+        *policies.values(),
+        route("real-host", ns, ("/real/", ("real-host", port)), ("/real-ca-ref/", ("real-host-ca-ref", port))))
+    return host
+
+
+@REAL_HOST
+def test_real_external_host_with_system_roots(gw, real_host):
+    """The guide's check against the real host: any answer from it, not a gateway 5xx."""
+
+    def judge(outcome):
+        status = getattr(outcome, "status", None)
+        return None if status is not None and status < 500 else f"got {outcome.describe()}"
+
+    eventually(lambda: gw.request(HTTP_PORT, sni=None, host=ROUTE_HOST, plaintext=True, path="/real/"), judge,
+               timing=gw.settings.timing, what=f"an answer from {real_host} through wellKnownCACertificates System")
+
+
+@REAL_HOST
+def test_real_external_host_is_refused_with_a_private_ca_ref(gw, real_host):
+    gw.expect_backend_refused(HTTP_PORT, sni=None, host=ROUTE_HOST, plaintext=True, path="/real-ca-ref/",
+                              what=f"{real_host} behind a policy whose only CA is a private one")
+
