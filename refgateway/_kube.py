@@ -353,10 +353,13 @@ class Reflector(threading.Thread):
         res = self.res
         assert res is not None
         seconds = random.randint(*WATCH_SECONDS)
-        resp = request(self.api, "GET", res.path(), stream=True, timeout=(10, seconds + 30), query={
-            "watch": True, "resourceVersion": rv, "allowWatchBookmarks": True, "timeoutSeconds": seconds})
-        if resp.status == 410:
-            raise _Gone()
+        try:
+            resp = request(self.api, "GET", res.path(), stream=True, timeout=(10, seconds + 30), query={
+                "watch": True, "resourceVersion": rv, "allowWatchBookmarks": True, "timeoutSeconds": seconds})
+        except ApiError as exc:
+            if exc.status == 410:  # expired before the stream even started
+                raise _Gone() from exc
+            raise
         self._resp = resp
         try:
             buf = b""
