@@ -30,7 +30,6 @@ This module must not import the harness (``conformance``).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import copy
 import errno
@@ -457,7 +456,7 @@ class StatusWriter:
             self._written(key, res, answer)
             return
         wanted = copy.deepcopy((doc or {}).get("status", {}).get(shared, []))
-        for attempt in range(5):
+        for _ in range(5):
             current = (obj.get("status") or {}).get(shared) or []
             old = _ours_only(current, self.controller)
             if not wanted and not old:

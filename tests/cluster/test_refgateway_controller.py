@@ -39,7 +39,6 @@ if not testcluster.go_available() and not testcluster._complete(testcluster.cach
                 allow_module_level=True)
 
 from kubernetes import client  # noqa: E402
-from kubernetes.client.rest import ApiException  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("testcluster")
 
