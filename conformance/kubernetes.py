@@ -118,6 +118,12 @@ def echo_backend_manifests(*, namespace: str, service: str, port: int, image: st
     ``tls`` has ``cert_chain_pem``, ``key_pem`` and optionally ``client_ca_pem``
     (fixtures.echo.ServerTLS): the image serves HTTPS on 8443 with them.
     """
+    if tls is not None and getattr(tls, "require_client_cert", False):
+        # echo-basic verifies a client certificate only if one is sent (Go's
+        # VerifyClientCertIfGiven): a scenario relying on the backend to demand one
+        # would pass against a gateway that sends none.
+        raise TargetError(f"backend {namespace}/{service} must require a client certificate, which the echo "
+                          "image cannot (it verifies one only if given); run it with --backend-mode=local-process")
     labels = dict(labels or {})
     app = {"app.kubernetes.io/name": service, "app.kubernetes.io/part-of": "mtls-conformance"}
     env: list[dict] = [

@@ -266,10 +266,6 @@ class Suite:
         return profile.with_features(upstream | extensions,
                                      source=f"GatewayClass {target.gateway_class} status.supportedFeatures")
 
-    def profile_if_known(self) -> _profiles.Profile:
-        """The profile if the run got far enough to know it, else the generic one."""
-        return self._profile or _profiles.GENERIC
-
     def unsupported(self, names: list[str]) -> list[str]:
         profile = self.profile()
         exempt = set(self.config.getoption("exempt_features") or ())

@@ -30,7 +30,6 @@ This module must not import the harness (``conformance``).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import copy
 import errno
@@ -353,10 +352,13 @@ class Reflector(threading.Thread):
         res = self.res
         assert res is not None
         seconds = random.randint(*WATCH_SECONDS)
-        resp = request(self.api, "GET", res.path(), stream=True, timeout=(10, seconds + 30), query={
-            "watch": True, "resourceVersion": rv, "allowWatchBookmarks": True, "timeoutSeconds": seconds})
-        if resp.status == 410:
-            raise _Gone()
+        try:
+            resp = request(self.api, "GET", res.path(), stream=True, timeout=(10, seconds + 30), query={
+                "watch": True, "resourceVersion": rv, "allowWatchBookmarks": True, "timeoutSeconds": seconds})
+        except ApiError as exc:
+            if exc.status == 410:  # expired before the stream even started
+                raise _Gone() from exc
+            raise
         self._resp = resp
         try:
             buf = b""
@@ -454,7 +456,7 @@ class StatusWriter:
             self._written(key, res, answer)
             return
         wanted = copy.deepcopy((doc or {}).get("status", {}).get(shared, []))
-        for attempt in range(5):
+        for _ in range(5):
             current = (obj.get("status") or {}).get(shared) or []
             old = _ours_only(current, self.controller)
             if not wanted and not old:

@@ -419,6 +419,10 @@ def test_echo_deployments_are_valid_manifests(cluster, dyn):
             secret = next(o for o in objects if o["kind"] == "Secret")
             assert set(secret["stringData"]) == {"tls.crt", "tls.key", "ca.crt"}
             assert service["spec"]["ports"][0]["targetPort"] == 8443
+    required = ServerTLS(cert_chain_pem=tls.cert_chain_pem, key_pem=tls.key_pem, client_ca_pem=tls.client_ca_pem,
+                         require_client_cert=True)
+    with pytest.raises(TargetError, match="must require a client certificate, which the echo image cannot"):
+        echo_backend_manifests(namespace=namespace, service="echo", port=443, image="example/echo:1", tls=required)
 
 
 @pytest.fixture

@@ -39,7 +39,6 @@ if not testcluster.go_available() and not testcluster._complete(testcluster.cach
                 allow_module_level=True)
 
 from kubernetes import client  # noqa: E402
-from kubernetes.client.rest import ApiException  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("testcluster")
 
@@ -582,3 +581,50 @@ def test_restart_rewrites_nothing_and_keeps_the_address(cluster, api, backend, p
         assert "written" not in second.log.read_text()  # same status, same lastTransitionTimes: no writes
     finally:
         second.stop()
+
+
+def test_reflector_lists_again_after_410_gone(monkeypatch, caplog):
+    """A watch from a compacted resourceVersion gets 410 Gone; the reflector lists again.
+
+    The API server's watch cache would hide the compaction, so this cluster has none.
+    """
+    import urllib.request
+
+    from refgateway import _kube
+
+    monkeypatch.setattr(_kube, "WATCH_SECONDS", (1, 1))
+    caplog.set_level("INFO", logger="refgateway")
+    with TestCluster(crds=None, extra_apiserver_args=["--watch-cache=false"]) as bare:
+        core = client.CoreV1Api(bare.api_client())
+        kube = _kube.connect(str(bare.kubeconfig), None)
+        stop = threading.Event()
+        cache = _kube.Cache(lambda: None)
+        r = _kube.Reflector(kube, (_kube.Resource("ConfigMap", "v1", "configmaps", True),), cache, stop)
+        r.start()
+        try:
+            assert r.synced.wait(10), "no first list"
+            core.create_namespaced_config_map("default", {"metadata": {"name": "before"}})
+            wait_for(lambda: cache.get(("ConfigMap", "default", "before")), what="ConfigMap before")
+            # Move etcd on without touching ConfigMaps, then compact: the reflector's
+            # resourceVersion (its last ConfigMap event) is now gone.
+            for i in range(3):
+                core.create_namespaced_secret("default", {"metadata": {"name": f"s{i}"}})
+
+            def etcd(path: str, body: dict) -> dict:
+                req = urllib.request.Request(bare.etcd_url + path, data=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return json.load(resp)
+            revision = etcd("/v3/kv/range", {"key": base64.b64encode(b"/").decode()})["header"]["revision"]
+            etcd("/v3/kv/compaction", {"revision": revision, "physical": True})
+            wait_for(lambda: "resourceVersion expired; listing again" in caplog.text, timeout=15,
+                     what="the reflector to see 410 Gone")
+            core.create_namespaced_config_map("default", {"metadata": {"name": "after"}})
+            wait_for(lambda: cache.get(("ConfigMap", "default", "after")), what="ConfigMap after the relist")
+            assert cache.get(("ConfigMap", "default", "before"))
+        finally:
+            stop.set()
+            r.close()
+            r.join(5)
+            kube.close()
+        assert not r.is_alive(), "the reflector thread did not stop"
