@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from . import matrix
+from .local import REFGATEWAY_COMMAND
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,12 +32,11 @@ REFERENCE_RUNS = (
 
 
 def reference_run_argv(folder: Path, *, faults: tuple[str, ...], version: str | None) -> list[str]:
-    gateway = [sys.executable, "-m", "refgateway", "--config-dir", "{config_dir}",
-               "--state-dir", "{state_dir}"]
-    for fault in faults:
-        gateway += ["--fault", fault]
+    # The local target's own refgateway command, so that the reference runs are given
+    # everything it is given ({system_ca_bundle} too) and skip nothing a plain run passes.
+    gateway = REFGATEWAY_COMMAND + "".join(f" --fault {shlex.quote(fault)}" for fault in faults)
     argv = [sys.executable, "-m", "pytest", str(ROOT / "scenarios"), "-q", "-p", "no:cacheprovider",
-            f"--gateway-command={shlex.join(gateway)}", f"--report-dir={folder}"]
+            f"--gateway-command={gateway}", f"--report-dir={folder}"]
     if faults:
         # A broken gateway need not be given 30 s to converge before each failure counts.
         argv.append("--max-time-to-consistency=1")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from conformance import features, matrix
+from conformance.__main__ import reference_run_argv
+from conformance.local import REFGATEWAY_COMMAND
 
 from ..selfcheck.runner import ROOT
 
@@ -34,6 +37,17 @@ def test_the_committed_reports_make_a_matrix(tmp_path):
     fe = "GatewayFrontendClientCertificateValidation"
     assert rows[fe][correct].strip(" |") == "passed"
     assert rows[fe][broken].strip(" |") == "failed"
+    # The committed runs are as current as refgateway: its backend TLS features are tested.
+    for feature in ("BackendTLSPolicy", "BackendTLSPolicySANValidation", "GatewayBackendClientCertificate"):
+        assert rows[feature][correct].strip(" |") == "passed", (feature, rows[feature])
+
+
+def test_reference_runs_give_refgateway_what_the_local_target_gives_it():
+    """Without {system_ca_bundle} the wellKnownCACertificates: System scenarios would skip."""
+    argv = reference_run_argv(Path("out"), faults=("accept-any-client-cert",), version=None)
+    command = next(a.split("=", 1)[1] for a in argv if a.startswith("--gateway-command="))
+    assert command == f"{REFGATEWAY_COMMAND} --fault accept-any-client-cert"
+    assert "--system-ca-bundle {system_ca_bundle}" in command
 
 
 def test_a_folder_without_reports_is_refused(tmp_path):
