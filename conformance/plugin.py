@@ -195,6 +195,7 @@ class Suite:
         if self._target is None:
             try:
                 self._target = self._start_target()
+                self._target.condition_timeout = self.settings.timing.condition_timeout
             except TargetError as exc:
                 self.failed_to_start = f"mtls conformance: {exc}"
         if self._target is None:

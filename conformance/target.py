@@ -166,9 +166,14 @@ class Target(abc.ABC):
     def _observe(self, ref: ObjectRef, deadline: float) -> Iterator[dict | None]:
         """Yield the object each time it may have changed, until the deadline."""
 
+    #: How long a status wait may take when the caller names no timeout; the plugin
+    #: sets it from --condition-timeout.
+    condition_timeout: float = 60.0
+
     def wait_for(self, ref: ObjectRef, check: Callable[[dict | None], str | None], *,
-                 what: str, timeout: float) -> dict | None:
+                 what: str, timeout: float | None = None) -> dict | None:
         """Wait until ``check(obj)`` returns None; it returns why not, for the message."""
+        timeout = self.condition_timeout if timeout is None else timeout
         start = time.monotonic()
         deadline = start + timeout
         announced = False
@@ -185,7 +190,7 @@ class Target(abc.ABC):
 
     def wait_for_condition(self, ref: ObjectRef, type_: str, status: str = "True", *,
                            reason: str | None = None, listener: str | None = None,
-                           timeout: float = 60.0) -> dict:
+                           timeout: float | None = None) -> dict:
         """Wait for a condition at the object's current generation."""
         where = f"listener {listener!r} " if listener else ""
         what = f"{where}condition {type_}={status}" + (f" reason {reason}" if reason else "")
@@ -209,7 +214,7 @@ class Target(abc.ABC):
         assert obj is not None
         return find_condition(conditions_of(obj, listener=listener), type_) or {}
 
-    def wait_for_no_condition(self, ref: ObjectRef, type_: str, *, timeout: float = 60.0) -> None:
+    def wait_for_no_condition(self, ref: ObjectRef, type_: str, *, timeout: float | None = None) -> None:
         """Wait until the gateway, having seen the current generation, drops a condition."""
 
         def check(obj: dict | None) -> str | None:
@@ -228,7 +233,7 @@ class Target(abc.ABC):
 
     def wait_for_route_condition(self, route: ObjectRef, gateway: ObjectRef, type_: str,
                                  status: str = "True", *, reason: str | None = None,
-                                 timeout: float = 60.0) -> dict:
+                                 timeout: float | None = None) -> dict:
         """Wait for a condition in the route's status for one parent Gateway."""
         what = f"condition {type_}={status} for parent Gateway {gateway.name}" + (
             f" reason {reason}" if reason else "")
