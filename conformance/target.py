@@ -260,7 +260,7 @@ class Target(abc.ABC):
 
     def wait_for_policy_condition(self, policy: ObjectRef, gateway: ObjectRef, type_: str,
                                   status: str = "True", *, reason: str | None = None,
-                                  timeout: float = 60.0) -> dict:
+                                  timeout: float | None = None) -> dict:
         """Wait for a condition in a policy's ``status.ancestors[]`` entry for one Gateway.
 
         As upstream's BackendTLSPolicyMustHaveCondition: every ancestor entry must be at
