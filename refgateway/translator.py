@@ -316,6 +316,22 @@ class _ListenerState:
         return self.accepted[0] and not self.conflicted[0]
 
 
+def _load_ca_bundle(idx: _Index, kind: str, ns: str, name: str,
+                    where: str) -> tuple[bytes | None, str | None]:
+    """The PEM under key ca.crt of a ConfigMap or Secret, or why there is none."""
+    obj = idx.get(kind, ns, name)
+    if obj is None:
+        return None, f"caCertificateRef {where} does not exist"
+    if kind == "ConfigMap":
+        raw = (obj.get("data") or {}).get("ca.crt")
+        pem = raw.encode() if isinstance(raw, str) else None
+    else:
+        pem = _decode_secret(obj, "ca.crt")
+    if not _parse_ca_bundle(pem):
+        return None, f"caCertificateRef {where} has no parsable PEM certificate under key ca.crt"
+    return pem, None
+
+
 def _resolve_ca_refs(idx: _Index, gw_ns: str, refs: list) -> tuple[list[bytes], list[tuple[str, str]]]:
     """Resolve validation.caCertificateRefs: (valid PEM bundles, [(reason, message)])."""
     good, bad = [], []
@@ -333,18 +349,9 @@ def _resolve_ca_refs(idx: _Index, gw_ns: str, refs: list) -> tuple[list[bytes], 
             bad.append(("RefNotPermitted",
                         f"caCertificateRef {where} is in another namespace and no ReferenceGrant allows it"))
             continue
-        obj = idx.get(kind, ns, name)
-        if obj is None:
-            bad.append(("InvalidCACertificateRef", f"caCertificateRef {where} does not exist"))
-            continue
-        if kind == "ConfigMap":
-            raw = (obj.get("data") or {}).get("ca.crt")
-            pem = raw.encode() if isinstance(raw, str) else None
-        else:
-            pem = _decode_secret(obj, "ca.crt")
-        if not _parse_ca_bundle(pem):
-            bad.append(("InvalidCACertificateRef",
-                        f"caCertificateRef {where} has no parsable PEM certificate under key ca.crt"))
+        pem, problem = _load_ca_bundle(idx, kind, ns, name, where)
+        if problem:
+            bad.append(("InvalidCACertificateRef", problem))
             continue
         good.append(pem)
     return good, bad
@@ -570,18 +577,9 @@ def _policy_anchors(idx: _Index, ns: str, validation: Mapping) -> tuple[
         if group != "" or kind not in ("ConfigMap", "Secret"):
             bad.append(("InvalidKind", f"caCertificateRef {where} (group {group!r}) is not a core ConfigMap or Secret"))
             continue
-        obj = idx.get(kind, ns, name)
-        if obj is None:
-            bad.append(("InvalidCACertificateRef", f"caCertificateRef {where} does not exist"))
-            continue
-        if kind == "ConfigMap":
-            raw = (obj.get("data") or {}).get("ca.crt")
-            pem = raw.encode() if isinstance(raw, str) else None
-        else:
-            pem = _decode_secret(obj, "ca.crt")
-        if not _parse_ca_bundle(pem):
-            bad.append(("InvalidCACertificateRef",
-                        f"caCertificateRef {where} has no parsable PEM certificate under key ca.crt"))
+        pem, problem = _load_ca_bundle(idx, kind, ns, name, where)
+        if problem:
+            bad.append(("InvalidCACertificateRef", problem))
             continue
         good.append(pem)
     if not good:
