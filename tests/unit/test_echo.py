@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conformance.probe import Rejection, Response, probe
-from fixtures.echo import EchoServer, ServerTLS, mtls_echo_server  # noqa: F401  (fixture)
+from fixtures.echo import EchoServer, ServerTLS
 from fixtures.pki import PKI, Authority, Credential
 
 HOST = "backend.example.org"

@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fixtures.pki import PKI, Authority, Credential, mtls_pki  # noqa: F401  (fixture)
+from fixtures.pki import PKI, Authority, Credential
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 
