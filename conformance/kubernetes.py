@@ -41,10 +41,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .target import (PROGRESS_AFTER, Manifest, ObjectRef, Progress, ServicePort, Target, TargetError,
-                     WaitTimeout, conditions_of, describe_conditions, find_condition)
+from .target import (PROGRESS_AFTER, Manifest, ObjectRef, ProcessHost, Progress, ServicePort,
+                     SystemRootsUnavailable, Target, TargetError, WaitTimeout, conditions_of,
+                     describe_conditions, find_condition)
 
-__all__ = ["KubernetesTarget", "echo_backend_manifests", "MANAGED_LABEL", "RUN_LABEL"]
+__all__ = ["KubernetesTarget", "SystemRootsFile", "echo_backend_manifests", "MANAGED_LABEL", "RUN_LABEL"]
 
 FIELD_MANAGER = "mtls-conformance"
 MANAGED_LABEL = "mtls-conformance.dev/managed"
@@ -181,6 +182,44 @@ class _DeployedBackend:
         pass  # deleted with its namespace
 
 
+class SystemRootsFile:
+    """A gateway's system trust store that the harness may write: roots are appended, and
+    ``restore()`` puts back what the file held before (or removes it if it did not exist)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.absolute()
+        if not self.path.parent.is_dir():
+            raise TargetError(f"--system-ca-bundle {path}: its directory does not exist (the file is the one "
+                              "the gateway under test reads as its system trust store)")
+        self._before: bytes | None = None
+        self._touched = False
+
+    def add(self, ca_pem: bytes) -> None:
+        current = self.path.read_bytes() if self.path.exists() else None
+        if not self._touched:
+            self._before, self._touched = current, True
+        if current is not None and ca_pem.strip() in current:
+            return
+        kept = (current or b"").strip()
+        self._write((kept + b"\n" if kept else b"") + ca_pem)
+
+    def restore(self) -> None:
+        if not self._touched:
+            return
+        self._touched = False
+        if self._before is None:
+            self.path.unlink(missing_ok=True)
+        else:
+            self._write(self._before)
+
+    def _write(self, data: bytes) -> None:
+        # A new file, not an edit in place: a gateway that notices changes by inode or
+        # mtime sees the new roots, and never reads half a bundle.
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, self.path)
+
+
 class _TestHost:
     """A network namespace joined to this one by a veth pair: somewhere to run backends
     that is neither loopback nor the gateway's own address space."""
@@ -268,12 +307,13 @@ class KubernetesTarget(Target):
                    address_mode=config.getoption("gateway_address_mode"),
                    backend_mode=config.getoption("backend_mode"),
                    echo_image=config.getoption("echo_image") or ECHO_IMAGE,
+                   system_ca_bundle=config.getoption("system_ca_bundle"),
                    progress=progress)
 
     def __init__(self, *, gateway_class: str, kubeconfig: str | None = None, context: str | None = None,
                  address_mode: str = "status", backend_mode: str = "deployment",
-                 echo_image: str = ECHO_IMAGE, progress: Progress | None = None,
-                 class_timeout: float = CLASS_TIMEOUT) -> None:
+                 echo_image: str = ECHO_IMAGE, system_ca_bundle: str | None = None,
+                 progress: Progress | None = None, class_timeout: float = CLASS_TIMEOUT) -> None:
         super().__init__(progress=progress)
         if address_mode not in ("status", "port-forward"):
             raise TargetError(f"--gateway-address-mode must be 'status' or 'port-forward', not {address_mode!r}")
@@ -284,6 +324,8 @@ class KubernetesTarget(Target):
         self.backend_mode = backend_mode
         self.echo_image = echo_image
         self.kubeconfig = kubeconfig
+        #: The gateway's system trust store, as a file the harness may write (--system-ca-bundle).
+        self.system_roots = SystemRootsFile(Path(system_ca_bundle)) if system_ca_bundle else None
         self.run_id = uuid.uuid4().hex[:8]
         self._tmp = Path(tempfile.mkdtemp(prefix="mtls-kube-"))
         self._namespaces: list[str] = []
@@ -424,6 +466,8 @@ class KubernetesTarget(Target):
                         self._progress(f"could not delete namespace {name}: {exc}")
             if self._test_host is not None:
                 self._test_host.destroy()
+            if self.system_roots is not None:
+                self.system_roots.restore()
             if self._api is not None:
                 with contextlib.suppress(Exception):
                     self._api.close()
@@ -625,9 +669,9 @@ class KubernetesTarget(Target):
             return self._deploy_backend(namespace=namespace, service=service, port=port, tls=tls)
         from fixtures.echo import EchoProcess  # the checkout's echo backend, run in the test host
 
-        assert self._test_host is not None, "made in __init__ for --backend-mode=local-process"
+        host = self.backend_process_host()
         server = EchoProcess(namespace=namespace, service=service, pod=f"{service}-0", tls=tls,
-                             host=self._test_host.address, command_prefix=self._test_host.command_prefix,
+                             host=host.address, command_prefix=host.command_prefix,
                              log_path=str(self._tmp / f"echo-{namespace}-{service}.log"))
         self._backends.append(server)  # before start(): an interrupted start is stopped by close()
         try:
@@ -637,6 +681,19 @@ class KubernetesTarget(Target):
         self.publish_service(namespace, service, [
             ServicePort(name="https" if tls else "http", port=port, address=server.address)])
         return server
+
+    def backend_process_host(self) -> ProcessHost:
+        if self._test_host is None:
+            raise TargetError("--backend-mode=deployment runs backends only as Deployments of --echo-image; "
+                              "processes of the harness need --backend-mode=local-process")
+        return ProcessHost(self._test_host.address, self._test_host.command_prefix)
+
+    def trust_as_system_roots(self, ca_pem: bytes) -> None:
+        if self.system_roots is None:
+            raise SystemRootsUnavailable(
+                "the kubernetes target cannot add roots to the gateway's system trust store unless "
+                "--system-ca-bundle names the file the gateway reads them from")
+        self.system_roots.add(ca_pem)
 
     def _deploy_backend(self, *, namespace: str, service: str, port: int, tls: Any) -> _DeployedBackend:
         self.apply(*echo_backend_manifests(namespace=namespace, service=service, port=port,

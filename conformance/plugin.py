@@ -92,6 +92,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "here against an API server without kubelets ('local-process', needs root)")
     group.addoption("--echo-image", metavar="IMAGE", default=None,
                     help="kubernetes target: image of the echo backends (default: upstream's echo-basic)")
+    group.addoption("--system-ca-bundle", metavar="FILE", default=None,
+                    help="kubernetes target: the PEM file the gateway under test reads as its system "
+                         "trust store (BackendTLSPolicy wellKnownCACertificates: System), if the harness may "
+                         "write it; the harness adds a stand-in public CA and restores the file at the end. "
+                         "Without it those scenarios skip (the local target uses {system_ca_bundle})")
     group.addoption("--profile", metavar="FILE", default=None,
                     help="implementation profile (YAML) instead of the built-in one for the controller")
     group.addoption("--supported-features", metavar="A,B", type=_csv, default=None,
@@ -213,6 +218,9 @@ class Suite:
             from .kubernetes import KubernetesTarget  # imported lazily: it loads the kubernetes client
             return KubernetesTarget.from_options(self.config, progress=self.progress)
         from .local import REFGATEWAY_COMMAND, REFGATEWAY_CONTROLLER, LocalTarget
+        if self.config.getoption("system_ca_bundle"):
+            raise TargetError("--system-ca-bundle is for the kubernetes target; a local gateway gets its "
+                              "trust store from {system_ca_bundle} in --gateway-command (docs/local-target.md)")
         return LocalTarget(
             gateway_class=self.config.getoption("gateway_class") or "refgateway",
             command=self.config.getoption("gateway_command") or REFGATEWAY_COMMAND,

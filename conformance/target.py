@@ -64,6 +64,15 @@ class ServicePort:
     app_protocol: str | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class ProcessHost:
+    """Where the harness runs a backend process so that the gateway reaches it: bind
+    ``address`` and start the command behind ``command_prefix`` (e.g. ``ip netns exec NS``)."""
+
+    address: str
+    command_prefix: tuple[str, ...] = ()
+
+
 def conditions_of(obj: Manifest | None, *, listener: str | None = None) -> list[dict]:
     """The status conditions of an object, or of one of a Gateway's listeners."""
     status = (obj or {}).get("status") or {}
@@ -146,12 +155,22 @@ class Target(abc.ABC):
             raise
         return server
 
+    def backend_process_host(self) -> ProcessHost:
+        """Where a backend process of the harness (nginx, the echo server) must run.
+
+        This default is this machine's loopback, which a gateway on this machine reaches;
+        targets whose gateway cannot reach it override this, and raise :class:`TargetError`
+        if they run backends only as workloads of their own.
+        """
+        return ProcessHost("127.0.0.1")
+
     def trust_as_system_roots(self, ca_pem: bytes) -> None:
         """Add a CA to the roots the gateway trusts for BackendTLSPolicy
         ``wellKnownCACertificates: System``, standing in for a public CA.
 
-        Only a harness that runs the gateway can do this (a local gateway whose command
-        takes ``{system_ca_bundle}``, docs/local-target.md); this default raises
+        Only where the harness can write the gateway's trust store (a local gateway whose
+        command takes ``{system_ca_bundle}``, docs/local-target.md; on the kubernetes target
+        a file given with ``--system-ca-bundle``); this default raises
         :class:`SystemRootsUnavailable`, and scenarios that need it skip.
         """
         raise SystemRootsUnavailable(

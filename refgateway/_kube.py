@@ -45,6 +45,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from . import translator
@@ -545,8 +546,9 @@ class AddressPool:
 
 class KubeGateway(Gateway):
     def __init__(self, api, *, controller: str, faults: frozenset[str], pool: AddressPool | None,
-                 listen_address: str | None, report_address: str | None):
-        super().__init__(None, None, controller=controller, faults=faults)  # type: ignore[arg-type]
+                 listen_address: str | None, report_address: str | None, system_ca_bundle: Path | None = None):
+        super().__init__(None, None, controller=controller, faults=faults,  # type: ignore[arg-type]
+                         system_ca_bundle=system_ca_bundle)
         self.api = api
         self.pool, self.listen_address, self.report_address = pool, listen_address, report_address
         self.bind_errors: dict[tuple[str, str, int], str] = {}
@@ -752,6 +754,9 @@ def _parser():
     p.add_argument("--context", help="kubeconfig context (default: the current context)")
     p.add_argument("--controller-name", default=translator.DEFAULT_CONTROLLER,
                    help=f"GatewayClass controllerName to own (default {translator.DEFAULT_CONTROLLER})")
+    p.add_argument("--system-ca-bundle", type=Path, metavar="FILE", default=None,
+                   help="PEM file of the roots that BackendTLSPolicy wellKnownCACertificates: System trusts "
+                        "(default: this machine's default verify paths); read when a backend context is built")
     p.add_argument("--fault", action="append", default=[], metavar="NAME",
                    help="enable a deliberate deviation; repeatable; see python -m refgateway --list-faults")
     where = p.add_mutually_exclusive_group()
@@ -791,6 +796,9 @@ def main(argv: list[str]) -> int:
                 ipaddress.ip_address(args.report_address)
             except ValueError:
                 raise KubeError(f"--report-address {args.report_address}: not an IP address") from None
+        bundle = args.system_ca_bundle.absolute() if args.system_ca_bundle else None
+        if bundle is not None and not bundle.parent.is_dir():
+            raise KubeError(f"--system-ca-bundle {args.system_ca_bundle}: its directory does not exist")
         api = connect(args.kubeconfig, args.context)
     except (UnknownFault, KubeError) as exc:
         print(f"refgateway: error: {exc}", file=sys.stderr)
@@ -799,7 +807,8 @@ def main(argv: list[str]) -> int:
                         format="%(asctime)s refgateway[%(process)d] %(levelname)s %(message)s")
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # our own messages say what failed
     gw = KubeGateway(api, controller=args.controller_name, faults=faults, pool=pool,
-                     listen_address=args.listen_address, report_address=args.report_address)
+                     listen_address=args.listen_address, report_address=args.report_address,
+                     system_ca_bundle=bundle)
     try:
         asyncio.run(gw.run())
     finally:

@@ -196,12 +196,19 @@ def dyn(cluster):
 
 
 @pytest.fixture(scope="module")
-def controller(cluster, dyn, tmp_path_factory):
+def system_ca_bundle(tmp_path_factory) -> Path:
+    """The file the controller reads as its system trust store; the harness writes it."""
+    return tmp_path_factory.mktemp("system-roots") / "ca-bundle.pem"
+
+
+@pytest.fixture(scope="module")
+def controller(cluster, dyn, tmp_path_factory, system_ca_bundle):
     """refgateway as a controller of GatewayClass refgateway, with the cluster's admin identity."""
     log = tmp_path_factory.mktemp("refgateway") / "controller.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "refgateway", "controller", "--kubeconfig",
-                                 str(cluster.kubeconfig), "--log-level", "WARNING"],
+                                 str(cluster.kubeconfig), "--log-level", "WARNING",
+                                 "--system-ca-bundle", str(system_ca_bundle)],
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     gateway_class(dyn, "refgateway", REFGATEWAY)
     try:
@@ -360,32 +367,22 @@ def skip_reasons(junit: Path) -> dict[str, str]:
     return found
 
 
-#: Scenarios that run locally but cannot through the kubernetes target, by design, and
-#: the reason their skip must give there (a substring of the node id -> of the message):
-#: nginx runs on this machine, not where a cluster's gateway reaches it, and the target
-#: cannot add roots to a gateway's system trust store (docs/local-target.md).
-NOT_ON_THIS_TIER = {
-    "[nginx]": "the nginx backend runs on this machine; only a local gateway reaches it",
-    "scenarios/test_backend_tls_external.py::": "cannot add roots to the gateway's system trust store",
-}
-
-
-def test_scenarios_pass_on_the_api_server_tier_as_they_do_locally(cluster, dyn, controller, links_before, tmp_path):
+def test_scenarios_pass_on_the_api_server_tier_as_they_do_locally(cluster, dyn, controller, system_ca_bundle,
+                                                                  links_before, tmp_path):
     local = Child("scenarios", "-rA").wait(timeout=300)
     assert local.returncode == 0, local.output
     junit = tmp_path / "tier.xml"
     child = Child("scenarios", "-rA", "--gateway-class=refgateway", f"--kubeconfig={cluster.kubeconfig}",
-                  "--backend-mode=local-process", f"--junitxml={junit}").wait(timeout=600)
+                  "--backend-mode=local-process", f"--system-ca-bundle={system_ca_bundle}",
+                  f"--junitxml={junit}").wait(timeout=600)
     assert child.returncode == 0, child.output
     assert passed_tests(local.output), local.output
     skipped = skip_reasons(junit)
-    missing = []
-    for nodeid in sorted(passed_tests(local.output) - passed_tests(child.output)):
-        reason = next((r for part, r in NOT_ON_THIS_TIER.items() if part in nodeid), None)
-        if reason is None or reason not in skipped.get(nodeid, ""):
-            missing.append(f"{nodeid}: {skipped.get(nodeid, 'not skipped')}")
+    missing = [f"{nodeid}: {skipped.get(nodeid, 'not skipped')}"
+               for nodeid in sorted(passed_tests(local.output) - passed_tests(child.output))]
     assert not missing, "passed locally but not on the API server tier:\n" + "\n".join(missing)
     assert controller.poll() is None, "the refgateway controller died during the run"
+    assert not system_ca_bundle.exists(), "the harness left its stand-in public CA in the gateway's trust store"
     assert_nothing_left(child, dyn, links_before)
 
 

@@ -80,6 +80,14 @@ def test_unstartable_gateway_command_is_a_usage_error_before_any_test():
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
+def test_system_ca_bundle_option_is_refused_on_the_local_target(tmp_path):
+    proc = run_child(f"--system-ca-bundle={tmp_path / 'bundle.pem'}")
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert ("--system-ca-bundle is for the kubernetes target; a local gateway gets its trust store from "
+            "{system_ca_bundle} in --gateway-command (docs/local-target.md)") in proc.stdout + proc.stderr
+    assert not (tmp_path / "bundle.pem").exists()
+
+
 def test_gateway_that_dies_at_start_stops_the_run_with_its_output(tmp_path):
     proc = run_child(f"--gateway-command={sys.executable} -c 'raise SystemExit(\"no config for you\")'",
                      tmpdir=tmp_path)

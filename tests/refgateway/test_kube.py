@@ -23,6 +23,8 @@ from refgateway._kube import AddressPool, KubeError
     (["--listen-address", "localhost"], "--listen-address localhost: not an IP address"),
     (["--report-address", "10.1.2.3"], "--report-address needs --listen-address"),
     (["--fault", "no-such-fault"], "unknown fault 'no-such-fault'"),
+    (["--system-ca-bundle", "/nonexistent/dir/bundle.pem"],
+     "--system-ca-bundle /nonexistent/dir/bundle.pem: its directory does not exist"),
     (["--listen-address", "0.0.0.0", "--listen-address-pool", "127.0.1.0/24"], "not allowed with argument"),
 ])
 def test_unusable_arguments_are_one_line_and_exit_2(argv, message, capsys, monkeypatch):
