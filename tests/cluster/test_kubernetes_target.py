@@ -11,6 +11,7 @@ Backends use --backend-mode=local-process (there is no kubelet), which needs roo
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import shutil
@@ -412,6 +413,54 @@ def test_conditions_come_from_the_api_server(cluster, dyn, controller):
     finally:
         target.close()
     assert labelled_namespaces(dyn) == []
+
+
+#: Loaded into a child pytest: after each test's call, write what the harness reads of
+#: the test's Gateway and hold the test there until the parent writes to the FIFO.
+PAUSE_PLUGIN = """
+import json, os, pytest
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    yield
+    gw, target = item.funcargs["gw"], item.funcargs["mtls_target"]
+    seen = target.get(gw.gateway)
+    with open(os.environ["PAUSE_READ"], "w") as out:
+        json.dump({"namespace": gw.gateway.namespace, "name": gw.gateway.name, "status": seen["status"]}, out)
+    capture = item.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print("PAUSED", item.name, flush=True)
+    with open(os.environ["PAUSE_FIFO"]) as fifo:  # blocks until the parent opens it
+        fifo.read()
+"""
+
+
+def test_kubectl_shows_the_conditions_a_paused_scenario_read(cluster, dyn, controller, links_before, tmp_path):
+    (tmp_path / "pause_plugin.py").write_text(PAUSE_PLUGIN)
+    fifo, read = tmp_path / "resume", tmp_path / "read.json"
+    os.mkfifo(fifo)
+    child = Child("scenarios/test_frontend_default.py", "-p", "pause_plugin", "-k", "resolve_the_ca_reference",
+                  "--gateway-class=refgateway", f"--kubeconfig={cluster.kubeconfig}", "--backend-mode=local-process",
+                  prefix=("env", f"PYTHONPATH={tmp_path}", f"PAUSE_FIFO={fifo}", f"PAUSE_READ={read}"))
+    try:
+        child.read_until(r"^PAUSED test_listeners_resolve_the_ca_reference", timeout=120)
+        seen = json.loads(read.read_text())
+        shown = cluster.kubectl("get", "gateway", "-n", seen["namespace"], seen["name"], "-o", "json")
+        status = json.loads(shown.stdout)["status"]
+        # Conditions, listener conditions, addresses: what kubectl shows is what the test read.
+        assert status == seen["status"]
+        listener_conditions = {c["type"]: c["status"] for entry in status["listeners"] for c in entry["conditions"]}
+        assert listener_conditions["ResolvedRefs"] == "True", status
+        with open(fifo, "w") as resume:
+            resume.write("go")
+        child.wait(timeout=60)
+    finally:
+        if child.proc.poll() is None:
+            child.proc.kill()
+            child.wait()
+    assert child.returncode == 0, child.output
+    assert "1 passed" in child.output, child.output
+    assert_nothing_left(child, dyn, links_before)
 
 
 def test_echo_deployments_are_valid_manifests(cluster, dyn):
