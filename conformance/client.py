@@ -145,7 +145,10 @@ class GatewayClient:
         seen = list(backend.requests)[before:] if backend is not None else []
         if seen:
             first = seen[0]
-            how = f"over TLS (SNI {(first.get('tls') or {}).get('serverName')!r})" if first.get("tls") else "in plaintext"
+            if first.get("tls"):
+                how = f"over TLS (SNI {first['tls'].get('serverName')!r})"
+            else:  # tls None: the backend's log does not say
+                how = "in plaintext" if "tls" not in first else "(over TLS or not: its log does not say)"
             raise ExpectationFailed(
                 f"{what + ': ' if what else ''}{self._context(port, sni, cert, request)}: the gateway answered "
                 f"{outcome.describe()}, but {len(seen)} request(s) reached backend "

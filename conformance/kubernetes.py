@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,8 @@ CLUSTER_HINT = "kind create cluster --config kind-config.yaml"
 #: verified against TLS_CLIENT_CACERTS; POD_NAME and NAMESPACE come from the downward API.
 ECHO_IMAGE = "gcr.io/k8s-staging-gateway-api/echo-basic:v20240412-v1.0.0-394-g40c666fd"
 ECHO_HTTP_PORT, ECHO_HTTPS_PORT = 3000, 8443
+#: The label that names a backend workload's pods after its Service (deploy_workload reads their logs).
+WORKLOAD_LABEL = "app.kubernetes.io/name"
 
 GATEWAY_CRD = "gateways.gateway.networking.k8s.io"
 REQUIRED_CRDS = (GATEWAY_CRD, "gatewayclasses.gateway.networking.k8s.io",
@@ -126,7 +128,7 @@ def echo_backend_manifests(*, namespace: str, service: str, port: int, image: st
         raise TargetError(f"backend {namespace}/{service} must require a client certificate, which the echo "
                           "image cannot (it verifies one only if given); run it with --backend-mode=local-process")
     labels = dict(labels or {})
-    app = {"app.kubernetes.io/name": service, "app.kubernetes.io/part-of": "mtls-conformance"}
+    app = {WORKLOAD_LABEL: service, "app.kubernetes.io/part-of": "mtls-conformance"}
     env: list[dict] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -167,16 +169,29 @@ def echo_backend_manifests(*, namespace: str, service: str, port: int, image: st
     return objects
 
 
-class _DeployedBackend:
-    """An echo Deployment: it has an address only inside the cluster, and no request log."""
+#: What echo-basic prints for each request it answers (conformance/echo-basic/echo-basic.go).
+_ECHO_BASIC_LOG = re.compile(r"^Echoing back request made to (\S+) to client \((\S+)\)\s*$")
 
-    def __init__(self, namespace: str, service: str) -> None:
+
+def parse_echo_basic_log(text: str) -> list[dict]:
+    """The requests in an echo-basic log: path and client address. The log does not say
+    whether a request came over TLS, so the entries have ``tls: None`` (unknown)."""
+    return [{"path": m.group(1), "remote": m.group(2), "tls": None}
+            for m in map(_ECHO_BASIC_LOG.match, text.splitlines()) if m]
+
+
+class _DeployedBackend:
+    """A backend Deployment: an address only inside the cluster; its requests are read
+    from its pods' logs (the log of a restarted container is not included)."""
+
+    def __init__(self, target: KubernetesTarget, namespace: str, service: str,
+                 parse_log: Callable[[str], list[dict]]) -> None:
         self.namespace, self.service = namespace, service
+        self._target, self._parse_log = target, parse_log
 
     @property
     def requests(self) -> list[dict]:
-        raise TargetError(f"backend {self.namespace}/{self.service} runs as a Deployment "
-                          "(--backend-mode=deployment): the harness cannot see the requests it got")
+        return self._parse_log(self._target.pod_logs(self.namespace, f"{WORKLOAD_LABEL}={self.service}"))
 
     def stop(self) -> None:
         pass  # deleted with its namespace
@@ -696,12 +711,42 @@ class KubernetesTarget(Target):
         self.system_roots.add(ca_pem)
 
     def _deploy_backend(self, *, namespace: str, service: str, port: int, tls: Any) -> _DeployedBackend:
-        self.apply(*echo_backend_manifests(namespace=namespace, service=service, port=port,
-                                           image=self.echo_image, tls=tls))
-        self._wait_for_ready_endpoints(namespace, service, timeout=120)
-        return _DeployedBackend(namespace, service)
+        return self.deploy_workload(echo_backend_manifests(namespace=namespace, service=service, port=port,
+                                                           image=self.echo_image, tls=tls),
+                                    namespace=namespace, service=service, parse_log=parse_echo_basic_log)
 
-    def _wait_for_ready_endpoints(self, namespace: str, service: str, *, timeout: float) -> None:
+    def deploy_workload(self, objects: list[Manifest], *, namespace: str, service: str,
+                        parse_log: Callable[[str], list[dict]]) -> _DeployedBackend:
+        for obj in objects:
+            if obj["kind"] == "Deployment" and (obj["spec"]["template"]["metadata"].get("labels") or {}).get(
+                    WORKLOAD_LABEL) != service:
+                raise TargetError(f"Deployment {namespace}/{obj['metadata']['name']}: its pods need the label "
+                                  f"{WORKLOAD_LABEL}={service} (their logs are the backend's request log)")
+        self.apply(*objects)
+        images = sorted({c["image"] for o in objects if o["kind"] == "Deployment"
+                         for c in o["spec"]["template"]["spec"]["containers"]})
+        self._wait_for_ready_endpoints(namespace, service, timeout=120, images=images)
+        return _DeployedBackend(self, namespace, service, parse_log)
+
+    def pod_logs(self, namespace: str, selector: str) -> str:
+        """The logs of the pods that ``selector`` matches, one after another."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        core = client.CoreV1Api(self._api)
+        try:
+            pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+            if not pods:  # an empty log would read as "no requests"
+                raise TargetError(f"no pod with label {selector} in namespace {namespace}: its log is the "
+                                  "backend's request log")
+            # A pod that has not started yet has no log (204 No Content): no requests.
+            return "\n".join(core.read_namespaced_pod_log(pod.metadata.name, namespace) or "" for pod in pods)
+        except ApiException as exc:
+            raise TargetError(f"cannot read the logs of pods {selector} in namespace {namespace}: "
+                              f"{_api_message(exc)}") from None
+
+    def _wait_for_ready_endpoints(self, namespace: str, service: str, *, timeout: float,
+                                  images: list[str]) -> None:
         from kubernetes import watch
 
         slices = self._resource("discovery.k8s.io/v1", "EndpointSlice")
@@ -717,7 +762,7 @@ class KubernetesTarget(Target):
         while not ready(list(seen.values())):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TargetError(f"backend {namespace}/{service} (image {self.echo_image}) has no ready endpoint "
+                raise TargetError(f"backend {namespace}/{service} (image {', '.join(images)}) has no ready endpoint "
                                   f"after {timeout:.0f} s; see `kubectl -n {namespace} describe deployment {service}`")
             watcher = watch.Watch()
             for event in watcher.stream(slices.get, namespace=namespace, label_selector=selector,

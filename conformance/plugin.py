@@ -92,6 +92,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "here against an API server without kubelets ('local-process', needs root)")
     group.addoption("--echo-image", metavar="IMAGE", default=None,
                     help="kubernetes target: image of the echo backends (default: upstream's echo-basic)")
+    group.addoption("--nginx-image", metavar="IMAGE", default=None,
+                    help="kubernetes target, --backend-mode=deployment: image of the nginx TLS backends "
+                         "(default: docker.io/library/nginx:1.28)")
     group.addoption("--system-ca-bundle", metavar="FILE", default=None,
                     help="kubernetes target: the PEM file the gateway under test reads as its system "
                          "trust store (BackendTLSPolicy wellKnownCACertificates: System), if the harness may "

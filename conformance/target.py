@@ -164,6 +164,18 @@ class Target(abc.ABC):
         """
         return ProcessHost("127.0.0.1")
 
+    def deploy_workload(self, objects: list[Manifest], *, namespace: str, service: str,
+                        parse_log: Callable[[str], list[dict]]) -> Any:
+        """Run a backend as a workload of the cluster: apply ``objects`` (a Deployment whose
+        pods carry ``app.kubernetes.io/name: <service>``, the Service ``service``, its
+        ConfigMaps and Secrets) and wait for a ready endpoint.
+
+        Returns the backend (``.requests``: its pods' logs through ``parse_log``,
+        ``.stop()``). Only targets with a cluster that runs pods can; this default raises
+        :class:`TargetError`.
+        """
+        raise TargetError(f"the {self.kind} target runs no workloads; backends there are processes of the harness")
+
     def trust_as_system_roots(self, ca_pem: bytes) -> None:
         """Add a CA to the roots the gateway trusts for BackendTLSPolicy
         ``wellKnownCACertificates: System``, standing in for a public CA.

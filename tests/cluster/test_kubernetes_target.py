@@ -41,6 +41,7 @@ from kubernetes import dynamic  # noqa: E402
 from conformance.kubernetes import (CRD_INSTALL, MANAGED_LABEL, KubernetesTarget,  # noqa: E402
                                     echo_backend_manifests)
 from conformance.target import ObjectRef, TargetError  # noqa: E402
+from fixtures.nginx import nginx_manifests  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("testcluster")
 
@@ -493,6 +494,16 @@ def test_echo_deployments_are_valid_manifests(cluster, dyn):
             secret = next(o for o in objects if o["kind"] == "Secret")
             assert set(secret["stringData"]) == {"tls.crt", "tls.key", "ca.crt"}
             assert service["spec"]["ports"][0]["targetPort"] == 8443
+    for require in (False, True):  # nginx, unlike echo-basic, can demand a client certificate
+        objects = nginx_manifests(namespace=namespace, service="nginx", port=443, image="example/nginx:1",
+                                  cert_chain_pem=tls.cert_chain_pem, key_pem=tls.key_pem,
+                                  client_ca_pem=tls.client_ca_pem, require_client_cert=require)
+        for obj in objects:
+            resource = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+            resource.server_side_apply(obj, field_manager="kubernetes-target-test", dry_run="All")
+        conf = next(o for o in objects if o["kind"] == "ConfigMap")["data"]["nginx.conf"]
+        assert f"ssl_verify_client {'on' if require else 'optional'};" in conf
+        assert "access_log /dev/stdout echo;" in conf
     required = ServerTLS(cert_chain_pem=tls.cert_chain_pem, key_pem=tls.key_pem, client_ca_pem=tls.client_ca_pem,
                          require_client_cert=True)
     with pytest.raises(TargetError, match="must require a client certificate, which the echo image cannot"):
@@ -572,8 +583,16 @@ def test_deployment_backends_wait_for_a_ready_endpoint(cluster, dyn, controller)
         assert not thread.is_alive() and "backend" in result, result
         deployment = deployments.get(name="echo", namespace=namespace).to_dict()
         assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "example/echo:1"
-        with pytest.raises(TargetError, match="runs as a Deployment"):
+        # Its requests are its pods' logs. There is no controller-manager to make pods and no
+        # kubelet to run them: without a pod it says so; a pod that never ran has an empty log.
+        with pytest.raises(TargetError, match=f"no pod with label app.kubernetes.io/name=echo in namespace "
+                                              f"{namespace}: its log is the backend's request log"):
             result["backend"].requests
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "echo-0", "namespace": namespace, "labels": {"app.kubernetes.io/name": "echo"}},
+               "spec": {"containers": [{"name": "echo", "image": "example/echo:1"}]}}
+        apply(dyn, pod)
+        assert result["backend"].requests == [], "a pod that never started answered nothing"
     finally:
         target.close()
     assert labelled_namespaces(dyn) == []
