@@ -38,7 +38,7 @@ import datetime
 import pytest
 
 from conformance import manifests as m
-from conformance.expect import backend_saw_plaintext, backend_saw_tls
+from conformance.expect import backend_saw_plaintext, backend_saw_tls, eventually
 from conformance.target import ObjectRef
 
 from .conftest import BACKEND_HOSTNAME, BACKEND_OTHER_HOSTNAME, BACKEND_SPIFFE_ID
@@ -117,7 +117,10 @@ def test_tls_to_the_backend_with_ca_ref_and_hostname(gw, peer, mtls_target):
     response = gw.expect_ok(HTTP_PORT, sni=None, host=HOSTNAME, plaintext=True, path=peer.path("ok"),
                             service=peer.kind, check=backend_saw_tls(sni=HOSTNAME),
                             what=f"HTTP to the Gateway, TLS from it to {peer.kind} (CA ref + hostname)")
-    assert peer.backends["ok"].requests, f"{peer.kind} answered {response.describe()} but logged no request"
+    # A backend's log may trail its answer (a pod's log passes through the node): wait for it.
+    eventually(lambda: peer.backends["ok"].requests, lambda seen: None if seen else "it logged no request",
+               timing=gw.settings.timing, consecutive=1,
+               what=f"{peer.kind} answered {response.describe()}; its request log shows the request")
 
 
 def test_hostname_not_in_the_backend_certificate_is_refused(gw, peer, mtls_target):
