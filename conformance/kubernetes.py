@@ -132,6 +132,7 @@ def echo_backend_manifests(*, namespace: str, service: str, port: int, image: st
     env: list[dict] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "SERVICE_NAME", "value": service},
     ]
     container: dict[str, Any] = {
         "name": "echo", "image": image, "env": env,
@@ -173,11 +174,17 @@ def echo_backend_manifests(*, namespace: str, service: str, port: int, image: st
 _ECHO_BASIC_LOG = re.compile(r"^Echoing back request made to (\S+) to client \((\S+)\)\s*$")
 
 
-def parse_echo_basic_log(text: str) -> list[dict]:
-    """The requests in an echo-basic log: path and client address. The log does not say
-    whether a request came over TLS, so the entries have ``tls: None`` (unknown)."""
-    return [{"path": m.group(1), "remote": m.group(2), "tls": None}
-            for m in map(_ECHO_BASIC_LOG.match, text.splitlines()) if m]
+def parse_echo_log(text: str) -> list[dict]:
+    """The requests in an echo backend's log. Our echo image logs each answer as a JSON
+    line ``{"request": ...}`` (``tls`` only over TLS); echo-basic logs path and client
+    address only, so its entries have ``tls: None`` (unknown)."""
+    entries = []
+    for line in text.splitlines():
+        if line.startswith('{"request": '):
+            entries.append(json.loads(line)["request"])
+        elif m := _ECHO_BASIC_LOG.match(line):
+            entries.append({"path": m.group(1), "remote": m.group(2), "tls": None})
+    return entries
 
 
 class _DeployedBackend:
@@ -713,7 +720,7 @@ class KubernetesTarget(Target):
     def _deploy_backend(self, *, namespace: str, service: str, port: int, tls: Any) -> _DeployedBackend:
         return self.deploy_workload(echo_backend_manifests(namespace=namespace, service=service, port=port,
                                                            image=self.echo_image, tls=tls),
-                                    namespace=namespace, service=service, parse_log=parse_echo_basic_log)
+                                    namespace=namespace, service=service, parse_log=parse_echo_log)
 
     def deploy_workload(self, objects: list[Manifest], *, namespace: str, service: str,
                         parse_log: Callable[[str], list[dict]]) -> _DeployedBackend:
