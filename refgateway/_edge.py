@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h11
@@ -78,6 +79,8 @@ class Edge(asyncio.Protocol):
         self.h2: h2.connection.H2Connection | None = None  # set when ALPN chose h2
         self.h2_streams: dict[int, tuple[list, bytearray]] = {}  # requests still arriving
         self.h2_pending: dict[int, bytes] = {}  # stream -> response body not yet sent
+        self.h2_skip = 24  # bytes before the next frame header: the client preface, then frame bodies
+        self.h2_head = b""  # the next frame header while incomplete
         self.data = asyncio.Event()
         self.eof = False
         self.closed = False
@@ -298,11 +301,18 @@ class Edge(asyncio.Protocol):
             self.write(data)
 
     def _h2_receive(self, chunk: bytes) -> None:
+        if self.closed:
+            return
         try:
             events = self.h2.receive_data(chunk)
         except h2.exceptions.ProtocolError as exc:
             log.debug("HTTP/2 protocol error: %s", exc)
             self._h2_flush()  # the GOAWAY h2 prepared
+            return self.close()
+        if self._h2_oversized_frame(chunk):
+            log.debug("HTTP/2 frame header announces more than %d bytes", self.h2.max_inbound_frame_size)
+            self.h2.close_connection(error_code=h2.errors.ErrorCodes.FRAME_SIZE_ERROR)
+            self._h2_flush()
             return self.close()
         for ev in events:
             if isinstance(ev, h2.events.RequestReceived):
@@ -321,6 +331,24 @@ class Edge(asyncio.Protocol):
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 self.eof = True
         self._h2_flush()
+
+    def _h2_oversized_frame(self, chunk: bytes) -> bool:
+        """Whether a frame header received so far announces more than SETTINGS_MAX_FRAME_SIZE.
+
+        h2 checks a frame's length only once the whole frame has arrived: garbage after
+        the preface (text reads as a multi-megabyte length) would leave the connection
+        open and unanswered until up to 16 MB came in. RFC 9113 4.2: FRAME_SIZE_ERROR.
+        """
+        data = self.h2_head + chunk
+        pos = self.h2_skip
+        while pos + 9 <= len(data):
+            length = int.from_bytes(data[pos:pos + 3], "big")
+            if length > self.h2.max_inbound_frame_size:
+                return True
+            pos += 9 + length
+        self.h2_skip = max(0, pos - len(data))
+        self.h2_head = data[pos:] if pos < len(data) else b""
+        return False
 
     def _h2_dispatch(self, stream_id: int) -> None:
         entry = self.h2_streams.pop(stream_id, None)
