@@ -77,12 +77,13 @@ class H2Client:
         if data:
             self.sock.sendall(data)
 
-    def start(self, method: str, path: str, authority: str, *, end: bool = True, headers=()) -> int:
+    def start(self, method: str, path: str, authority: str, *, end: bool = True, headers=(), then: bytes = b"") -> int:
+        """Open a stream; ``then``: raw bytes sent in the same write, after the request's frames."""
         sid = self.conn.get_next_available_stream_id()
         self.conn.send_headers(sid, [(":method", method), (":scheme", "https"), (":authority", authority),
                                      (":path", path), *headers], end_stream=end)
         self.answers[sid] = Answer()
-        self.flush()
+        self.sock.sendall(self.conn.data_to_send() + then)
         return sid
 
     def send_body(self, sid: int, body: bytes) -> None:
@@ -273,6 +274,17 @@ def test_goaway_after_a_served_stream(mtls_port, pki):
         assert c.wait(sid)[0].status == 200
         goaway = goaway_then_close(c, b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x")  # DATA on stream 0
     assert (goaway.error_code, goaway.last_stream_id) == (h2.errors.ErrorCodes.PROTOCOL_ERROR, sid)
+
+
+@pytest.mark.xfail(raises=ConnectionError, reason=(
+    "python-hyper/h2 #1181: h2's connection state machine goes CLOSED when it receives GOAWAY, so "
+    "refgateway cannot answer streams the client opened before it; RFC 9113 6.8 lets them complete"))
+def test_client_goaway_lets_open_streams_finish(mtls_port, pki):
+    """A client's GOAWAY(NO_ERROR, last_stream_id=0) refuses server pushes, not answers to its own requests."""
+    with H2Client(mtls_port, pki) as c:
+        sid = c.start("GET", "/", "example.com", then=GoAwayFrame(0, last_stream_id=0).serialize())
+        [a] = c.wait(sid)
+    assert a.status == 200
 
 
 @pytest.mark.parametrize("size", [11, 300_000], ids=["small", "over-initial-window"])
