@@ -126,7 +126,7 @@ def echo_backend_manifests(*, namespace: str, service: str, port: int, image: st
         # VerifyClientCertIfGiven): a scenario relying on the backend to demand one
         # would pass against a gateway that sends none.
         raise TargetError(f"backend {namespace}/{service} must require a client certificate, which the echo "
-                          "image cannot (it verifies one only if given); run it with --backend-mode=local-process")
+                          "image cannot (it verifies one only if given); the nginx backend checks this")
     labels = dict(labels or {})
     app = {WORKLOAD_LABEL: service, "app.kubernetes.io/part-of": "mtls-conformance"}
     env: list[dict] = [
@@ -303,7 +303,7 @@ class _TestHost:
     def _remove_stale(self) -> None:
         # Test hosts of runs that were killed (SIGKILL leaves no chance to clean up).
         for line in self._ip("netns", "list").stdout.splitlines():
-            match = re.match(rf"({re.escape(NETNS_PREFIX)}(\d+)-[0-9a-f]+)\b", line)
+            match = re.match(rf"({re.escape(NETNS_PREFIX)}(\d+)-[0-9a-z]+)\b", line)
             if match and not os.path.exists(f"/proc/{match.group(2)}"):
                 self._ip("netns", "del", match.group(1))
 
@@ -716,6 +716,26 @@ class KubernetesTarget(Target):
                 "the kubernetes target cannot add roots to the gateway's system trust store unless "
                 "--system-ca-bundle names the file the gateway reads them from")
         self.system_roots.add(ca_pem)
+
+    def start_multiport_backend(self, *, namespace: str, service: str,
+                                ports: list[tuple[str, int, Any]]) -> dict[str, Any]:
+        if self.backend_mode != "deployment":
+            return super().start_multiport_backend(namespace=namespace, service=service, ports=ports)
+        # One echo pod serves HTTP on 3000 and, with a certificate, HTTPS on 8443: each
+        # Service port targets one of them, so TLS ports must share one certificate.
+        tls_configs = {tls for _, _, tls in ports if tls is not None}
+        if len(tls_configs) > 1:
+            raise TargetError(f"Service {namespace}/{service}: with --backend-mode=deployment its TLS ports are one "
+                              "echo pod's HTTPS port, so they must share one certificate")
+        tls = next(iter(tls_configs), None)
+        objects = echo_backend_manifests(namespace=namespace, service=service, port=ports[0][1],
+                                         image=self.echo_image, tls=tls)
+        svc = next(o for o in objects if o["kind"] == "Service")
+        svc["spec"]["ports"] = [{"name": name, "port": port, "protocol": "TCP",
+                                 "targetPort": ECHO_HTTPS_PORT if port_tls is not None else ECHO_HTTP_PORT}
+                                for name, port, port_tls in ports]
+        backend = self.deploy_workload(objects, namespace=namespace, service=service, parse_log=parse_echo_log)
+        return {name: backend for name, _, _ in ports}
 
     def _deploy_backend(self, *, namespace: str, service: str, port: int, tls: Any) -> _DeployedBackend:
         return self.deploy_workload(echo_backend_manifests(namespace=namespace, service=service, port=port,

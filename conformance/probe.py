@@ -755,14 +755,24 @@ def curl_command(
     headers: Sequence[tuple[str, str]] = (),
     method: str = "GET",
     http2: bool = False,
+    plaintext: bool = False,
 ) -> str:
     """The curl command line that repeats a :func:`probe` by hand.
 
     Trust is a file here (``--cacert``), not PEM bytes; without one the command
-    uses ``--insecure``, as ``probe(trust_pem=None)`` does.
+    uses ``--insecure``, as ``probe(trust_pem=None)`` does. ``plaintext``: HTTP over
+    bare TCP, as ``probe(plaintext=True)`` (an HTTP listener).
     """
     ip, port = address
     argv = ["curl", "-v", "--no-progress-meter", "--http2" if http2 else "--http1.1"]
+    if plaintext:
+        argv[-1] = "--http2-prior-knowledge" if http2 else "--http1.1"
+        if method != "GET":
+            argv += ["-X", method]
+        for name, value in ([("Host", host)] if host else []) + list(headers):
+            argv += ["-H", f"{name}: {value}"]
+        argv.append(f"http://{_format_host(ip)}:{port}{path}")
+        return shlex.join(argv)
     if sni is not None:
         argv += ["--resolve", f"{sni}:{port}:{_format_host(ip)}"]
         url = f"https://{sni}:{port}{path}"

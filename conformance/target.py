@@ -155,6 +155,27 @@ class Target(abc.ABC):
             raise
         return server
 
+    def start_multiport_backend(self, *, namespace: str, service: str,
+                                ports: list[tuple[str, int, Any]]) -> dict[str, Any]:
+        """One Service ``service`` with several named ports ``(name, port, tls)``, each served
+        by an echo backend; returns the running backend of each port name.
+
+        This default starts one backend per port (as Service ``<service>-<name>``) and
+        publishes their addresses under ``service``.
+        """
+        servers: dict[str, Any] = {}
+        try:
+            for name, port, tls in ports:
+                servers[name] = self.start_backend(namespace=namespace, service=f"{service}-{name}", port=port,
+                                                   tls=tls)
+            self.publish_service(namespace, service, [
+                ServicePort(name=name, port=port, address=servers[name].address) for name, port, _ in ports])
+        except BaseException:
+            for server in servers.values():
+                server.stop()
+            raise
+        return servers
+
     def backend_process_host(self) -> ProcessHost:
         """Where a backend process of the harness (nginx, the echo server) must run.
 

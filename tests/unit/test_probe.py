@@ -459,6 +459,19 @@ def test_curl_command_without_trust_or_sni() -> None:
     assert command == "curl -v --no-progress-meter --http2 --insecure -X POST -H 'Host: h.example' 'https://[::1]:8443/'"
 
 
+def test_curl_command_for_a_plaintext_request_reaches_the_server() -> None:
+    with EchoServer(namespace="ns", service="echo", pod="echo-0") as server:
+        command = curl_command(server.address, sni=None, host="h.example", path="/p", plaintext=True,
+                               headers=[("X-Probe", "curl")])
+        assert command == (f"curl -v --no-progress-meter --http1.1 -H 'Host: h.example' -H 'X-Probe: curl' "
+                           f"http://127.0.0.1:{server.port}/p")
+        done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, f"{command}\n{done.stderr}"
+    answer = json.loads(done.stdout)
+    assert (answer["path"], answer["host"], answer["headers"]["X-Probe"]) == ("/p", "h.example", ["curl"])
+    assert "tls" not in answer
+
+
 def test_openssl_command_reproduces_the_handshake(mtls_echo, ca, client_cred) -> None:
     command = openssl_command(mtls_echo.address, sni=HOST, client_cert=client_cred, trust_file=ca.cert_file)
     request = f"GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
