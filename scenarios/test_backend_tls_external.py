@@ -17,7 +17,9 @@ are used to the implementation. The suite cannot reach the internet, so the exte
 host is simulated: a TLS server on this machine whose certificate comes from a CA that
 the harness adds to the gateway's system roots (a local gateway's ``{system_ca_bundle}``,
 docs/local-target.md). ``--external-backend-host`` runs the same checks against a real
-public host through a Service of type ExternalName.
+public host through a Service of type ExternalName: an HTTPRoute for the host's own name
+sends ``GET /`` to it, and only the host's own 2xx or 3xx counts (tests/integration/
+test_external_host_standin.py runs these checks against a local stand-in host).
 
 What the guide does not show is checked too: a self-signed external certificate is
 refused, and a policy with caCertificateRefs trusts those CAs only, never the system roots.
@@ -28,7 +30,8 @@ from __future__ import annotations
 import pytest
 
 from conformance import manifests as m
-from conformance.expect import backend_saw_tls, eventually
+from conformance.expect import backend_saw_tls, eventually, reached_backend
+from conformance.probe import Response, curl_command
 from conformance.target import ObjectRef
 
 SIMULATED = pytest.mark.features("BackendTLSPolicy", "BackendTLSPolicySystemCACertificates")
@@ -108,8 +111,23 @@ def test_ca_refs_do_not_fall_back_to_system_roots(gw, simulated):
 
 
 # -- a real public host (opt-in) --------------------------------------------------------
+#: A Host the gateway has no route for: what the gateway answers it is its own answer.
+UNROUTED_HOST = f"no-route.{ROUTE_HOST}"
+
+
+def _authority(host: str, port: int) -> str:
+    return host if port == 443 else f"{host}:{port}"
+
+
 @pytest.fixture(scope="module")
 def real_host(gw, mtls_namespace, mtls_target, mtls_pki, mtls_external_backend_host):
+    """The real host behind two ExternalName Services; returns (host, port).
+
+    The System route matches the real host's own name and sends "/" on to it: the gateway
+    forwards the path and the Host header as they are (the route asks for no rewrite), so
+    the real host gets a request for its own root under its own name, whatever its paths
+    and virtual hosts are. A gateway that sets Host to the ExternalName sends the same.
+    """
     host, port = mtls_external_backend_host
     ns = mtls_namespace
     policies = {"public": system_policy("real-host", ns, "real-host", hostname=host),
@@ -120,24 +138,77 @@ def real_host(gw, mtls_namespace, mtls_target, mtls_pki, mtls_external_backend_h
         m.external_name_service("real-host-ca-ref", ns, host=host, port=port),
         m.ca_configmap("real-host-private-ca", ns, mtls_pki.authority("private-ca-for-real-host").cert_pem),
         *policies.values(),
-        route("real-host", ns, ("/real/", ("real-host", port)), ("/real-ca-ref/", ("real-host-ca-ref", port))))
-    return host
+        m.http_route("real-host", ns, hostnames=[host], parents=[m.parent_ref(GATEWAY)],
+                     rules=[m.rule(m.backend_ref("real-host", port), path="/")]),
+        route("real-host-ca-ref", ns, ("/real-ca-ref/", ("real-host-ca-ref", port))))
+    return host, port
+
+
+def _shown(outcome) -> str:
+    """An outcome with the start of its body: a gateway's own answers say who made them."""
+    text = outcome.describe()
+    body = getattr(outcome, "body", b"")
+    return f"{text}, body {body[:80]!r}{'...' if len(body) > 80 else ''}" if body else text
+
+
+def judge_answered_by_host(host: str):
+    """The answer to GET / came from the real host: a 2xx or 3xx that no echo backend of ours sent.
+
+    A gateway answers by itself with 4xx and 5xx (no route, backend refused or unreachable)
+    and, without a RequestRedirect filter, never with a 2xx or 3xx; that it does not for
+    this listener is checked separately (judge_answered_by_gateway).
+    """
+
+    def judge(outcome) -> str | None:
+        if not isinstance(outcome, Response):
+            return f"got {outcome.describe()}, no HTTP answer"
+        if not 200 <= outcome.status <= 399:
+            return (f"got {_shown(outcome)}: a gateway answers 4xx and 5xx by itself (no route, backend refused "
+                    f"or unreachable), so this is no evidence that {host} answered")
+        if reached_backend(outcome):
+            return f"got {outcome.describe()} from one of the suite's echo backends, not from {host}"
+        return None
+
+    return judge
+
+
+def judge_answered_by_gateway(outcome) -> str | None:
+    """A request the gateway has no route for: its own answer must not pass for a backend's."""
+    if isinstance(outcome, Response) and 200 <= outcome.status <= 399:
+        return (f"the gateway answers {_shown(outcome)} for Host {UNROUTED_HOST}, for which it has no route "
+                f"(expected 404): a 2xx or 3xx through the real host's route proves nothing")
+    return None
 
 
 @REAL_HOST
 def test_real_external_host_with_system_roots(gw, real_host):
-    """The guide's check against the real host: any answer from it, not a gateway 5xx."""
+    """The guide's check against the real host: its own answer to GET /, not the gateway's.
 
-    def judge(outcome):
-        status = getattr(outcome, "status", None)
-        return None if status is not None and status < 500 else f"got {outcome.describe()}"
-
-    eventually(lambda: gw.request(HTTP_PORT, sni=None, host=ROUTE_HOST, plaintext=True, path="/real/"), judge,
-               timing=gw.settings.timing, what=f"an answer from {real_host} through wellKnownCACertificates System")
+    The guide expects a 200. What a public host answers at its root is up to it, so a
+    redirect counts too; a 4xx or 5xx does not, as a gateway answers with those by itself.
+    """
+    host, port = real_host
+    authority = _authority(host, port)
+    timing = gw.settings.timing
+    try:
+        eventually(lambda: gw.request(HTTP_PORT, sni=None, host=authority, plaintext=True, path="/"),
+                   judge_answered_by_host(host), timing=timing,
+                   what=f"an answer from {host} through wellKnownCACertificates System")
+        # Once the real host's answers came through: what the gateway answers on its own.
+        eventually(lambda: gw.request(HTTP_PORT, sni=None, host=UNROUTED_HOST, plaintext=True, path="/"),
+                   judge_answered_by_gateway, timing=timing, what=f"the gateway's own answer to {UNROUTED_HOST}")
+    except AssertionError as exc:
+        raise AssertionError(
+            f"listener port {HTTP_PORT} (plain HTTP, Host {authority}, path /): an HTTPRoute for {host} to an "
+            f"ExternalName Service {host}:{port} with a BackendTLSPolicy wellKnownCACertificates System; "
+            f"expected {host}'s own 2xx or 3xx through TLS verified against the system roots, {exc}\n"
+            f"reproduce: {curl_command(gw.address(HTTP_PORT), sni=None, host=authority, plaintext=True)}"
+        ) from None
 
 
 @REAL_HOST
 def test_real_external_host_is_refused_with_a_private_ca_ref(gw, real_host):
+    host, _ = real_host
     gw.expect_backend_refused(HTTP_PORT, sni=None, host=ROUTE_HOST, plaintext=True, path="/real-ca-ref/",
-                              what=f"{real_host} behind a policy whose only CA is a private one")
+                              what=f"{host} behind a policy whose only CA is a private one")
 
