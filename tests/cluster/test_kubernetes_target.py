@@ -369,19 +369,30 @@ def skip_reasons(junit: Path) -> dict[str, str]:
     return found
 
 
-def test_scenarios_pass_on_the_api_server_tier_as_they_do_locally(cluster, dyn, controller, system_ca_bundle,
-                                                                  links_before, tmp_path):
+@pytest.fixture(scope="module")
+def local_passes() -> set[str]:
+    """The scenario tests that pass against the local refgateway: what each tier must match."""
     local = Child("scenarios", "-rA").wait(timeout=300)
     assert local.returncode == 0, local.output
+    assert passed_tests(local.output), local.output
+    return passed_tests(local.output)
+
+
+def run_on_the_tier(cluster, tmp_path, *options: str) -> tuple[Child, dict[str, str]]:
+    """The scenarios through the kubernetes target; the child and its skip reasons."""
     junit = tmp_path / "tier.xml"
     child = Child("scenarios", "-rA", "--gateway-class=refgateway", f"--kubeconfig={cluster.kubeconfig}",
-                  "--backend-mode=local-process", f"--system-ca-bundle={system_ca_bundle}",
-                  f"--junitxml={junit}").wait(timeout=600)
+                  *options, f"--junitxml={junit}").wait(timeout=900)
+    return child, (skip_reasons(junit) if junit.exists() else {})
+
+
+def test_scenarios_pass_on_the_api_server_tier_as_they_do_locally(cluster, dyn, controller, system_ca_bundle,
+                                                                  local_passes, links_before, tmp_path):
+    child, skipped = run_on_the_tier(cluster, tmp_path, "--backend-mode=local-process",
+                                     f"--system-ca-bundle={system_ca_bundle}")
     assert child.returncode == 0, child.output
-    assert passed_tests(local.output), local.output
-    skipped = skip_reasons(junit)
     missing = [f"{nodeid}: {skipped.get(nodeid, 'not skipped')}"
-               for nodeid in sorted(passed_tests(local.output) - passed_tests(child.output))]
+               for nodeid in sorted(local_passes - passed_tests(child.output))]
     assert not missing, "passed locally but not on the API server tier:\n" + "\n".join(missing)
     assert controller.poll() is None, "the refgateway controller died during the run"
     assert not system_ca_bundle.exists(), "the harness left its stand-in public CA in the gateway's trust store"
@@ -400,20 +411,16 @@ def kubelet(cluster):
         kubelet.stop()
 
 
-def test_scenarios_pass_with_deployment_backends(cluster, dyn, controller, kubelet, system_ca_bundle, tmp_path):
+def test_scenarios_pass_with_deployment_backends(cluster, dyn, controller, kubelet, system_ca_bundle,
+                                                 local_passes, tmp_path):
     """--backend-mode=deployment, the mode of real clusters: Deployments of the echo and
     nginx backends, run by a stand-in kubelet (tests/cluster/kubelet_standin.py), request logs
     read through the API server's pod log endpoint."""
-    local = Child("scenarios", "-rA").wait(timeout=300)
-    assert local.returncode == 0, local.output
-    junit = tmp_path / "deployment.xml"
-    child = Child("scenarios", "-rA", "--gateway-class=refgateway", f"--kubeconfig={cluster.kubeconfig}",
-                  "--backend-mode=deployment", f"--system-ca-bundle={system_ca_bundle}",
-                  f"--junitxml={junit}").wait(timeout=900)
+    child, skipped = run_on_the_tier(cluster, tmp_path, "--backend-mode=deployment",
+                                     f"--system-ca-bundle={system_ca_bundle}")
     assert child.returncode == 0, child.output + "\n".join(kubelet.errors)
-    skipped = skip_reasons(junit)
     missing = []
-    for nodeid in sorted(passed_tests(local.output) - passed_tests(child.output)):
+    for nodeid in sorted(local_passes - passed_tests(child.output)):
         # The one check this mode cannot make: echo-basic verifies a client certificate
         # only if one is sent, so the backend that must demand one is nginx alone.
         if "test_backend_client_certificate.py::" in nodeid and "echo" in nodeid and \

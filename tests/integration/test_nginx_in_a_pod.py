@@ -10,23 +10,18 @@ request in a form ``parse_access_log`` reads from the pod's log.
 from __future__ import annotations
 
 import socket
-import ssl
 import subprocess
 import time
 
 import pytest
 
+from conformance.probe import probe
+from fixtures.backends import free_port
 from fixtures.nginx import NGINX, POD_NGINX_PORT, nginx_manifests, parse_access_log
 
 pytestmark = pytest.mark.skipif(not NGINX.exists(), reason=f"needs Debian's nginx ({NGINX})")
 
 HOST = "abc.example.com"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -69,26 +64,15 @@ def pod_nginx(mtls_pki, tmp_path):
         proc.wait(timeout=5)
 
 
-def get(port, server_ca, cert=None) -> bytes:
-    ctx = ssl.create_default_context(cadata=server_ca.cert_pem.decode())
-    if cert is not None:
-        ctx.load_cert_chain(cert.chain_file, cert.key_file)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-            ctx.wrap_socket(raw, server_hostname=HOST) as tls:
-        tls.sendall(f"GET /pod HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := tls.recv(65536):
-            data += chunk
-        return data
-
-
 def test_pod_configuration_demands_a_client_certificate_and_logs_to_stdout(pod_nginx):
     port, server_ca, client_ca, out = pod_nginx
-    assert get(port, server_ca).startswith(b"HTTP/1.1 400"), "nginx must refuse a client without a certificate"
+    address = ("127.0.0.1", port)
+    refused = probe(address, sni=HOST, path="/pod", trust_pem=server_ca.cert_pem)
+    assert getattr(refused, "status", None) == 400, f"nginx must refuse a client without a certificate: {refused}"
     client = client_ca.issue_client("gateway", dns_names=["gateway.example"])
-    answer = get(port, server_ca, client)
-    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
-    assert b'"clientVerify":"SUCCESS"' in answer
+    answer = probe(address, sni=HOST, path="/pod", client_cert=client, trust_pem=server_ca.cert_pem)
+    assert getattr(answer, "status", None) == 200, answer
+    assert answer.json["tls"]["clientVerify"] == "SUCCESS"
     requests = parse_access_log(out.read_text())
     assert [(r["path"], r["status"], r["tls"]["serverName"], r["tls"]["clientVerify"]) for r in requests] == [
         ("/pod", "400", HOST, "NONE"), ("/pod", "200", HOST, "SUCCESS")]

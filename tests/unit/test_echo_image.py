@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import ssl
 import subprocess
 import sys
 import urllib.request
@@ -16,15 +14,11 @@ from pathlib import Path
 import pytest
 
 from conformance.kubernetes import parse_echo_log
+from conformance.probe import probe
+from fixtures.backends import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "abc.example.com"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -59,15 +53,9 @@ def test_serves_like_echo_basic_and_logs_each_answer_with_its_tls(echo_image):
     assert "tls" not in plain
 
     client = client_ca.issue_client("gateway", dns_names=["gateway.example"])
-    ctx = ssl.create_default_context(cadata=ca.cert_pem.decode())
-    ctx.load_cert_chain(client.chain_file, client.key_file)
-    with socket.create_connection(("127.0.0.1", https_port), timeout=5) as raw, \
-            ctx.wrap_socket(raw, server_hostname=HOST) as tls:
-        tls.sendall(f"GET /secure HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := tls.recv(65536):
-            data += chunk
-    secure = json.loads(data.split(b"\r\n\r\n", 1)[1])
+    answer = probe(("127.0.0.1", https_port), sni=HOST, path="/secure", client_cert=client, trust_pem=ca.cert_pem)
+    assert getattr(answer, "status", None) == 200, answer
+    secure = answer.json
     assert secure["tls"]["serverName"] == HOST
     assert secure["tls"]["peerCertificates"][0].strip() == client.cert_pem.decode().strip()
 
