@@ -309,8 +309,10 @@ class _TestHost:
 
     def destroy(self) -> None:
         # Unconditionally: an interrupted create() may have made more than it recorded.
-        self._ip("netns", "del", self.name)  # takes the veth pair with it
-        self._ip("link", "del", self.host_if)  # in case the pair was made but not moved
+        # The pair first: deleting one end deletes both at once, whereas deleting the
+        # namespace leaves them to the kernel's asynchronous namespace cleanup.
+        self._ip("link", "del", self.host_if)
+        self._ip("netns", "del", self.name)
 
 
 # -- the target ----------------------------------------------------------------------
