@@ -41,11 +41,11 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .target import (PROGRESS_AFTER, Manifest, ObjectRef, ProcessHost, Progress, ServicePort,
-                     SystemRootsUnavailable, Target, TargetError, WaitTimeout, conditions_of,
+from .target import (PROGRESS_AFTER, WORKLOAD_LABEL, Manifest, ObjectRef, ProcessHost, Progress, ServicePort,
+                     SystemRootsFile, SystemRootsUnavailable, Target, TargetError, WaitTimeout, conditions_of,
                      describe_conditions, find_condition)
 
-__all__ = ["KubernetesTarget", "SystemRootsFile", "echo_backend_manifests", "MANAGED_LABEL", "RUN_LABEL"]
+__all__ = ["KubernetesTarget", "echo_backend_manifests", "MANAGED_LABEL", "RUN_LABEL"]
 
 FIELD_MANAGER = "mtls-conformance"
 MANAGED_LABEL = "mtls-conformance.dev/managed"
@@ -61,8 +61,6 @@ CLUSTER_HINT = "kind create cluster --config kind-config.yaml"
 #: verified against TLS_CLIENT_CACERTS; POD_NAME and NAMESPACE come from the downward API.
 ECHO_IMAGE = "gcr.io/k8s-staging-gateway-api/echo-basic:v20240412-v1.0.0-394-g40c666fd"
 ECHO_HTTP_PORT, ECHO_HTTPS_PORT = 3000, 8443
-#: The label that names a backend workload's pods after its Service (deploy_workload reads their logs).
-WORKLOAD_LABEL = "app.kubernetes.io/name"
 
 GATEWAY_CRD = "gateways.gateway.networking.k8s.io"
 REQUIRED_CRDS = (GATEWAY_CRD, "gatewayclasses.gateway.networking.k8s.io",
@@ -202,44 +200,6 @@ class _DeployedBackend:
 
     def stop(self) -> None:
         pass  # deleted with its namespace
-
-
-class SystemRootsFile:
-    """A gateway's system trust store that the harness may write: roots are appended, and
-    ``restore()`` puts back what the file held before (or removes it if it did not exist)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path.absolute()
-        if not self.path.parent.is_dir():
-            raise TargetError(f"--system-ca-bundle {path}: its directory does not exist (the file is the one "
-                              "the gateway under test reads as its system trust store)")
-        self._before: bytes | None = None
-        self._touched = False
-
-    def add(self, ca_pem: bytes) -> None:
-        current = self.path.read_bytes() if self.path.exists() else None
-        if not self._touched:
-            self._before, self._touched = current, True
-        if current is not None and ca_pem.strip() in current:
-            return
-        kept = (current or b"").strip()
-        self._write((kept + b"\n" if kept else b"") + ca_pem)
-
-    def restore(self) -> None:
-        if not self._touched:
-            return
-        self._touched = False
-        if self._before is None:
-            self.path.unlink(missing_ok=True)
-        else:
-            self._write(self._before)
-
-    def _write(self, data: bytes) -> None:
-        # A new file, not an edit in place: a gateway that notices changes by inode or
-        # mtime sees the new roots, and never reads half a bundle.
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, self.path)
 
 
 class _TestHost:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from .target import Manifest, ObjectRef, Progress, ServicePort, SystemRootsUnavailable, Target, TargetError
+from .target import (Manifest, ObjectRef, Progress, ServicePort, SystemRootsFile, SystemRootsUnavailable, Target,
+                     TargetError)
 
 REFGATEWAY_COMMAND = (f"{shlex.quote(sys.executable)} -m refgateway --config-dir {{config_dir}} "
                       "--state-dir {state_dir} --system-ca-bundle {system_ca_bundle}")
@@ -89,7 +90,7 @@ class LocalTarget(Target):
         #: Stands in for the gateway's system trust store, when its command takes
         #: {system_ca_bundle}: the CAs that trust_as_system_roots() added, in PEM.
         self.system_ca_bundle = self._root / "system-ca-bundle.pem"
-        self._system_roots: list[bytes] = []
+        self._system_roots = SystemRootsFile(self.system_ca_bundle)
         self._proc: subprocess.Popen | None = None
         try:
             self._start(start_timeout)
@@ -258,9 +259,7 @@ class LocalTarget(Target):
             raise SystemRootsUnavailable(
                 f"--gateway-command {self.command!r} takes no {{system_ca_bundle}}, so the harness cannot "
                 "give the gateway a system trust store (docs/local-target.md)")
-        if ca_pem not in self._system_roots:
-            self._system_roots.append(ca_pem)
-            _atomic_write(self.system_ca_bundle, b"".join(self._system_roots).decode("ascii"))
+        self._system_roots.add(ca_pem)  # the file goes with the target's directory at close()
 
     def listener_address(self, gateway: ObjectRef, port: int) -> tuple[str, int]:
         ports_file = self.state_dir / "ports" / (gateway.namespace or "") / f"{gateway.name}.yaml"

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 Manifest = Mapping[str, Any]
@@ -22,6 +24,11 @@ Progress = Callable[[str], None]
 
 #: How long a wait may run before the harness says what it is waiting for.
 PROGRESS_AFTER = 2.0
+
+
+#: The label that names a backend workload's pods after its Service: Target.deploy_workload
+#: reads their logs as the backend's request log.
+WORKLOAD_LABEL = "app.kubernetes.io/name"
 
 
 class TargetError(Exception):
@@ -62,6 +69,44 @@ class ServicePort:
     port: int
     address: tuple[str, int]
     app_protocol: str | None = None
+
+
+class SystemRootsFile:
+    """A gateway's system trust store that the harness may write: roots are appended, and
+    ``restore()`` puts back what the file held before (or removes it if it did not exist)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.absolute()
+        if not self.path.parent.is_dir():
+            raise TargetError(f"--system-ca-bundle {path}: its directory does not exist (the file is the one "
+                              "the gateway under test reads as its system trust store)")
+        self._before: bytes | None = None
+        self._touched = False
+
+    def add(self, ca_pem: bytes) -> None:
+        current = self.path.read_bytes() if self.path.exists() else None
+        if not self._touched:
+            self._before, self._touched = current, True
+        if current is not None and ca_pem.strip() in current:
+            return
+        kept = (current or b"").strip()
+        self._write((kept + b"\n" if kept else b"") + ca_pem)
+
+    def restore(self) -> None:
+        if not self._touched:
+            return
+        self._touched = False
+        if self._before is None:
+            self.path.unlink(missing_ok=True)
+        else:
+            self._write(self._before)
+
+    def _write(self, data: bytes) -> None:
+        # A new file, not an edit in place: a gateway that notices changes by inode or
+        # mtime sees the new roots, and never reads half a bundle.
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, self.path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +233,7 @@ class Target(abc.ABC):
     def deploy_workload(self, objects: list[Manifest], *, namespace: str, service: str,
                         parse_log: Callable[[str], list[dict]]) -> Any:
         """Run a backend as a workload of the cluster: apply ``objects`` (a Deployment whose
-        pods carry ``app.kubernetes.io/name: <service>``, the Service ``service``, its
+        pods carry ``WORKLOAD_LABEL: <service>``, the Service ``service``, its
         ConfigMaps and Secrets) and wait for a ready endpoint.
 
         Returns the backend (``.requests``: its pods' logs through ``parse_log``,
