@@ -36,11 +36,43 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--system-ca-bundle", type=Path, metavar="FILE", default=None,
                    help="PEM file of the roots that BackendTLSPolicy wellKnownCACertificates: System trusts "
                         "(default: this machine's default verify paths); read when a backend context is built")
+    p.add_argument("--listen-on-listener-ports", action="store_true",
+                   help="serve each listener on 127.0.0.1 at its own port (e.g. 8443), as a guide's curl "
+                        "commands expect, instead of a free port written to state_dir/ports")
     p.add_argument("--fault", action="append", default=[], metavar="NAME",
                    help="enable a deliberate deviation; repeatable; see --list-faults")
+    p.add_argument("--max-client-chain-depth", type=int, default=None, metavar="N",
+                   help="intermediate CAs allowed between a client certificate and a trusted root "
+                        "(OpenSSL verify depth; default 4, as NGINX Gateway Fabric)")
     p.add_argument("--list-faults", action="store_true", help="print the fault names and exit")
+    add_timeout_arguments(p)
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
+
+
+def add_timeout_arguments(p: argparse.ArgumentParser) -> None:
+    """Client connection timeouts, the same in local and controller mode."""
+    p.add_argument("--handshake-timeout", type=_seconds, default=10.0, metavar="SECONDS",
+                   help="close a client connection whose TLS handshake is not done after SECONDS (default 10)")
+    p.add_argument("--idle-timeout", type=_seconds, default=60.0, metavar="SECONDS",
+                   help="close a client connection that has not sent a complete request SECONDS after the "
+                        "handshake or its last response (default 60)")
+
+
+def timeouts(args: argparse.Namespace):
+    from ._edge import Timeouts
+
+    return Timeouts(handshake=args.handshake_timeout, idle=args.idle_timeout)
 
 
 def _check_dirs(config_dir: Path, state_dir: Path) -> str | None:
@@ -92,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refgateway: error: --system-ca-bundle {args.system_ca_bundle}: its directory does not exist",
               file=sys.stderr)
         return 2
-    gw = Gateway(config_dir, state_dir, controller=args.controller_name, faults=faults, system_ca_bundle=bundle)
+    depth = {} if args.max_client_chain_depth is None else {"max_chain_depth": args.max_client_chain_depth}
+    if depth and args.max_client_chain_depth < 0:
+        print("refgateway: error: --max-client-chain-depth must be 0 or more", file=sys.stderr)
+        return 2
+    gw = Gateway(config_dir, state_dir, controller=args.controller_name, faults=faults, system_ca_bundle=bundle,
+                 listener_ports=args.listen_on_listener_ports, **depth)
+    gw.timeouts = timeouts(args)
     asyncio.run(gw.run())
     return 0

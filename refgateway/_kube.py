@@ -20,10 +20,15 @@ Design note
   with other controllers: those are read-modify-write with ``resourceVersion``,
   replacing only entries with our ``controllerName``.
 * sockets: a Gateway has no ports file here. Each Gateway gets an address of its
-  own and its listeners bind their real ports on it: out of cluster a loopback
-  address from a pool (Linux routes all of 127/8 to ``lo``), in cluster one fixed
-  address (``--listen-address 0.0.0.0``). A port that cannot be bound makes its
-  listeners ``Accepted=False/PortUnavailable``, ``Programmed=False``.
+  own: out of cluster a loopback address from a pool (Linux routes all of 127/8 to
+  ``lo``) on which its listeners bind their real ports; in cluster
+  (``--service-namespace``) a Service of its own (``GatewayServices``), whose
+  ClusterIP is the reported address and whose ports are the listener ports, each
+  sent to an internal port the pod binds for that (Gateway, port): one pod serves
+  every Gateway, as before, but two Gateways no longer share an address, so both can
+  listen on 443. ``--listen-address IP`` alone keeps the old single-address mode. A
+  port that cannot be bound makes its listeners ``Accepted=False/PortUnavailable``,
+  ``Programmed=False``.
 
 This module must not import the harness (``conformance``).
 """
@@ -50,7 +55,7 @@ from typing import Any, Callable
 
 from . import translator
 from ._edge import Edge
-from ._server import Gateway, Site, _now
+from ._server import BACKLOG, Gateway, Site, _now
 
 log = logging.getLogger("refgateway")
 
@@ -62,6 +67,9 @@ WATCH_SECONDS = (240, 300)  # server-side watch timeout, jittered so reflectors 
 NOT_SERVED_RETRY = 30.0
 STATUS_RETRY = 2.0
 DEFAULT_POOL = "127.0.0.0/16"
+#: Service mode's internal ports: below Linux's ephemeral range (32768-60999), which the
+#: pod's own connections to backends draw from.
+INTERNAL_PORTS = (10000, 32000)
 RESERVED_LOOPBACK = ipaddress.ip_network("127.0.0.0/24")  # 127.0.0.1 and friends belong to other services
 
 
@@ -141,7 +149,16 @@ RESOURCES: tuple[tuple[Resource, ...], ...] = (
     (Resource("Service", "v1", "services", True),),
     (Resource("EndpointSlice", "discovery.k8s.io/v1", "endpointslices", True),),
     (Resource("Namespace", "v1", "namespaces", False),),
+    # GEP-5075: ClusterTrustBundle is certificates.k8s.io/v1 from Kubernetes v1.37, v1beta1
+    # (feature gate ClusterTrustBundle plus runtime-config) before. Optional: without it
+    # the gateway serves on, and neither advertises the feature nor resolves such refs.
+    (Resource("ClusterTrustBundle", "certificates.k8s.io/v1", "clustertrustbundles", False),
+     Resource("ClusterTrustBundle", "certificates.k8s.io/v1beta1", "clustertrustbundles", False),
+     Resource("ClusterTrustBundle", "certificates.k8s.io/v1alpha1", "clustertrustbundles", False)),
 )
+#: Kinds the gateway can do without: a 403 (a cluster that withholds read access, see
+#: GEP-5075 "Hardened Cluster Caveat") counts as not served instead of blocking the start.
+OPTIONAL_KINDS = frozenset({"ClusterTrustBundle"})
 
 # kind -> (plural, the shared list in status or None when the whole status is ours)
 STATUS_KINDS = {
@@ -294,13 +311,14 @@ class Reflector(threading.Thread):
                 log.info("watch %s: resourceVersion expired; listing again", self.choices[0].kind)
                 rv = None
             except ApiError as exc:
-                if exc.status == 404:
+                if exc.status == 404 or (exc.status == 403 and self.choices[0].kind in OPTIONAL_KINDS):
                     # CRD not installed (yet): serve without this kind and look again later.
                     if not warned:
-                        log.warning("%s is not served by the API server (%s); retrying every %.0f s",
-                                    self.choices[0].kind, ", ".join(r.api_version for r in self.choices),
-                                    NOT_SERVED_RETRY)
+                        log.warning("%s is not %s (%s); retrying every %.0f s", self.choices[0].kind,
+                                    "served by the API server" if exc.status == 404 else "readable (403)",
+                                    ", ".join(r.api_version for r in self.choices), NOT_SERVED_RETRY)
                         warned = True
+                    self.res = None
                     self.cache.replace_kind(self.choices[0].kind, {})
                     self.synced.set()
                     rv = None
@@ -541,16 +559,164 @@ class AddressPool:
             del self.by_gateway[gw]
 
 
+# --------------------------------------------------------------------------- Services
+
+
+#: GEP-1762: what an implementation deploys for a Gateway carries the Gateway's name.
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+GATEWAY_NAMESPACE_LABEL = "refgateway.mtls-conformance.dev/gateway-namespace"
+CONTROLLER_LABEL = "refgateway.mtls-conformance.dev/controller"
+MANAGED_BY = ("app.kubernetes.io/managed-by", "refgateway")
+SERVICE = Resource("Service", "v1", "services", True)
+
+
+def parse_selector(text: str) -> dict[str, str]:
+    """``k=v,k2=v2`` -> dict; a KubeError naming the flag for anything else."""
+    selector = {}
+    for part in text.split(","):
+        key, eq, value = part.strip().partition("=")
+        if not eq or not key or not value:
+            raise KubeError(f"--service-selector {text}: want KEY=VALUE[,KEY=VALUE...] (the pod's labels)")
+        selector[key] = value
+    return selector
+
+
+class GatewayServices:
+    """One ClusterIP Service per Gateway, in the controller's own namespace.
+
+    The Service selects the controller's pod (``selector``) and maps each listener port
+    to the internal port the pod bound for it. It lives in the controller's namespace,
+    not the Gateway's, because a Service selects pods of its own namespace only; so it
+    cannot be owned by the Gateway (owner references do not cross namespaces) and is
+    deleted here when its Gateway is gone, also at start for Gateways deleted while the
+    controller was down. Labels: GEP-1762's gateway-name, the Gateway's namespace, and
+    a hash of the controllerName (two controllers in one namespace leave each other's
+    Services alone). Blocking: run in a thread. Writes only differences, read back from
+    the cache (no ``get`` right needed)."""
+
+    def __init__(self, api, cache: Cache, namespace: str, selector: dict[str, str], controller: str):
+        self.api, self.cache, self.namespace, self.selector = api, cache, namespace, selector
+        self.controller_hash = hashlib.sha256(controller.encode()).hexdigest()[:16]
+        self.errors: dict[tuple[str, str], str] = {}  # gateway -> why it has no (up to date) Service
+
+    def name(self, gw: tuple[str, str]) -> str:
+        """A DNS-1035 label: readable, and unique by a hash of namespace/name."""
+        digest = hashlib.sha256(f"{gw[0]}/{gw[1]}/{self.controller_hash}".encode()).hexdigest()[:8]
+        readable = "".join(c if c.isalnum() else "-" for c in f"{gw[1]}-{gw[0]}".lower())
+        return f"gw-{readable[:50].strip('-')}-{digest}"
+
+    def labels(self, gw: tuple[str, str]) -> dict[str, str]:
+        ns_label = gw[0] if len(gw[0]) <= 63 else hashlib.sha256(gw[0].encode()).hexdigest()[:63]
+        name_label = gw[1] if len(gw[1]) <= 63 else hashlib.sha256(gw[1].encode()).hexdigest()[:63]
+        return {GATEWAY_NAME_LABEL: name_label, GATEWAY_NAMESPACE_LABEL: ns_label,
+                CONTROLLER_LABEL: self.controller_hash, MANAGED_BY[0]: MANAGED_BY[1]}
+
+    def current(self) -> dict[tuple[str, str], dict]:
+        """Our Services in the cache, by the Gateway they serve."""
+        found = {}
+        for (kind, ns, _), svc in self.cache.snapshot().items():
+            labels = (svc.get("metadata") or {}).get("labels") or {}
+            if kind == "Service" and ns == self.namespace and labels.get(CONTROLLER_LABEL) == self.controller_hash:
+                found[self._gateway_of(svc)] = svc
+        return found
+
+    def _gateway_of(self, svc: dict) -> tuple[str, str]:
+        ann = (svc.get("metadata") or {}).get("annotations") or {}
+        return ann.get(GATEWAY_NAMESPACE_LABEL, ""), ann.get(GATEWAY_NAME_LABEL, "")
+
+    def target_port(self, gw: tuple[str, str], port: int) -> int | None:
+        """The internal port the Gateway's Service sends ``port`` to now (kept across restarts)."""
+        svc = self.current().get(gw) or {}
+        for p in (svc.get("spec") or {}).get("ports") or []:
+            if p.get("port") == port and isinstance(p.get("targetPort"), int):
+                return p["targetPort"]
+        return None
+
+    def address(self, gw: tuple[str, str]) -> str | None:
+        ip = ((self.current().get(gw) or {}).get("spec") or {}).get("clusterIP")
+        return ip if ip and ip != "None" else None
+
+    def sync(self, wanted: dict[tuple[str, str], dict[int, int]]) -> bool:
+        """wanted: gateway -> {listener port: internal port}. False when a write failed."""
+        ok, errors = True, {}
+        current = self.current()
+        for gw, ports in sorted(wanted.items()):
+            spec = {"type": "ClusterIP", "selector": self.selector, "ports": [
+                {"name": f"port-{p}", "port": p, "targetPort": t, "protocol": "TCP"} for p, t in sorted(ports.items())]}
+            svc = current.get(gw)
+            name = self.name(gw)
+            try:
+                if svc is None:
+                    body = {"apiVersion": "v1", "kind": "Service", "metadata": {
+                        "name": name, "namespace": self.namespace, "labels": self.labels(gw),
+                        "annotations": {GATEWAY_NAMESPACE_LABEL: gw[0], GATEWAY_NAME_LABEL: gw[1]}}, "spec": spec}
+                    answer = request(self.api, "POST", SERVICE.path(self.namespace), body=body)
+                    log.info("gateway %s/%s: Service %s/%s created (%s)", *gw, self.namespace, name,
+                             (answer.get("spec") or {}).get("clusterIP"))
+                elif not self._same(svc.get("spec") or {}, spec):
+                    answer = request(self.api, "PATCH", SERVICE.path(self.namespace, svc["metadata"]["name"]),
+                                     body={"spec": {"selector": spec["selector"], "ports": spec["ports"]}},
+                                     content_type="application/merge-patch+json")
+                    log.info("gateway %s/%s: Service %s/%s ports now %s", *gw, self.namespace,
+                             svc["metadata"]["name"], ", ".join(f"{p}->{t}" for p, t in sorted(ports.items())))
+                else:
+                    continue
+            except Exception as exc:  # ApiError (403 names the missing right), connection errors
+                ok = False
+                errors[gw] = f"cannot write Service {self.namespace}/{name}: {_one_line(exc)}"
+                log.warning("gateway %s/%s: %s", *gw, errors[gw])
+                continue
+            answer.setdefault("apiVersion", "v1")
+            answer.setdefault("kind", "Service")
+            self.cache.put(("Service", self.namespace, answer["metadata"]["name"]), answer, wake=False)
+        for gw, svc in sorted(current.items()):
+            if gw in wanted:
+                continue
+            name = svc["metadata"]["name"]
+            try:
+                request(self.api, "DELETE", SERVICE.path(self.namespace, name))
+                log.info("gateway %s/%s is gone: Service %s/%s deleted", *gw, self.namespace, name)
+            except ApiError as exc:
+                if exc.status != 404:
+                    ok = False
+                    log.warning("gateway %s/%s is gone: cannot delete Service %s/%s: %s", *gw, self.namespace,
+                                name, _one_line(exc))
+                    continue
+            except Exception as exc:
+                ok = False
+                log.warning("gateway %s/%s is gone: cannot delete Service %s/%s: %s", *gw, self.namespace, name,
+                            _one_line(exc))
+                continue
+            self.cache.delete(("Service", self.namespace, name))
+        self.errors = errors
+        return ok
+
+    @staticmethod
+    def _same(have: dict, want: dict) -> bool:
+        def ports(spec):
+            return sorted((p.get("name"), p.get("port"), p.get("targetPort"), p.get("protocol", "TCP"))
+                          for p in spec.get("ports") or [])
+        return have.get("selector") == want["selector"] and ports(have) == ports(want)
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text if isinstance(exc, ApiError) else f"{exc.__class__.__name__}: {text}"
+
+
 # --------------------------------------------------------------------------- the controller
 
 
 class KubeGateway(Gateway):
     def __init__(self, api, *, controller: str, faults: frozenset[str], pool: AddressPool | None,
-                 listen_address: str | None, report_address: str | None, system_ca_bundle: Path | None = None):
+                 listen_address: str | None, report_address: str | None, system_ca_bundle: Path | None = None,
+                 service_namespace: str | None = None, service_selector: dict[str, str] | None = None):
         super().__init__(None, None, controller=controller, faults=faults,  # type: ignore[arg-type]
                          system_ca_bundle=system_ca_bundle)
         self.api = api
         self.pool, self.listen_address, self.report_address = pool, listen_address, report_address
+        self.service_namespace, self.service_selector = service_namespace, service_selector or {}
+        self.services: GatewayServices | None = None  # made in run(), with the cache
         self.bind_errors: dict[tuple[str, str, int], str] = {}
         self.changed = asyncio.Event()
         self.stop_threads = threading.Event()
@@ -564,6 +730,9 @@ class KubeGateway(Gateway):
     def load(self) -> tuple[dict, dict[str, str]]:
         return self.cache.snapshot(), {}
 
+    def cluster_trust_bundles_served(self) -> bool:
+        return any(r.choices[0].kind == "ClusterTrustBundle" and r.res is not None for r in self.reflectors)
+
     # -- sockets
 
     def _address(self, gw: tuple[str, str]) -> str | None:
@@ -575,6 +744,8 @@ class KubeGateway(Gateway):
         return self.pool.get(gw, previous[0] if previous else None)
 
     async def _listen(self, key: tuple[str, str, int], site: Site) -> bool:
+        if self.services is not None:
+            return await self._listen_internal(key, site)
         gw, port = key[:2], key[2]
         loop = asyncio.get_running_loop()
         for _ in range(16):
@@ -583,7 +754,7 @@ class KubeGateway(Gateway):
                 self.bind_errors[key] = f"no free address left in the pool {self.pool.net}"
                 return False
             try:
-                site.server = await loop.create_server(lambda: Edge(site), host, port)
+                site.server = await loop.create_server(lambda: Edge(site), host, port, backlog=BACKLOG)
             except OSError as exc:
                 gw_has_sites = any(k[:2] == gw for k in self.sites)
                 if exc.errno == errno.EADDRINUSE and self.pool is not None and not gw_has_sites:
@@ -605,6 +776,39 @@ class KubeGateway(Gateway):
         self.bind_errors[key] = "every address tried is in use"
         return False
 
+    async def _listen_internal(self, key: tuple[str, str, int], site: Site) -> bool:
+        """Service mode: an internal port for (Gateway, listener port); the Gateway's Service
+        maps the listener port to it. The port the Service already names if it is free (a
+        restarted pod keeps its Services as they are), else a hash of namespace/name/port
+        in INTERNAL_PORTS (below the kernel's ephemeral range), the next free one on a
+        collision: so a Gateway deleted and made again gets the same port, and a
+        `kubectl port-forward` to its Service, which holds on to the pod and the port it
+        resolved at its start, keeps working. The kernel's choice as a last resort."""
+        gw, port = key[:2], key[2]
+        loop = asyncio.get_running_loop()
+        previous = self.services.target_port(gw, port)
+        taken = {s.bound for s in self.sites.values()}
+        span = INTERNAL_PORTS[1] - INTERNAL_PORTS[0]
+        start = int.from_bytes(hashlib.sha256(f"{gw[0]}/{gw[1]}/{port}".encode()).digest()[:8], "big") % span
+        hashed = [INTERNAL_PORTS[0] + (start + i) % span for i in range(64)]
+        candidates = [p for p in ([previous] if previous else []) + hashed if p not in taken]
+        for internal in candidates + [0]:
+            try:
+                site.server = await loop.create_server(lambda: Edge(site), self.listen_address, internal,
+                                                       backlog=BACKLOG)
+            except OSError as exc:
+                if internal:
+                    continue
+                msg = f"cannot listen on {self.listen_address}:{internal}: {os.strerror(exc.errno) if exc.errno else exc}"
+                self.bind_errors[key] = msg
+                log.warning("gateway %s/%s listener port %d: %s", *gw, port, msg)
+                return False
+            site.bound = site.server.sockets[0].getsockname()[1]
+            self.bind_errors.pop(key, None)
+            log.info("gateway %s/%s port %d listening on %s:%d", *gw, port, self.listen_address, site.bound)
+            return True
+        return False
+
     async def _program(self, plan: translator.Plan) -> None:
         self.bind_errors = {k: v for k, v in self.bind_errors.items() if k in plan.ports}
         await super()._program(plan)
@@ -614,11 +818,23 @@ class KubeGateway(Gateway):
     # -- status sink
 
     async def publish(self, plan: translator.Plan, statuses: dict, errors: dict[str, str]) -> None:
+        services_ok = True
+        if self.services is not None:
+            # The Service first: a Gateway reports its address (and Programmed) only once
+            # its Service sends every bound listener port to this pod.
+            wanted: dict[tuple[str, str], dict[int, int]] = {}
+            for (ns, name, port), site in self.sites.items():
+                if (ns, name) in plan.gateways:
+                    wanted.setdefault((ns, name), {})[port] = site.bound
+            services_ok = await asyncio.to_thread(self.services.sync, wanted)
         statuses = {k: self._localize(k, v) if k[0] == "Gateway" else v for k, v in statuses.items()}
         ok = await asyncio.to_thread(self.writer.sync, statuses)
-        self.retry_at = None if ok and not self.bind_errors else time.monotonic() + STATUS_RETRY
+        self.retry_at = None if ok and services_ok and not self.bind_errors else time.monotonic() + STATUS_RETRY
 
     def _reported(self, gw: tuple[str, str]) -> list[dict]:
+        if self.services is not None:
+            addr = None if gw in self.services.errors else self.services.address(gw)
+            return [{"type": "IPAddress", "value": addr}] if addr else []
         if self.pool is not None:
             addr = self.pool.by_gateway.get(gw)
             return [{"type": "IPAddress", "value": addr}] if addr else []
@@ -657,7 +873,8 @@ class KubeGateway(Gateway):
                 if st.get("listeners") and not any_programmed:
                     c.update(status="False", reason="Invalid", message="no listener can be programmed")
                 elif not st["addresses"]:
-                    c.update(status="False", reason="AddressNotAssigned", message="no address to report")
+                    why = self.services.errors.get(gw) if self.services is not None else None
+                    c.update(status="False", reason="AddressNotAssigned", message=why or "no address to report")
                 else:
                     c["message"] = f"gateway is programmed on {where}"
             if c["type"] == "Accepted" and c["reason"] == "Accepted" and any(
@@ -677,6 +894,9 @@ class KubeGateway(Gateway):
         self.cache = Cache(self._wake)
         sticky = frozenset({"InsecureFrontendValidationMode"}) if "stale-insecure-condition" in self.faults else frozenset()
         self.writer = StatusWriter(self.api, self.cache, self.controller, sticky)
+        if self.service_namespace:
+            self.services = GatewayServices(self.api, self.cache, self.service_namespace, self.service_selector,
+                                            self.controller)
         self.reflectors = [Reflector(self.api, choices, self.cache, self.stop_threads) for choices in RESOURCES]
         for r in self.reflectors:
             r.start()
@@ -746,7 +966,7 @@ class KubeGateway(Gateway):
 
 
 def _parser():
-    from ._cli import _Parser
+    from ._cli import _Parser, add_timeout_arguments
 
     p = _Parser(prog="python -m refgateway controller",
                 description="Run refgateway as a Kubernetes controller (see docs/refgateway.md).")
@@ -765,9 +985,17 @@ def _parser():
                             "minus 127.0.0.0/24)")
     where.add_argument("--listen-address", metavar="IP",
                        help="bind every Gateway's listeners on IP (in cluster: 0.0.0.0)")
+    p.add_argument("--service-namespace", metavar="NS",
+                   help="with --listen-address (in cluster: 0.0.0.0): give each Gateway a ClusterIP Service of "
+                        "its own in namespace NS (the pod's own), labelled gateway.networking.k8s.io/gateway-name, "
+                        "whose ports go to internal ports this process binds; its ClusterIP is the reported "
+                        "address. Needs --service-selector")
+    p.add_argument("--service-selector", metavar="KEY=VALUE[,...]",
+                   help="with --service-namespace: the labels of this controller's pod, the Services' selector")
     p.add_argument("--report-address", metavar="IP",
                    help="with --listen-address: the address to report in Gateway status.addresses "
                         "(e.g. the pod IP); default: the Gateway's spec.addresses, else IP unless unspecified")
+    add_timeout_arguments(p)
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -789,6 +1017,17 @@ def main(argv: list[str]) -> int:
                 pool = AddressPool(args.listen_address_pool or DEFAULT_POOL)
             except ValueError as exc:
                 raise KubeError(f"--listen-address-pool {args.listen_address_pool}: {exc}") from None
+        selector = None
+        if args.service_namespace or args.service_selector:
+            if not args.listen_address:
+                raise KubeError("--service-namespace needs --listen-address (in cluster: 0.0.0.0)")
+            if not (args.service_namespace and args.service_selector):
+                raise KubeError("--service-namespace and --service-selector go together (the Services' namespace "
+                                "and the labels of this controller's pod)")
+            if args.report_address:
+                raise KubeError("--report-address does not go with --service-namespace (each Gateway reports "
+                                "its Service's ClusterIP)")
+            selector = parse_selector(args.service_selector)
         if args.report_address:
             if not args.listen_address:
                 raise KubeError("--report-address needs --listen-address (a pool reports each Gateway's own address)")
@@ -808,7 +1047,10 @@ def main(argv: list[str]) -> int:
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # our own messages say what failed
     gw = KubeGateway(api, controller=args.controller_name, faults=faults, pool=pool,
                      listen_address=args.listen_address, report_address=args.report_address,
-                     system_ca_bundle=bundle)
+                     system_ca_bundle=bundle, service_namespace=args.service_namespace, service_selector=selector)
+    from ._cli import timeouts
+
+    gw.timeouts = timeouts(args)
     try:
         asyncio.run(gw.run())
     finally:

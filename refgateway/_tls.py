@@ -27,6 +27,7 @@ import hashlib
 import logging
 import os
 import ssl
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -34,9 +35,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
 
-from .translator import ALLOW_INSECURE_FALLBACK, BackendTLS, Listener, Validation
+from ._plan import ALLOW_INSECURE_FALLBACK, BackendTLS, Listener, Validation
 
-__all__ = ["ContextCache", "verify_mode", "short_reason", "pin_mismatch", "leaf_identity", "ALERT_HANDSHAKE_FAILURE",
+__all__ = ["ContextCache", "set_verify", "verify_mode", "short_reason", "pin_mismatch", "leaf_identity", "ALERT_HANDSHAKE_FAILURE",
            "BackendContexts", "BackendIdentityError", "backend_identity_problem"]
 
 log = logging.getLogger("refgateway.tls")
@@ -85,8 +86,66 @@ def pin_mismatch(cert: x509.Certificate, v: Validation) -> str | None:
     return None
 
 
-def verify_mode(v: Validation | None, faults: frozenset[str]) -> int:
+# X509_V_ERR_CERT_REJECTED: OpenSSL answers it with a "bad certificate" alert.
+_X509_V_ERR_CERT_REJECTED = 28
+
+
+# X509_V_ERR_UNSPECIFIED: OpenSSL answers it with an "internal error" alert.
+_X509_V_ERR_UNSPECIFIED = 1
+
+
+def set_verify(target: SSL.Context | SSL.Connection, mode: int, callback: Callable,
+               faults: frozenset[str] = frozenset()) -> None:
+    """pyOpenSSL's ``set_verify``, except that a certificate the callback refuses although
+    OpenSSL found it fine (a pin mismatch) ends the handshake with ``bad certificate``.
+
+    pyOpenSSL leaves the store's error at X509_V_OK then, which OpenSSL 3 turns into
+    X509_V_ERR_UNSPECIFIED and an ``internal error`` alert: a client cannot tell that from a
+    gateway failing. Real implementations (Envoy's certificate validator) send a
+    certificate alert. The callback pyOpenSSL registered is wrapped at the C level.
+    """
+    from OpenSSL._util import ffi, lib  # pyOpenSSL exposes no way to set the store's error
+
+    target.set_verify(mode, callback)
+    inner = target._verify_callback
+    internal_error = "internal-error-for-bad-client-cert" in faults
+
+    def outer(ok, store_ctx):
+        result = inner(ok, store_ctx)
+        if not result and internal_error:
+            lib.X509_STORE_CTX_set_error(store_ctx, _X509_V_ERR_UNSPECIFIED)
+        elif not result and lib.X509_STORE_CTX_get_error(store_ctx) == lib.X509_V_OK:
+            lib.X509_STORE_CTX_set_error(store_ctx, _X509_V_ERR_CERT_REJECTED)
+        return result
+
+    wrapped = ffi.callback("int (*)(int, X509_STORE_CTX *)", outer)
+    target._verify_callback = wrapped  # keeps the C callback alive as long as its owner
+    if isinstance(target, SSL.Connection):
+        lib.SSL_set_verify(target._ssl, mode, wrapped)
+    else:
+        lib.SSL_CTX_set_verify(target._context, mode, wrapped)
+
+
+# A plaintext TLS alert record: level fatal(2), description protocol_version(70).
+ALERT_PROTOCOL_VERSION = b"\x15\x03\x03\x00\x02\x02\x46"
+
+
+def version_refusal(v: Validation | None, faults: frozenset[str], version: str | None) -> bytes | None:
+    """The alert record a listener refuses this TLS version with (tls13-only-accept-any), or None."""
+    if "tls13-only-accept-any" in faults and v is not None and v.mode != ALLOW_INSECURE_FALLBACK \
+            and version == "TLSv1.2":
+        return ALERT_PROTOCOL_VERSION
+    return None
+
+
+def verify_mode(v: Validation | None, faults: frozenset[str], version: str | None = None) -> int:
+    """The verify mode of a listener; ``version``: the connection's negotiated TLS version,
+    known from the SNI callback on (the faults that treat one version differently)."""
     if v is None:
+        return SSL.VERIFY_NONE
+    if v.mode != ALLOW_INSECURE_FALLBACK and (
+            (version == "TLSv1.2" and "accept-any-on-tls12" in faults)
+            or (version == "TLSv1.3" and ("accept-any-on-tls13" in faults or "tls13-only-accept-any" in faults))):
         return SSL.VERIFY_NONE
     if v.mode == ALLOW_INSECURE_FALLBACK:
         return SSL.VERIFY_NONE if "fallback-without-cert-request" in faults else SSL.VERIFY_PEER
@@ -99,8 +158,9 @@ class ContextCache:
     """Builds and memoises one server Context per distinct listener TLS configuration."""
 
     def __init__(self, *, faults: frozenset[str], sni_callback: Callable, verify_callback: Callable,
-                 alpn: tuple[bytes, ...] = (b"h2", b"http/1.1")):
+                 alpn: tuple[bytes, ...] = (b"h2", b"http/1.1"), max_chain_depth: int = MAX_CLIENT_CHAIN_DEPTH):
         self._faults = faults
+        self._max_chain_depth = max_chain_depth
         self._sni = sni_callback
         self._verify = verify_callback
         self._alpn = alpn
@@ -160,10 +220,10 @@ class ContextCache:
             if "accept-expired-client-cert" in self._faults:
                 store.set_flags(_X509_V_FLAG_NO_CHECK_TIME)
             if "ignore-chain-depth" not in self._faults:
-                ctx.set_verify_depth(MAX_CLIENT_CHAIN_DEPTH)
+                ctx.set_verify_depth(self._max_chain_depth)
         # OpenSSL verifies client certificates for the purpose "sslclient" by default
         # on the server side, so a serverAuth-only certificate fails with bad-purpose.
-        ctx.set_verify(verify_mode(v, self._faults), self._verify)
+        set_verify(ctx, verify_mode(v, self._faults), self._verify, self._faults)
         return ctx
 
 
@@ -236,6 +296,7 @@ class BackendContexts:
         self._faults = faults
         self._bundle = system_ca_bundle
         self._cache: dict[tuple, ssl.SSLContext] = {}
+        self._last_client_cert: dict[BackendTLS, tuple[bytes, bytes]] = {}  # keep-last-backend-client-cert
 
     def _bundle_version(self) -> tuple | None:
         # The bundle is read when a context is built, so a harness may write it after the
@@ -249,6 +310,12 @@ class BackendContexts:
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def context(self, tls: BackendTLS) -> ssl.SSLContext:
+        if "keep-last-backend-client-cert" in self._faults:
+            shared = replace(tls, client_cert=None)
+            if tls.client_cert is not None:
+                self._last_client_cert[shared] = tls.client_cert
+            else:
+                tls = replace(tls, client_cert=self._last_client_cert.get(shared))
         system = tls.system or "backend-trust-system-roots" in self._faults
         key = (tls, self._bundle_version() if system else None)
         ctx = self._cache.get(key)
@@ -264,7 +331,9 @@ class BackendContexts:
         ctx.options |= ssl.OP_NO_TICKET
         ctx.set_alpn_protocols(["http/1.1"])
         ctx.check_hostname = False  # backend_identity_problem() checks the identity
-        if not tls.verify or "backend-skip-chain-verification" in self._faults:
+        if "fail-tls-backends" in self._faults:
+            pass  # CERT_REQUIRED with an empty trust store: nothing verifies
+        elif not tls.verify or "backend-skip-chain-verification" in self._faults:
             ctx.verify_mode = ssl.CERT_NONE
         elif system:
             if self._bundle is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from .translator import Backend, Listener, Port, Rule, host_matches, host_rank
+from ._plan import Backend, Listener, Port, Rule, host_matches, host_rank
 
 __all__ = ["host_matches_listener", "select_listener", "misdirected", "select_rule", "pick_endpoint", "split_host"]
 

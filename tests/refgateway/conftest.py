@@ -71,11 +71,12 @@ class Cluster:
 
 
 class GatewayProcess:
-    def __init__(self, config_dir: Path, state_dir: Path, faults=()):
+    def __init__(self, config_dir: Path, state_dir: Path, faults=(), args=()):
         self.config_dir, self.state_dir = config_dir, state_dir
         cmd = [sys.executable, "-m", "refgateway", "--config-dir", str(config_dir), "--state-dir", str(state_dir)]
         for f in faults:
             cmd += ["--fault", f]
+        cmd += list(args)
         self.stderr = open(state_dir.parent / f"gateway-{state_dir.name}.log", "w+")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stderr=self.stderr, start_new_session=True)
         wait_for(lambda: (state_dir / "ready").exists() or self.proc.poll() is not None, what="ready file")
@@ -179,10 +180,10 @@ def cluster(tmp_path):
 def start_gateway(tmp_path, cluster):
     procs = []
 
-    def start(*faults):
+    def start(*faults, args=()):
         state = tmp_path / f"state{len(procs)}"
         state.mkdir()
-        gp = GatewayProcess(cluster.dir, state, faults)
+        gp = GatewayProcess(cluster.dir, state, faults, args)
         procs.append(gp)
         return gp
 

@@ -26,6 +26,12 @@ from refgateway._kube import AddressPool, KubeError
     (["--system-ca-bundle", "/nonexistent/dir/bundle.pem"],
      "--system-ca-bundle /nonexistent/dir/bundle.pem: its directory does not exist"),
     (["--listen-address", "0.0.0.0", "--listen-address-pool", "127.0.1.0/24"], "not allowed with argument"),
+    (["--service-namespace", "ns", "--service-selector", "a=b"], "--service-namespace needs --listen-address"),
+    (["--listen-address", "0.0.0.0", "--service-namespace", "ns"], "--service-namespace and --service-selector go together"),
+    (["--listen-address", "0.0.0.0", "--service-namespace", "ns", "--service-selector", "app"],
+     "--service-selector app: want KEY=VALUE[,KEY=VALUE...]"),
+    (["--listen-address", "0.0.0.0", "--service-namespace", "ns", "--service-selector", "a=b",
+      "--report-address", "10.1.2.3"], "--report-address does not go with --service-namespace"),
 ])
 def test_unusable_arguments_are_one_line_and_exit_2(argv, message, capsys, monkeypatch):
     monkeypatch.delenv("KUBECONFIG", raising=False)

@@ -219,3 +219,55 @@ def test_conflicts(base):
     _, st = run(*base, gw)
     assert conds(listener_status(st, "a"))["Conflicted"] == ("True", "HostnameConflict")
     assert conds(listener_status(st, "h"))["Conflicted"] == ("True", "ProtocolConflict")
+
+
+def cluster_trust_bundle(name, pem, signer=None):
+    spec = {"trustBundle": pem}
+    if signer:
+        spec["signerName"] = signer
+    return {"apiVersion": "certificates.k8s.io/v1", "kind": "ClusterTrustBundle", "metadata": {"name": name},
+            "spec": spec}
+
+
+def bundle_validation(name, **extra):
+    return {"validation": {"caCertificateRefs": [
+        {"group": "certificates.k8s.io", "kind": "ClusterTrustBundle", "name": name, **extra}]}}
+
+
+def test_cluster_trust_bundle_refs(base, pki):
+    """GEP-5075: by name, cluster-scoped; missing or namespaced refs are invalid; without the
+    API the kind is invalid and the feature is not advertised."""
+    pem = pki["client_ca"].cert_pem.bytes().decode()
+    gw = gateway("gw", [https_listener(n, p) for n, p in [("ok", 443), ("missing", 7443), ("namespaced", 8443)]], {
+        "default": bundle_validation("trusted"),
+        "perPort": [{"port": 7443, "tls": bundle_validation("nope")},
+                    {"port": 8443, "tls": bundle_validation("trusted", namespace=NS)}]})
+    objs = {key(o): o for o in (*base, cluster_trust_bundle("trusted", pem), gw)}
+    plan, st = translate(objs)
+    assert conds(listener_status(st, "ok"))["ResolvedRefs"] == ("True", "ResolvedRefs")
+    assert plan.ports[(NS, "gw", 443)].listeners[0].validation.ca_pems == (pem.encode(),)
+    for name in ("missing", "namespaced"):
+        c = conds(listener_status(st, name))
+        assert c["ResolvedRefs"] == ("False", "InvalidCACertificateRef")
+        assert c["Accepted"] == ("False", "NoValidCACertificate")
+    features = [f["name"] for f in st[("GatewayClass", "", "ref")]["status"]["supportedFeatures"]]
+    assert "ClusterTrustBundle" in features
+
+    plan, st = translate(objs, cluster_trust_bundles=False)
+    c = conds(listener_status(st, "ok"))
+    assert c["ResolvedRefs"] == ("False", "InvalidCACertificateKind")
+    assert c["Accepted"] == ("False", "NoValidCACertificate")
+    features = [f["name"] for f in st[("GatewayClass", "", "ref")]["status"]["supportedFeatures"]]
+    assert "ClusterTrustBundle" not in features
+
+
+def test_cluster_trust_bundle_signer_does_not_widen_trust(base, pki):
+    client_pem = pki["client_ca"].cert_pem.bytes().decode()
+    other_pem = pki["other_ca"].cert_pem.bytes().decode()
+    gw = gateway("gw", [https_listener("https", 443)], {"default": bundle_validation("example.com:s:a")})
+    objs = {key(o): o for o in (*base, gw, cluster_trust_bundle("example.com:s:a", client_pem, "example.com/s"),
+                                cluster_trust_bundle("example.com:s:b", other_pem, "example.com/s"))}
+    plan, _ = translate(objs)
+    assert plan.ports[(NS, "gw", 443)].listeners[0].validation.ca_pems == (client_pem.encode(),)
+    plan, _ = translate(objs, faults=frozenset({"cluster-trust-bundle-signer-wide"}))
+    assert other_pem.encode() in plan.ports[(NS, "gw", 443)].listeners[0].validation.ca_pems[0]
