@@ -1,7 +1,7 @@
-"""``python -m conformance``: tools around the suite's reports.
+"""``python -m mtls_conformance``: tools around the suite's reports.
 
-    python -m conformance report reports/               # reports/index.html and reports/matrix.md
-    python -m conformance report reports/ --regenerate  # rerun the reference runs first
+    python -m mtls_conformance report reports/               # reports/index.html and reports/matrix.md
+    python -m mtls_conformance report reports/ --regenerate  # rerun the reference runs first
 
 ``--regenerate`` runs the scenarios twice against the bundled refgateway and writes
 their reports under the folder: ``refgateway/`` (the correct gateway) and
@@ -65,7 +65,7 @@ def regenerate(folder: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m conformance")
+    parser = argparse.ArgumentParser(prog="python -m mtls_conformance")
     commands = parser.add_subparsers(dest="command", required=True)
     report = commands.add_parser("report", help="build the feature matrix of every report in a folder")
     report.add_argument("folder", type=Path, help="folder searched recursively for *-report.yaml")
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         html_path, md_path = matrix.build(args.folder, output=args.output)
     except matrix.MatrixError as exc:
-        print(f"python -m conformance report: {exc}", file=sys.stderr)
+        print(f"python -m mtls_conformance report: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {html_path} and {md_path} ({len(matrix.load(args.folder))} reports)")
     return 0

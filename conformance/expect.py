@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from .probe import Outcome, Rejection, Response
+from .probe import Outcome, ProbeFailure, Rejection, Response
 
 T = TypeVar("T")
 Judge = Callable[[T], "str | None"]
@@ -84,6 +84,13 @@ def backend_saw_plaintext(response: Response) -> str | None:
     return None
 
 
+def _probe_failed(outcome: Outcome) -> str | None:
+    """Every judge's first question: did the probe itself fail? Then nothing was judged."""
+    if isinstance(outcome, ProbeFailure):
+        return f"got {outcome.describe()}; that is not the gateway's answer, so the check could not be made"
+    return None
+
+
 def judge_backend_refused(outcome: Outcome) -> str | None:
     """The gateway would not use a backend: an HTTP 5xx from the gateway itself.
 
@@ -91,10 +98,13 @@ def judge_backend_refused(outcome: Outcome) -> str | None:
     backend certificate that fails verification it leaves the error to the implementation,
     and a 5xx is what every known implementation answers (refgateway and nginx: 502).
     """
+    if (why := _probe_failed(outcome)) is not None:
+        return why
     if isinstance(outcome, Rejection):
         return f"got {outcome.describe()}: the gateway must answer the client with an HTTP 5xx"
     if reached_backend(outcome):
-        return f"got {outcome.describe()} from the backend: the request was let through"
+        how = "" if echo_tls(outcome) is not None else " in plaintext"
+        return f"the backend answered {outcome.describe()}: the request was let through{how}"
     if not 500 <= outcome.status <= 599:
         return f"got {outcome.describe()}, expected an HTTP 5xx from the gateway"
     return None
@@ -102,6 +112,10 @@ def judge_backend_refused(outcome: Outcome) -> str | None:
 
 def judge_ok(outcome: Outcome, *, namespace: str | None = None,
              service: str | None = None) -> str | None:
+    """HTTP 200 from an echo backend (of ``namespace``, and of ``service`` when given: a backend
+    that does not say which service it is does not pass a service check)."""
+    if (why := _probe_failed(outcome)) is not None:
+        return why
     if not isinstance(outcome, Response):
         return f"got {outcome.describe()}"
     if outcome.status != 200:
@@ -111,29 +125,41 @@ def judge_ok(outcome: Outcome, *, namespace: str | None = None,
     data = outcome.json or {}
     if namespace is not None and data.get("namespace") != namespace:
         return f"got HTTP 200 from a backend in namespace {data.get('namespace')!r}, expected {namespace!r}"
-    if service is not None and data.get("service") not in (None, "", service):
+    if service is not None and data.get("service") != service:
+        if not data.get("service"):
+            return (f"got HTTP 200 from a backend that does not say which service it is; expected "
+                    f"service {service!r}")
         return f"got HTTP 200 from service {data.get('service')!r}, expected {service!r}"
     return None
 
 
 def judge_rejected(outcome: Outcome, *, rejection_statuses: frozenset[int] = frozenset(),
                    strict: bool = False, listener_may_be_down: bool = False) -> str | None:
-    """A client certificate was refused, by whatever means a client can see.
+    """A client certificate was refused by the gateway, by whatever means a client can see.
 
-    Transport-level refusals always count: a TLS alert during the handshake or on the
-    first read, a reset, a close without a response. An HTTP status counts only where the
-    implementation's profile says it answers refused certificates that way (nginx: 400,
-    495, 496), never under ``strict`` (the upstream suite's rule), and never when the
-    request reached a backend.
+    Only what the gateway did counts. Transport-level refusals: a TLS alert received from
+    the listener during the handshake or on the first read, if the alert is about the
+    client certificate (``CERTIFICATE_ALERTS``: a ``protocol version`` or ``unrecognized
+    name`` alert refuses something else), a reset, a close without a response. An HTTP
+    status counts only where the implementation's profile says it answers refused
+    certificates that way (nginx: 400, 495, 496), never under ``strict`` (the upstream
+    suite's rule), and never when the request reached a backend. A failure of the probe
+    itself (its own verification of the listener's certificate, ALPN, HTTP parsing, local
+    errors) never counts.
     """
+    if (why := _probe_failed(outcome)) is not None:
+        return why
     if isinstance(outcome, Rejection):
         if outcome.kind in NOT_SERVING and not listener_may_be_down:
             return f"got {outcome.describe()}: the listener is not serving at all"
         if outcome.kind == "timeout":
             return f"got {outcome.describe()}: no answer is not a rejection"
+        if outcome.kind == "alert" and not outcome.certificate_alert:
+            return (f"got {outcome.describe()}: the listener refused something other than the client "
+                    f"certificate ({outcome.alert}), which is not a certificate rejection")
         return None
     if reached_backend(outcome):
-        return f"got {outcome.describe()} from the backend: the request was let through"
+        return f"the backend answered {outcome.describe()}: the request was let through"
     if not strict and outcome.status in rejection_statuses:
         return None
     rule = " (--strict-rejection: only a transport-level rejection counts)" if strict else ""
@@ -169,8 +195,11 @@ def eventually(attempt: Callable[[], T], judge: Callable[[T], str | None], *, ti
         if now >= deadline:
             raise ExpectationFailed(
                 f"{why} (after {attempts} attempts in {now - start:.1f} s)",
-                evidence=result if isinstance(result, (Response, Rejection)) else None)
+                evidence=result if isinstance(result, (Response, Rejection, ProbeFailure)) else None)
         if progress and not announced and now - start > 2:
-            progress(f"waiting up to {timing.max_time_to_consistency:.0f} s for {what or 'convergence'}")
+            # Which check waits, and why: a broken gateway costs the whole timeout per
+            # negative, and the person watching should know that, and how to shorten it.
+            progress(f"waiting up to {timing.max_time_to_consistency:.0f} s for {what or 'convergence'}; "
+                     f"so far {why} (--max-time-to-consistency shortens this wait)")
             announced = True
         time.sleep(0.1)

@@ -1,8 +1,12 @@
 """The features this suite checks, and what each one means.
 
 Upstream features keep their exact ``SupportedFeature`` name from sigs.k8s.io/gateway-api
-``pkg/features`` (all of them are in the standard channel since v1.5.0), so that a verdict
-here and a ConformanceReport line up. What upstream has no name for gets an extension name
+``pkg/features`` of v1.7.0, so that a verdict here and a ConformanceReport line up. All of
+them are in the standard channel (since v1.5.0) except ``ClusterTrustBundle`` (new in
+v1.7.0, experimental), which upstream lists in both GatewayExtendedFeatures and
+BackendTLSPolicyExtendedFeatures: with GatewayFrontendClientCertificateValidation it
+means ClusterTrustBundle references in frontend validation, with BackendTLSPolicy in
+BackendTLSPolicy validation (GEP-5075). What upstream has no name for gets an extension name
 of ours, flagged ``upstream=False``; such features never appear in a ConformanceReport's
 ``supportedFeatures``.
 """
@@ -44,6 +48,10 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
             "BackendTLSPolicy subjectAltNames verify the backend certificate", "extended"),
     Feature("GatewayBackendClientCertificate",
             "spec.tls.backend.clientCertificateRef is presented to TLS backends", "extended"),
+    Feature("ClusterTrustBundle",
+            "caCertificateRefs may name a cluster-scoped certificates.k8s.io ClusterTrustBundle "
+            "by name, for frontend validation and BackendTLSPolicy (GEP-5075)",
+            "extended", channel="experimental"),
     # Extensions of ours: behaviours the guides describe that upstream does not name.
     Feature("FrontendClientIdentityForwarding",
             "the backend is told what the Gateway verified about the client certificate, "

@@ -15,8 +15,9 @@ the API server and to the addresses the Gateways report:
   deployment``), or echo processes on this machine (``--backend-mode=local-process``),
   for a gateway that runs on this machine against an API server without kubelets (the
   project's test tier). The API server refuses loopback endpoint addresses, so those
-  processes run in a network namespace (a "test host") joined to this one by a veth
-  pair, and the harness writes the Service and its EndpointSlice.
+  processes run on a "test host" that a plugin provides (hook ``pytest_mtls_process_host``;
+  the project's is a network namespace, tests/cluster/testhost.py), and the harness
+  writes the Service and its EndpointSlice.
 
 Nothing here knows about a particular implementation.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import ipaddress
 import json
 import math
@@ -34,16 +36,16 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .processes import spawn, uninterrupted
 from .target import (PROGRESS_AFTER, WORKLOAD_LABEL, Manifest, ObjectRef, ProcessHost, Progress, ServicePort,
-                     SystemRootsFile, SystemRootsUnavailable, Target, TargetError, WaitTimeout, conditions_of,
-                     describe_conditions, find_condition)
+                     SystemRootsFile, SystemRootsUnavailable, Target, TargetCannot, TargetError, WaitTimeout, conditions_of,
+                     describe_conditions, find_condition, settled)
 
 __all__ = ["KubernetesTarget", "echo_backend_manifests", "MANAGED_LABEL", "RUN_LABEL"]
 
@@ -54,7 +56,7 @@ SLICE_MANAGER = "mtls-conformance.dev"  # endpointslice.kubernetes.io/managed-by
 
 MIN_GATEWAY_API = (1, 5, 0)
 CRD_INSTALL = ("kubectl apply --server-side -f https://github.com/kubernetes-sigs/gateway-api/"
-               "releases/download/v1.5.0/standard-install.yaml")
+               "releases/download/v1.7.0/standard-install.yaml")
 CLUSTER_HINT = "kind create cluster --config kind-config.yaml"
 #: Upstream's conformance backend (conformance/base/manifests.yaml): HTTP on 3000, HTTPS on
 #: 8443 when TLS_SERVER_CERT and TLS_SERVER_PRIVKEY name files, client certificates
@@ -67,6 +69,13 @@ REQUIRED_CRDS = (GATEWAY_CRD, "gatewayclasses.gateway.networking.k8s.io",
                  "httproutes.gateway.networking.k8s.io")
 #: Namespaced kinds the harness creates; a namespace's content is deleted kind by kind
 #: because a test API server has no namespace controller to do it.
+#: Kinds whose manifests name one API version where a cluster may serve the same schema
+#: only in another: ClusterTrustBundle is certificates.k8s.io/v1 from Kubernetes v1.37 and
+#: v1beta1 (feature gate and runtime-config) in v1.33 to v1.36.
+SAME_SCHEMA_VERSIONS = {
+    ("certificates.k8s.io/v1", "ClusterTrustBundle"): ("certificates.k8s.io/v1beta1",
+                                                       "certificates.k8s.io/v1alpha1"),
+}
 CONTENT_KINDS = (
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
     ("gateway.networking.k8s.io/v1", "Gateway"),
@@ -84,12 +93,6 @@ NAMESPACE_DELETE_TIMEOUT = 60.0
 PORT_FORWARD_TIMEOUT = 30.0
 #: Longest single watch request; the wait's deadline bounds it too.
 WATCH_SEGMENT = 30
-#: Test hosts (network namespaces) get /30s from 198.18.0.0/15, the range reserved for
-#: network testing (RFC 2544): unlike 10/8 it is unlikely to be a real network here, and
-#: unlike 169.254/16 the API server accepts it in EndpointSlices.
-TEST_HOST_RANGE = ipaddress.ip_network("198.18.0.0/15")
-NETNS_PREFIX = "mtls-"
-NETNS_LOCK = Path(tempfile.gettempdir()) / "mtls-conformance-netns.lock"
 
 
 def _version_tuple(text: str) -> tuple[int, ...] | None:
@@ -117,13 +120,13 @@ def echo_backend_manifests(*, namespace: str, service: str, port: int, image: st
     """Deployment + Service (+ Secret for TLS) of one echo backend, as upstream deploys them.
 
     ``tls`` has ``cert_chain_pem``, ``key_pem`` and optionally ``client_ca_pem``
-    (fixtures.echo.ServerTLS): the image serves HTTPS on 8443 with them.
+    (mtls_conformance.echo.ServerTLS): the image serves HTTPS on 8443 with them.
     """
     if tls is not None and getattr(tls, "require_client_cert", False):
         # echo-basic verifies a client certificate only if one is sent (Go's
         # VerifyClientCertIfGiven): a scenario relying on the backend to demand one
         # would pass against a gateway that sends none.
-        raise TargetError(f"backend {namespace}/{service} must require a client certificate, which the echo "
+        raise TargetCannot(f"backend {namespace}/{service} must require a client certificate, which the echo "
                           "image cannot (it verifies one only if given); the nginx backend checks this")
     labels = dict(labels or {})
     app = {WORKLOAD_LABEL: service, "app.kubernetes.io/part-of": "mtls-conformance"}
@@ -194,85 +197,18 @@ class _DeployedBackend:
         self.namespace, self.service = namespace, service
         self._target, self._parse_log = target, parse_log
 
+    #: A pod's log trails its answers (the container runtime, then the API server): a read
+    #: counts only once the log has stayed the same this long.
+    LOG_QUIET = 1.0
+    LOG_TIMEOUT = 10.0
+
     @property
     def requests(self) -> list[dict]:
-        return self._parse_log(self._target.pod_logs(self.namespace, f"{WORKLOAD_LABEL}={self.service}"))
+        return settled(lambda: self._parse_log(self._target.pod_logs(self.namespace, f"{WORKLOAD_LABEL}={self.service}")),
+                       quiet=self.LOG_QUIET, timeout=self.LOG_TIMEOUT)
 
     def stop(self) -> None:
         pass  # deleted with its namespace
-
-
-class _TestHost:
-    """A network namespace joined to this one by a veth pair: somewhere to run backends
-    that is neither loopback nor the gateway's own address space."""
-
-    def __init__(self, *, run_id: str) -> None:
-        self.name = f"{NETNS_PREFIX}{os.getpid()}-{run_id}"
-        self.host_if, self.peer_if = f"mt{run_id[:8]}h", f"mt{run_id[:8]}n"
-        self.address = ""
-
-    @staticmethod
-    def _ip(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", *args], capture_output=True, text=True)
-
-    @property
-    def command_prefix(self) -> tuple[str, ...]:
-        return ("ip", "netns", "exec", self.name)
-
-    def create(self) -> None:
-        from filelock import FileLock
-
-        if shutil.which("ip") is None:
-            raise TargetError("--backend-mode=local-process runs backends in a network namespace and needs "
-                              "the `ip` command (iproute2); install it, or use --backend-mode=deployment")
-        with FileLock(str(NETNS_LOCK), timeout=30):
-            self._remove_stale()
-            subnet = self._free_subnet()
-            host_ip, peer_ip = list(subnet.hosts())
-            steps = [
-                ("netns", "add", self.name),
-                ("link", "add", self.host_if, "type", "veth", "peer", "name", self.peer_if, "netns", self.name),
-                ("addr", "add", f"{host_ip}/{subnet.prefixlen}", "dev", self.host_if),
-                ("link", "set", self.host_if, "up"),
-                ("-n", self.name, "addr", "add", f"{peer_ip}/{subnet.prefixlen}", "dev", self.peer_if),
-                ("-n", self.name, "link", "set", self.peer_if, "up"),
-                ("-n", self.name, "link", "set", "lo", "up"),
-            ]
-            for step in steps:
-                result = self._ip(*step)
-                if result.returncode != 0:
-                    self.destroy()
-                    why = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-                    raise TargetError(
-                        f"--backend-mode=local-process could not make a test host: `ip {' '.join(step)}` "
-                        f"failed: {why[0]}; it needs root (CAP_NET_ADMIN), else use --backend-mode=deployment")
-            self.address = str(peer_ip)
-
-    def _free_subnet(self) -> ipaddress.IPv4Network:
-        used = set()
-        listing = self._ip("-o", "-4", "addr", "show").stdout
-        for match in re.finditer(r"inet (\d+\.\d+\.\d+\.\d+)/", listing):
-            address = ipaddress.ip_address(match.group(1))
-            if address in TEST_HOST_RANGE:
-                used.add(ipaddress.ip_network(f"{address}/30", strict=False))
-        for subnet in TEST_HOST_RANGE.subnets(new_prefix=30):
-            if subnet not in used:
-                return subnet
-        raise TargetError(f"no free /30 left in {TEST_HOST_RANGE} for a test host")
-
-    def _remove_stale(self) -> None:
-        # Test hosts of runs that were killed (SIGKILL leaves no chance to clean up).
-        for line in self._ip("netns", "list").stdout.splitlines():
-            match = re.match(rf"({re.escape(NETNS_PREFIX)}(\d+)-[0-9a-z]+)\b", line)
-            if match and not os.path.exists(f"/proc/{match.group(2)}"):
-                self._ip("netns", "del", match.group(1))
-
-    def destroy(self) -> None:
-        # Unconditionally: an interrupted create() may have made more than it recorded.
-        # The pair first: deleting one end deletes both at once, whereas deleting the
-        # namespace leaves them to the kernel's asynchronous namespace cleanup.
-        self._ip("link", "del", self.host_if)
-        self._ip("netns", "del", self.name)
 
 
 # -- the target ----------------------------------------------------------------------
@@ -292,12 +228,15 @@ class KubernetesTarget(Target):
                    backend_mode=config.getoption("backend_mode"),
                    echo_image=config.getoption("echo_image") or ECHO_IMAGE,
                    system_ca_bundle=config.getoption("system_ca_bundle"),
+                   process_host=config.hook.pytest_mtls_process_host(config=config)
+                   if config.getoption("backend_mode") == "local-process" else None,
                    progress=progress)
 
     def __init__(self, *, gateway_class: str, kubeconfig: str | None = None, context: str | None = None,
                  address_mode: str = "status", backend_mode: str = "deployment",
                  echo_image: str = ECHO_IMAGE, system_ca_bundle: str | None = None,
-                 progress: Progress | None = None, class_timeout: float = CLASS_TIMEOUT) -> None:
+                 progress: Progress | None = None, class_timeout: float = CLASS_TIMEOUT,
+                 process_host: Any = None) -> None:
         super().__init__(progress=progress)
         if address_mode not in ("status", "port-forward"):
             raise TargetError(f"--gateway-address-mode must be 'status' or 'port-forward', not {address_mode!r}")
@@ -313,9 +252,14 @@ class KubernetesTarget(Target):
         self.run_id = uuid.uuid4().hex[:8]
         self._tmp = Path(tempfile.mkdtemp(prefix="mtls-kube-"))
         self._namespaces: list[str] = []
+        #: Cluster-scoped objects applied other than Namespaces (ClusterTrustBundles): no
+        #: namespace deletion takes them away, so close() deletes them.
+        self._cluster_objects: dict[ObjectRef, None] = {}
         self._backends: list[Any] = []
         self._forwards: dict[tuple[ObjectRef, int], tuple[subprocess.Popen, tuple[str, int]]] = {}
-        self._test_host: _TestHost | None = None
+        #: Where --backend-mode=local-process runs backends: ``create()``, ``destroy()``,
+        #: ``address`` and ``command_prefix`` (see conformance/hookspecs.py).
+        self._test_host: Any = None
         self._resources: dict[tuple[str, str], Any] = {}
         self._api = None
         self._closed = False
@@ -324,9 +268,14 @@ class KubernetesTarget(Target):
             self._check_crds()
             self.controller_name = self._check_gateway_class(class_timeout)
             if backend_mode == "local-process":
+                if process_host is None:
+                    raise TargetError("--backend-mode=local-process needs a test host to run backends on, "
+                                      "from a plugin implementing pytest_mtls_process_host (the project's "
+                                      "own: -p tests.cluster.testhost in a clone); else use "
+                                      "--backend-mode=deployment")
                 # Made now, not at the first backend: without root this is one error
                 # before any test, not an error in every test.
-                self._test_host = _TestHost(run_id=self.run_id)
+                self._test_host = process_host
                 self._test_host.create()
         except BaseException:
             self.close()
@@ -366,10 +315,16 @@ class KubernetesTarget(Target):
         key = (api_version, kind)
         if key not in self._resources:
             from kubernetes.dynamic.exceptions import ResourceNotFoundError
-            try:
-                self._resources[key] = self._dyn.resources.get(api_version=api_version, kind=kind)
-            except ResourceNotFoundError:
-                raise TargetError(f"the API server at {self.server} does not serve {kind} in {api_version}") from None
+            for candidate in (api_version, *SAME_SCHEMA_VERSIONS.get(key, ())):
+                try:
+                    self._resources[key] = self._dyn.resources.get(api_version=candidate, kind=kind)
+                    break
+                except ResourceNotFoundError:
+                    continue
+            else:
+                also = SAME_SCHEMA_VERSIONS.get(key, ())
+                raise TargetError(f"the API server at {self.server} does not serve {kind} in {api_version}"
+                                  + (f" (nor in {', '.join(also)})" if also else "")) from None
         return self._resources[key]
 
     def _check_crds(self) -> None:
@@ -432,33 +387,35 @@ class KubernetesTarget(Target):
             return
         self._closed = True
         # Cleanup must finish even if the user presses Ctrl-C again while it runs.
-        masked = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if masked else None
-        try:
-            for backend in reversed(self._backends):
-                with contextlib.suppress(Exception):
-                    backend.stop()
-            self._backends.clear()
-            for proc, _ in self._forwards.values():
-                _stop_process(proc)
-            self._forwards.clear()
-            if self._api is not None:
-                for name in list(self._namespaces):
-                    try:
-                        self._delete_namespace(name)
-                    except Exception as exc:
-                        self._progress(f"could not delete namespace {name}: {exc}")
-            if self._test_host is not None:
-                self._test_host.destroy()
-            if self.system_roots is not None:
-                self.system_roots.restore()
-            if self._api is not None:
-                with contextlib.suppress(Exception):
-                    self._api.close()
-        finally:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            if masked:
-                signal.signal(signal.SIGINT, previous)
+        with uninterrupted():
+            try:
+                for backend in reversed(self._backends):
+                    with contextlib.suppress(Exception):
+                        backend.stop()
+                self._backends.clear()
+                for proc, _ in self._forwards.values():
+                    _stop_process(proc)
+                self._forwards.clear()
+                if self._api is not None:
+                    for ref in reversed(list(self._cluster_objects)):
+                        try:
+                            self.delete(ref)
+                        except Exception as exc:
+                            self._progress(f"could not delete {ref}: {exc}")
+                    for name in list(self._namespaces):
+                        try:
+                            self._delete_namespace(name)
+                        except Exception as exc:
+                            self._progress(f"could not delete namespace {name}: {exc}")
+                if self._test_host is not None:
+                    self._test_host.destroy()
+                if self.system_roots is not None:
+                    self.system_roots.restore()
+                if self._api is not None:
+                    with contextlib.suppress(Exception):
+                        self._api.close()
+            finally:
+                shutil.rmtree(self._tmp, ignore_errors=True)
 
     # -- objects ---------------------------------------------------------------------
     def _labelled(self, obj: Manifest) -> dict:
@@ -474,6 +431,14 @@ class KubernetesTarget(Target):
         self._namespaces.append(name)
         self.apply({"apiVersion": "v1", "kind": "Namespace",
                     "metadata": {"name": name, "labels": {MANAGED_LABEL: "true"}}})
+
+    def keep_namespace(self, name: str) -> str | None:
+        if name in self._namespaces:
+            self._namespaces.remove(name)  # close() leaves it alone
+        for backend in [b for b in self._backends if getattr(b, "namespace", None) == name]:
+            if isinstance(backend, _DeployedBackend):
+                self._backends.remove(backend)  # a Deployment in the namespace: kept with it
+        return f"kubectl get all,gateways,httproutes,backendtlspolicies -n {name}; delete: kubectl delete namespace {name}"
 
     def delete_namespace(self, name: str) -> None:
         if self._closed or name not in self._namespaces:
@@ -552,11 +517,17 @@ class KubernetesTarget(Target):
             resource = self._resource(ref.api_version, ref.kind)
             if resource.namespaced and not ref.namespace:
                 raise TargetError(f"{ref.kind} {ref.name} has no metadata.namespace")
+            body = self._labelled(obj)
+            body["apiVersion"] = resource.group_version  # the served version (SAME_SCHEMA_VERSIONS)
+            if not resource.namespaced:
+                body["metadata"].pop("namespace", None)
             try:
-                resource.server_side_apply(self._labelled(obj), name=ref.name, namespace=ref.namespace,
-                                           field_manager=FIELD_MANAGER, force_conflicts=True)
+                resource.server_side_apply(body, name=ref.name, namespace=ref.namespace if resource.namespaced
+                                           else None, field_manager=FIELD_MANAGER, force_conflicts=True)
             except DynamicApiError as exc:
                 raise TargetError(f"the API server refused {ref}: {_api_message(exc)}") from None
+            if not resource.namespaced and ref.kind != "Namespace":
+                self._cluster_objects[dataclasses.replace(ref, namespace=None)] = None
 
     def delete(self, *objects: Manifest | ObjectRef) -> None:
         from kubernetes.dynamic.exceptions import NotFoundError
@@ -651,7 +622,7 @@ class KubernetesTarget(Target):
     def start_backend(self, *, namespace: str, service: str, port: int, tls: Any = None) -> Any:
         if self.backend_mode == "deployment":
             return self._deploy_backend(namespace=namespace, service=service, port=port, tls=tls)
-        from fixtures.echo import EchoProcess  # the checkout's echo backend, run in the test host
+        from .echo import EchoProcess  # run in the test host
 
         host = self.backend_process_host()
         server = EchoProcess(namespace=namespace, service=service, pod=f"{service}-0", tls=tls,
@@ -668,7 +639,7 @@ class KubernetesTarget(Target):
 
     def backend_process_host(self) -> ProcessHost:
         if self._test_host is None:
-            raise TargetError("--backend-mode=deployment runs backends only as Deployments of --echo-image; "
+            raise TargetCannot("--backend-mode=deployment runs backends only as Deployments of --echo-image; "
                               "processes of the harness need --backend-mode=local-process")
         return ProcessHost(self._test_host.address, self._test_host.command_prefix)
 
@@ -687,7 +658,7 @@ class KubernetesTarget(Target):
         # Service port targets one of them, so TLS ports must share one certificate.
         tls_configs = {tls for _, _, tls in ports if tls is not None}
         if len(tls_configs) > 1:
-            raise TargetError(f"Service {namespace}/{service}: with --backend-mode=deployment its TLS ports are one "
+            raise TargetCannot(f"Service {namespace}/{service}: with --backend-mode=deployment its TLS ports are one "
                               "echo pod's HTTPS port, so they must share one certificate")
         tls = next(iter(tls_configs), None)
         objects = echo_backend_manifests(namespace=namespace, service=service, port=ports[0][1],
@@ -783,6 +754,39 @@ class KubernetesTarget(Target):
         assert obj is not None
         return obj["status"]["addresses"][0]["value"], port
 
+    def _forward_target(self, gateway: ObjectRef) -> tuple[str, str]:
+        """(namespace, service/NAME or pod/NAME) that `kubectl port-forward` reaches the Gateway through."""
+        # GEP-1762: implementations label what they deploy for a Gateway with its name.
+        services = self._resource("v1", "Service").get(
+            namespace=gateway.namespace,
+            label_selector=f"gateway.networking.k8s.io/gateway-name={gateway.name}").to_dict()["items"]
+        if services:
+            return gateway.namespace, f"service/{services[0]['metadata']['name']}"
+        # A data plane shared by many Gateways (one Service or pod for all, elsewhere)
+        # carries no such label: forward to whatever owns the address the Gateway reports.
+        def reported(obj: dict | None) -> str | None:
+            return None if obj and (obj.get("status") or {}).get("addresses") else "status.addresses is empty"
+
+        obj = self.wait_for(gateway, reported, what="an address in status.addresses", timeout=30)
+        addresses = [a.get("value") for a in (obj or {})["status"]["addresses"]
+                     if a.get("type", "IPAddress") == "IPAddress"]
+        for address in addresses[:1]:
+            for svc in self._resource("v1", "Service").get().to_dict()["items"]:
+                spec, status = svc.get("spec") or {}, svc.get("status") or {}
+                owned = {spec.get("clusterIP"), *(spec.get("externalIPs") or []),
+                         *(i.get("ip") for i in (status.get("loadBalancer") or {}).get("ingress") or [])}
+                if address in owned and spec.get("selector"):
+                    return svc["metadata"]["namespace"], f"service/{svc['metadata']['name']}"
+            pods = self._resource("v1", "Pod").get(field_selector=f"status.podIP={address}").to_dict()["items"]
+            running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+            if running:
+                return running[0]["metadata"]["namespace"], f"pod/{running[0]['metadata']['name']}"
+        owner = f"the Gateway's address {addresses[0]}" if addresses else "an IPAddress in its status.addresses"
+        raise TargetError(f"--gateway-address-mode=port-forward: no Service in namespace {gateway.namespace} "
+                          f"carries label gateway.networking.k8s.io/gateway-name={gateway.name}, and no Service "
+                          f"or running pod owns {owner}, so there is nothing to forward to; use "
+                          "--gateway-address-mode=status")
+
     def _port_forward(self, gateway: ObjectRef, port: int) -> tuple[str, int]:
         key = (gateway, port)
         if key in self._forwards:
@@ -791,21 +795,11 @@ class KubernetesTarget(Target):
         if kubectl is None:
             raise TargetError("--gateway-address-mode=port-forward runs `kubectl port-forward` and kubectl is not "
                               "on PATH; install kubectl or use --gateway-address-mode=status")
-        # GEP-1762: implementations label what they deploy for a Gateway with its name.
-        services = self._resource("v1", "Service").get(
-            namespace=gateway.namespace,
-            label_selector=f"gateway.networking.k8s.io/gateway-name={gateway.name}").to_dict()["items"]
-        if not services:
-            raise TargetError(f"--gateway-address-mode=port-forward: no Service in namespace {gateway.namespace} "
-                              f"carries label gateway.networking.k8s.io/gateway-name={gateway.name}, so there is "
-                              "nothing to forward to; use --gateway-address-mode=status")
-        name = services[0]["metadata"]["name"]
-        argv = [kubectl, "port-forward", "--address", "127.0.0.1", "-n", gateway.namespace, f"service/{name}",
-                f":{port}"]
+        namespace, what = self._forward_target(gateway)
+        argv = [kubectl, "port-forward", "--address", "127.0.0.1", "-n", namespace, what, f":{port}"]
         if self.kubeconfig:
             argv[1:1] = ["--kubeconfig", self.kubeconfig]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
+        proc = spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         # kubectl prints "Forwarding from 127.0.0.1:NNNNN -> PORT" once it listens.
         import select
         ready, _, _ = select.select([proc.stdout], [], [], PORT_FORWARD_TIMEOUT)
@@ -813,7 +807,7 @@ class KubernetesTarget(Target):
         match = re.search(r"Forwarding from 127\.0\.0\.1:(\d+)", first)
         if not match:
             _stop_process(proc)
-            raise TargetError(f"kubectl port-forward to service/{name} port {port} failed: "
+            raise TargetError(f"kubectl port-forward to {namespace}/{what} port {port} failed: "
                               f"{first.strip() or 'it exited'}")
         address = ("127.0.0.1", int(match.group(1)))
         self._forwards[key] = (proc, address)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from .processes import spawn, uninterrupted
 from .target import (Manifest, ObjectRef, Progress, ServicePort, SystemRootsFile, SystemRootsUnavailable, Target,
                      TargetError)
 
@@ -31,7 +32,7 @@ REFGATEWAY_COMMAND = (f"{shlex.quote(sys.executable)} -m refgateway --config-dir
                       "--state-dir {state_dir} --system-ca-bundle {system_ca_bundle}")
 REFGATEWAY_CONTROLLER = "mtls-conformance.dev/refgateway"
 
-CLUSTER_SCOPED = {"GatewayClass", "Namespace"}
+CLUSTER_SCOPED = {"GatewayClass", "Namespace", "ClusterTrustBundle"}
 #: How often status files are re-read while waiting; the gateway is on this machine.
 POLL_INTERVAL = 0.02
 
@@ -118,8 +119,7 @@ class LocalTarget(Target):
             raise TargetError("--gateway-command is empty; leave it out to use the bundled refgateway")
         log = open(self._log_path, "wb")
         try:
-            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
+            self._proc = spawn(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         except OSError as exc:
             raise TargetError(f"--gateway-command {self.command!r} could not be started: "
                               f"{exc.strerror or exc}: {argv[0]!r}") from exc
@@ -156,17 +156,18 @@ class LocalTarget(Target):
                               f"its output ends with:\n{self.log_tail()}")
 
     def close(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(self._root, ignore_errors=True)
+        with uninterrupted():  # a second Ctrl-C must not leave the gateway or its files
+            proc, self._proc = self._proc, None
+            if proc is not None and proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                except ProcessLookupError:
+                    pass
+            shutil.rmtree(self._root, ignore_errors=True)
 
     # -- objects ---------------------------------------------------------------------
     def _path(self, ref: ObjectRef, root: Path) -> Path:

@@ -32,6 +32,23 @@ def object_ref(name: str, *, kind: str = "ConfigMap", group: str = "",
     return ref
 
 
+def cluster_trust_bundle_ref(name: str) -> dict:
+    """A caCertificateRef to a ClusterTrustBundle (GEP-5075): by name, namespace unset."""
+    return {"group": "certificates.k8s.io", "kind": "ClusterTrustBundle", "name": name}
+
+
+def cluster_trust_bundle(name: str, ca_pem: bytes | str, *, signer_name: str | None = None) -> dict:
+    """A cluster-scoped ClusterTrustBundle. With ``signer_name`` the API server wants the
+    name to start with the signer name, ``/`` replaced by ``:``, and a ``:``; without one
+    the name may not contain ``:``."""
+    text = ca_pem.decode() if isinstance(ca_pem, bytes) else ca_pem
+    spec: dict[str, Any] = {"trustBundle": text}
+    if signer_name:
+        spec["signerName"] = signer_name
+    return {"apiVersion": "certificates.k8s.io/v1", "kind": "ClusterTrustBundle",
+            "metadata": _meta(name, None), "spec": spec}
+
+
 def secret_ref(name: str, *, namespace: str | None = None) -> dict:
     ref = {"group": "", "kind": "Secret", "name": name}
     if namespace:
@@ -158,12 +175,16 @@ def tls_secret(name: str, namespace: str, *, cert_pem: bytes, key_pem: bytes) ->
 
 def reference_grant(name: str, namespace: str, *, from_kind: str, from_namespace: str,
                     to_kind: str, from_group: str = "gateway.networking.k8s.io",
-                    to_group: str = "") -> dict:
-    """A ReferenceGrant in ``namespace`` (the namespace of the objects referred to)."""
+                    to_group: str = "", to_name: str | None = None) -> dict:
+    """A ReferenceGrant in ``namespace`` (the namespace of the objects referred to);
+    ``to_name`` grants one object of ``to_kind`` only."""
+    to: dict[str, Any] = {"group": to_group, "kind": to_kind}
+    if to_name:
+        to["name"] = to_name
     return {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
             "metadata": _meta(name, namespace),
             "spec": {"from": [{"group": from_group, "kind": from_kind, "namespace": from_namespace}],
-                     "to": [{"group": to_group, "kind": to_kind}]}}
+                     "to": [to]}}
 
 
 def policy_target(service: str, *, section_name: str | None = None, kind: str = "Service",

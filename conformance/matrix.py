@@ -8,6 +8,10 @@ report) the verdicts are read off the report itself: a feature it lists as unsup
 is ``unsupported``, a supported one takes the result of its half (core or extended),
 and a feature the report does not mention is ``untested``.
 
+Zero executed tests is never ``passed``, whatever the file says: a half whose statistics
+count no passed or failed test (upstream's v1.6 reports say "success" for those), or a
+verdicts entry that passed nothing, shows as ``untested``.
+
 The page has no external assets: it is meant to be opened from disk or attached to a
 CI run as is.
 """
@@ -23,6 +27,8 @@ import yaml
 
 from . import features as _features
 
+#: "skipped" is what verdicts files written before "untested" covered it call a feature none of
+#: whose tests ran; it is still shown as they say.
 CELLS = ("passed", "partial", "failed", "skipped", "unsupported", "untested")
 _RESULT_TO_CELL = {"success": "passed", "partial": "partial", "failure": "failed"}
 
@@ -63,6 +69,13 @@ def _load_yaml(path: Path) -> dict:
     return data
 
 
+def _half_cell(status: dict) -> str:
+    stats = status.get("statistics") or {}
+    if not (stats.get("Passed") or 0) and not (stats.get("Failed") or 0):
+        return "untested"
+    return _RESULT_TO_CELL.get(status.get("result"), "untested")
+
+
 def _from_report(report: dict) -> tuple[dict[str, str], dict[str, str]]:
     cells: dict[str, str] = {}
     details: dict[str, str] = {}
@@ -78,12 +91,12 @@ def _from_report(report: dict) -> tuple[dict[str, str], dict[str, str]]:
             cells[name] = "untested"
         elif feature.support == "core":
             status = profile.get("core") or {}
-            cells[name] = _RESULT_TO_CELL.get(status.get("result"), "untested")
+            cells[name] = _half_cell(status)
             details[name] = f"core: {status.get('statistics')}"
         elif name in unsupported:
             cells[name] = "unsupported"
         elif name in supported:
-            cells[name] = _RESULT_TO_CELL.get(extended.get("result"), "untested")
+            cells[name] = _half_cell(extended)
             details[name] = f"extended: {extended.get('statistics')}"
         else:
             cells[name] = "untested"
@@ -101,8 +114,12 @@ def _from_verdicts(verdicts: dict) -> tuple[dict[str, str], dict[str, str]]:
             cells[name] = "untested"
             continue
         cells[name] = entry.get("verdict", "untested")
+        if cells[name] in ("passed", "partial") and not entry.get("passed"):
+            cells[name] = "untested"
         text = f"{entry.get('passed', 0)} passed, {entry.get('failed', 0)} failed, " \
                f"{entry.get('skipped', 0)} skipped"
+        if entry.get("notSupported"):
+            text += f", {entry['notSupported']} not run for lacking another feature"
         failed = [t for t, e in tests.items()
                   if e.get("outcome") == "failed" and name in (e.get("features") or [])]
         if failed:
@@ -128,6 +145,8 @@ def load(folder: Path) -> list[Column]:
             cells, details = _from_verdicts(verdicts)
             notes = (f"supported features from {verdicts.get('featuresSource') or '?'}; "
                      f"rejection rule: {verdicts.get('rejectionRule') or '?'}")
+            if verdicts.get("timeouts"):
+                notes += "; timeouts: " + ", ".join(f"{k}={v:g}s" for k, v in verdicts["timeouts"].items())
         else:
             cells, details = _from_report(report)
             notes = "read off the ConformanceReport (no verdicts file)"

@@ -4,6 +4,9 @@ The pytest plugin (plugin.py) registers one :class:`Outputs` per process. It
 
 - selects tests the way the upstream suite does: ``--run-test`` runs one test and
   skips the others, ``--skip-tests`` skips the named ones; both count as skipped;
+- records the tests pytest's own selection left out (``-k``, ``-m``, ``--deselect``,
+  node ids on the command line, the other modules of a scenario folder of which only
+  some modules were given) as not run, so that no report counts them as passed;
 - prints one line per feature as soon as its last test is done (the controller does
   this under xdist, from the reports the workers send);
 - puts every feature of a test in its JUnit ``<properties>`` as ``feature``;
@@ -33,6 +36,18 @@ from . import report as _report
 FEATURE_PROPERTY = "feature"
 TOTALS_ATTRIBUTE = "mtls_feature_totals"
 WORKER_PROFILE_KEY = "mtls_profile"
+WORKER_NOT_RUN_KEY = "mtls_not_run"
+NODE_IDS_REASON = "not among the tests named on the command line"
+MODULE_REASON = "its module was not given on the command line"
+
+
+def strict_rejection(config: pytest.Config) -> bool:
+    """The rejection rule of the run: --strict-rejection / --no-strict-rejection, else strict
+    exactly when --report-output asks for the submission form (upstream's rule)."""
+    chosen = config.getoption("strict_rejection")
+    if chosen is not None:
+        return chosen
+    return bool(config.getoption("report_output"))
 
 
 def _csv_list(value: str) -> list[str]:
@@ -60,7 +75,9 @@ def add_options(group) -> None:
                     help="ConformanceReport implementation.contact, comma-separated "
                          "(GitHub handles, team names or a support URL)")
     group.addoption("--report-output", metavar="FILE", default=None,
-                    help="write the ConformanceReport to this file (as upstream --report-output)")
+                    help="write the ConformanceReport to this file (as upstream --report-output); "
+                         "rejections are then judged by upstream's rule unless "
+                         "--no-strict-rejection is given")
 
 
 def _features_of(item: pytest.Item) -> list[str]:
@@ -81,6 +98,12 @@ class Outputs:
         self.results = results
         self.progress = _report.FeatureProgress()
         self.skip_reasons: dict[str, str] = {}
+        #: Every collected test with features: node id -> features (node-id selection).
+        self._collected: dict[str, list[str]] = {}
+        #: The modules collected, by path (to find the scenario modules left out).
+        self._modules: dict[Path, pytest.Module] = {}
+        #: Tests pytest's selection left out: node id -> (features, reason).
+        self.not_run: dict[str, tuple[list[str], str]] = {}
         self.worker_profile: dict | None = None
         #: The Gateway API bundle version the target reports (its CRDs' annotation), if any.
         self.bundle_version: str | None = None
@@ -116,7 +139,73 @@ class Outputs:
             elif any(matches(item, name) for name in skip_tests):
                 self.skip_reasons[item.nodeid] = "skipped by --skip-tests"
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_make_collect_report(self, collector):
+        # A module's collection yields all its tests, also those that node ids on the
+        # command line leave out: pytest matches the ids afterwards (and reports only the
+        # matching nodes to pytest_collectreport).
+        report = yield
+        if isinstance(collector, pytest.Module):
+            self._modules[collector.path] = collector
+        for node in report.result or ():
+            if isinstance(node, pytest.Item):
+                names = _features_of(node)
+                if names:
+                    self._collected[node.nodeid] = names
+        return report
+
+    def _deselection_reason(self) -> str:
+        opt = self.config.getoption
+        how = [f"-k {opt('keyword')!r}" if opt("keyword") else "",
+               f"-m {opt('markexpr')!r}" if opt("markexpr") else "",
+               "--deselect" if opt("deselect") else "",
+               "--last-failed" if opt("lf", None) else ""]
+        how = [h for h in how if h]
+        return f"deselected by {' / '.join(how)}" if how else "deselected"
+
+    def pytest_deselected(self, items) -> None:
+        reason = self._deselection_reason()
+        for item in items:
+            names = _features_of(item)
+            if names:
+                self.not_run[item.nodeid] = (names, reason)
+
+    def _record_not_run(self) -> None:
+        for nodeid, (names, reason) in self.not_run.items():
+            self.results.not_run(nodeid, names, reason)
+
+    def _left_out_modules(self) -> None:
+        """The tests of the scenario modules beside the collected ones that were not given.
+
+        ``pytest scenarios/test_a.py`` checks a part of what the features of test_a are
+        about; the tests of test_b.py in the same folder did not run and must not be
+        silently absent from the verdicts. The folders are those of collected modules with
+        feature-marked tests; their other modules are collected here only to be listed.
+        """
+        folders = {}
+        for path, module in self._modules.items():
+            if any(n.startswith(module.nodeid + "::") for n in self._collected):
+                folders.setdefault(path.parent, module.parent)
+        for parent in folders.values():
+            try:
+                children = list(parent.collect())
+            except Exception:  # a folder that cannot be listed: nothing more to say
+                continue
+            for child in children:
+                if isinstance(child, pytest.Module) and child.path not in self._modules:
+                    for item in _items_of(child):
+                        names = _features_of(item)
+                        if names and item.nodeid not in self.not_run:
+                            self.not_run[item.nodeid] = (names, MODULE_REASON)
+
     def pytest_collection_finish(self, session: pytest.Session) -> None:
+        selected = {item.nodeid for item in session.items}
+        for nodeid, names in self._collected.items():
+            if nodeid not in selected and nodeid not in self.not_run:
+                self.not_run[nodeid] = (names, NODE_IDS_REASON)
+        self._left_out_modules()
+        if not hasattr(self.config, "workerinput"):
+            self._record_not_run()
         totals: dict[str, int] = {}
         for item in session.items:
             for name in _features_of(item):
@@ -191,7 +280,7 @@ class Outputs:
             self.progress.totals = dict(getattr(report, TOTALS_ATTRIBUTE, None) or {})
         claimed = self.claimed_features()
         for name in self.progress.test_done(report.nodeid, names):
-            tests = self.results.by_feature().get(name, [])
+            tests = self.results.resolved(claimed).by_feature().get(name, [])
             line = _report.verdict_line(name, tests, supported=claimed is None or name in claimed)
             self._write_line(f"[mtls] feature done: {' '.join(line.split())}")
 
@@ -212,9 +301,13 @@ class Outputs:
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node, error) -> None:
         # xdist: the controller never runs a test; the workers know the profile.
-        data = getattr(node, "workeroutput", {}).get(WORKER_PROFILE_KEY)
+        output = getattr(node, "workeroutput", {})
+        data = output.get(WORKER_PROFILE_KEY)
         if data and self.worker_profile is None:
             self.worker_profile = data
+        # Every worker collects (and deselects) the same tests; the controller none.
+        for nodeid, names, reason in output.get(WORKER_NOT_RUN_KEY) or ():
+            self.results.not_run(nodeid, names, reason)
 
     def _suite(self):
         from .plugin import SUITE_KEY
@@ -236,7 +329,8 @@ class Outputs:
                 "source": profile.features_source, "organization": profile.organization,
                 "project": profile.project or profile.key, "url": profile.url,
                 "version": profile.version or _default_version(profile.key),
-                "contact": list(profile.contact), "gatewayAPIVersion": self.bundle_version}
+                "contact": list(profile.contact), "gatewayAPIVersion": self.bundle_version,
+                "rejectionStatuses": sorted(profile.rejection_statuses)}
 
     def run_info(self, *, allow_start: bool = False) -> _report.RunInfo:
         from . import profiles as _profiles
@@ -253,7 +347,8 @@ class Outputs:
             url=opt("implementation_url") or info["url"] or "unknown",
             version=opt("implementation_version") or info["version"] or "unknown",
             contact=tuple(opt("implementation_contact") or info["contact"]))
-        strict = self._suite().settings.strict_rejection
+        settings = self._suite().settings
+        timing = settings.timing
         return _report.RunInfo(
             implementation=implementation,
             supported_features=frozenset(info["supported"]),
@@ -261,14 +356,19 @@ class Outputs:
             features_source=info["source"],
             mode=opt("mode"),
             gateway_api_version=info.get("gatewayAPIVersion") or _report.GATEWAY_API_VERSION,
-            rejection_rule="transport-level only (--strict-rejection)" if strict
-            else "any client-visible rejection")
+            strict_rejection=settings.strict_rejection,
+            rejection_statuses=tuple(info.get("rejectionStatuses") or ()),
+            timeouts={"MaxTimeToConsistency": timing.max_time_to_consistency,
+                      "ConditionTimeout": timing.condition_timeout,
+                      "RequestTimeout": timing.request_timeout})
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if hasattr(self.config, "workerinput"):
             info = self.profile_info()
             if info is not None:
                 self.config.workeroutput[WORKER_PROFILE_KEY] = info
+            self.config.workeroutput[WORKER_NOT_RUN_KEY] = [
+                [nodeid, names, reason] for nodeid, (names, reason) in self.not_run.items()]
 
     def write_reports(self) -> list[Path]:
         """The reports asked for with --report-dir / --report-output (controller only)."""
@@ -278,6 +378,8 @@ class Outputs:
                 not (report_dir or report_output):
             return []
         run = self.run_info()
+        # One date for every file of the run (the two ConformanceReports are equal).
+        run = dataclasses.replace(run, date=run.stamp())
         written = []
         if report_dir:
             written.append(_report.write(Path(report_dir), self.results, run))
@@ -297,6 +399,21 @@ class Outputs:
             self._write_line(f"[mtls] before submitting this ConformanceReport, rerun with "
                              f"{', '.join(lacking)}: upstream refuses it without them")
         return written
+
+
+def _items_of(collector) -> list[pytest.Item]:
+    """Every test under a collector; one that cannot be collected has none to list."""
+    try:
+        children = list(collector.collect())
+    except Exception:
+        return []
+    items = []
+    for child in children:
+        if isinstance(child, pytest.Item):
+            items.append(child)
+        elif isinstance(child, pytest.Class):
+            items.extend(_items_of(child))
+    return items
 
 
 def _default_version(key: str) -> str:

@@ -9,6 +9,8 @@ writes a ConformanceReport.
 from __future__ import annotations
 
 import contextlib
+import copy
+import inspect
 import os
 import re
 import shlex
@@ -21,7 +23,9 @@ import pytest
 
 from . import client as _client
 from . import features as _features
+from . import flags as _flags
 from . import outputs as _outputs
+from . import processes as _processes
 from . import profiles as _profiles
 from . import report as _report
 from .client import Settings
@@ -32,7 +36,12 @@ RESULTS_KEY = pytest.StashKey["_report.Results"]()
 SUITE_KEY = pytest.StashKey["Suite"]()
 OUTPUTS_KEY = pytest.StashKey["_outputs.Outputs"]()
 SESSION_KEY = pytest.StashKey[pytest.Session]()
+FAILED_KEY = pytest.StashKey[bool]()
 FEATURES_PROPERTY = "mtls_features"
+
+#: The fixtures ship with the plugin: a vendor's own tests get mtls_pki, mtls_backend, ...
+#: with the package alone.
+pytest_plugins = ["mtls_conformance.fixtures.pki", "mtls_conformance.fixtures.echo", "mtls_conformance.fixtures.backends", "mtls_conformance.fixtures.nginx"]
 
 
 def _csv(value: str) -> list[str]:
@@ -63,6 +72,11 @@ def _positive_float(value: str) -> float:
     if number <= 0:
         raise pytest.UsageError(f"expected a number of seconds greater than 0, got {value!r}")
     return number
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import hookspecs
+    pluginmanager.add_hookspecs(hookspecs)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -106,9 +120,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="features the implementation supports (overrides the profile)")
     group.addoption("--exempt-features", metavar="A,B", type=_csv, default=None,
                     help="features not to test even if supported")
-    group.addoption("--strict-rejection", action="store_true", default=False,
+    group.addoption("--strict-rejection", action="store_true", default=None,
                     help="only a transport-level rejection (alert, reset, close) counts as a "
-                         "rejected client certificate, as in the upstream suite")
+                         "rejected client certificate, as in the upstream suite (the default "
+                         "with --report-output)")
+    group.addoption("--no-strict-rejection", action="store_false", dest="strict_rejection",
+                    default=None,
+                    help="also count the HTTP statuses the profile lists as rejections, with "
+                         "--report-output too (the report's mode then says +status-rejection)")
     group.addoption("--max-time-to-consistency", metavar="SECONDS", type=_positive_float,
                     default=30.0, help="how long traffic may take to match a configuration change")
     group.addoption("--condition-timeout", metavar="SECONDS", type=_positive_float,
@@ -123,9 +142,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--list-features", action="store_true", default=False,
                     help="print the features this suite checks and exit")
     _outputs.add_options(group)
+    _flags.add_options(group)
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    _processes.terminate_as_interrupt()  # a SIGTERMed run tears down like a Ctrl-C'd one
+    _flags.apply(config)
     config.addinivalue_line(
         "markers", "features(*names): the Gateway API features a scenario checks; it is skipped "
                    "when the implementation does not support all of them")
@@ -136,17 +158,104 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(config.stash[OUTPUTS_KEY], "mtls-outputs")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    """Find the rootdir and ini file again, now that pytest knows this plugin's options.
+
+    pytest looks for them before any plugin is loaded, so in ``--profile FILE`` (space
+    form) it takes FILE for a test path: with FILE outside the checkout, pyproject.toml is
+    not found, ``testpaths`` is lost and pytest collects the whole working directory.
+    Option values must never change what is collected, whatever their form.
+    """
+    ns = parser.parse_known_args(list(args), namespace=copy.copy(early_config.option))
+    if ns.inifilename or ns.rootdir:
+        return  # given explicitly: pytest did not guess
+    from _pytest.config.findpaths import determine_setup
+
+    kwargs = dict(inifile=None, override_ini=ns.override_ini, args=ns.file_or_dir, rootdir_cmd_arg=None,
+                  invocation_dir=early_config.invocation_params.dir)
+    accepted = inspect.signature(determine_setup).parameters
+    rootpath, inipath, inicfg = determine_setup(**{k: v for k, v in kwargs.items() if k in accepted})[:3]
+    if (rootpath, inipath) == (early_config.rootpath, early_config.inipath):
+        return
+    had_ini = early_config.inipath is not None
+    early_config._rootpath, early_config._inipath = rootpath, inipath
+    setattr(early_config, "_inicfg" if hasattr(early_config, "_inicfg") else "inicfg", inicfg)
+    getattr(early_config, "_inicache", {}).clear()
+    parser.extra_info["rootdir"], parser.extra_info["inifile"] = str(rootpath), str(inipath)
+    addopts = early_config.getini("addopts")
+    if addopts and not had_ini:
+        args[:] = list(addopts) + args
+        early_config.pluginmanager.consider_preparse(list(addopts), exclude_only=False)
+    early_config.known_args_namespace = parser.parse_known_args(args, namespace=copy.copy(early_config.option))
+    if ns.confcutdir is None:
+        early_config.known_args_namespace.confcutdir = str(inipath.parent if inipath else rootpath)
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    # Runs once, in the process the user started, before any test and before xdist
+    # starts workers: bad input is one line here, not a traceback after the whole suite.
     if config.getoption("list_features"):
         print("\n".join(_features.table()))
         return 0
     command = config.getoption("gateway_command")
     if command is not None:
         check_gateway_command(command)
+    check_output_paths(config)
+    _flags.check(config)
+    profile = config.getoption("profile")
+    if profile:
+        try:
+            _profiles.load(Path(profile))
+        except _profiles.ProfileError as exc:
+            raise pytest.UsageError(f"{exc}; fix the file or leave --profile out to use the built-in "
+                                    f"profile of the GatewayClass's controller") from None
     target = config.getoption("target")
     if target == "kubernetes" and config.getoption("gateway_command"):
         raise pytest.UsageError("--gateway-command runs a local gateway and cannot be combined with "
                                 "--target=kubernetes; drop one of them")
+    return None
+
+
+#: Output options: (dest, flag, whether the value is a directory). --junitxml and
+#: --alluredir belong to pytest and allure-pytest, which write them only at the end.
+OUTPUT_OPTIONS = (("report_dir", "--report-dir", True), ("report_output", "--report-output", False),
+                  ("xmlpath", "--junitxml", False), ("allure_report_dir", "--alluredir", True))
+
+
+def check_output_paths(config: pytest.Config) -> None:
+    """Refuse an output path that cannot be written, before the first test."""
+    for dest, flag, is_dir in OUTPUT_OPTIONS:
+        value = getattr(config.option, dest, None)
+        if not value:
+            continue
+        problem = unwritable(Path(value), is_dir=is_dir)
+        if problem:
+            kind = "a directory" if is_dir else "a file"
+            raise pytest.UsageError(f"{flag} {value}: {problem}; give {kind} path this user can write")
+
+
+def unwritable(path: Path, *, is_dir: bool) -> str | None:
+    """Why ``path`` cannot be written (creating missing parents is fine), or None."""
+    path = path.expanduser().absolute()
+    if is_dir and path.exists() and not path.is_dir():
+        return "exists and is not a directory"
+    if not is_dir and path.is_dir():
+        return "is a directory"
+    existing = path if is_dir else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if is_dir and existing == path or not is_dir and path.exists():
+        target = path
+    else:
+        target = existing
+    if not os.access(target, os.W_OK) or (target.is_dir() and not os.access(target, os.X_OK)):
+        return f"{target} is not writable"
+    if str(target).startswith(("/proc/", "/sys/")) or str(target) in ("/proc", "/sys"):
+        return f"{target} is a kernel file system"
     return None
 
 
@@ -171,10 +280,13 @@ class Suite:
         self._target: Target | None = None
         self._profile: _profiles.Profile | None = None
         self.failed_to_start = ""
+        self.said_cannot_keep = False
         self.settings = Settings(
             timing=Timing(max_time_to_consistency=config.getoption("max_time_to_consistency"),
-                          condition_timeout=config.getoption("condition_timeout")),
-            strict_rejection=config.getoption("strict_rejection"))
+                          condition_timeout=config.getoption("condition_timeout"),
+                          **({"request_timeout": config.option.mtls_request_timeout}
+                             if hasattr(config.option, "mtls_request_timeout") else {})),
+            strict_rejection=_outputs.strict_rejection(config))
 
     @property
     def target_kind(self) -> str:
@@ -253,8 +365,12 @@ class Suite:
             # Precedence: --supported-features, the --profile file's list, the GatewayClass
             # status, the built-in profile.
             supported = self.config.getoption("supported_features")
+            if self.config.getoption("all_features"):
+                supported, source = list(_features.FEATURES), "--all-features"
+            else:
+                source = "--supported-features"
             if supported is not None:
-                profile = profile.with_features(supported, source="--supported-features")
+                profile = profile.with_features(supported, source=source)
             elif not profile.features_source.startswith("--profile"):
                 profile = self._features_from_gateway_class(profile)
             self._profile = profile
@@ -320,19 +436,45 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_runtest_call(item: pytest.Item):
     # Rejections a GatewayClient sees during the test are recorded on the test itself.
     token = _client.recording.set(item.user_properties)
+    testing = _client.testing.set(_client.property_of(item.name))
     try:
         return (yield)
     finally:
+        _client.testing.reset(testing)
         _client.recording.reset(token)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
+    module = item.getparent(pytest.Module)
+    if report.failed and module is not None:
+        module.stash[FAILED_KEY] = True  # --keep-objects=failed keeps the module's namespace
     names = features_of(item)
     if names:
         report.user_properties.append((FEATURES_PROPERTY, names))
+        if report.failed and call.excinfo is not None and item.config.getoption("tbstyle") == "auto":
+            shorten_failure(item, call.excinfo, report, names)
     return report
+
+
+def shorten_failure(item: pytest.Item, excinfo: pytest.ExceptionInfo, report: pytest.TestReport,
+                    names: list[str]) -> None:
+    """A scenario's failure as a person reads it once: the scenario's own lines and the message.
+
+    The harness's frames and the fixture values (certificates, clients) say nothing the
+    message does not; ``--tb=long`` (or any --tb) shows the full traceback again.
+    """
+    own = [entry for entry in excinfo.traceback if Path(str(entry.path)) == Path(str(item.path))]
+    if own:
+        excinfo.traceback = excinfo.traceback.filter(lambda entry: entry in own)
+    longrepr = excinfo.getrepr(style="short", funcargs=False, chain=False)
+    label = f"feature{'s' if len(names) > 1 else ''} {', '.join(names)}"
+    crash = getattr(longrepr, "reprcrash", None)
+    if crash is not None:
+        crash.message = f"[{label}] {crash.message}"  # the short summary line names the feature
+    longrepr.addsection("mtls", f"{label}; --tb=long for the full traceback")
+    report.longrepr = longrepr
 
 
 class _Recorder:
@@ -348,12 +490,14 @@ class _Recorder:
                 self.results.record(report, value)
                 return
 
-    def pytest_terminal_summary(self, terminalreporter) -> None:
+    def pytest_terminal_summary(self, terminalreporter, exitstatus) -> None:
         if hasattr(self.config, "workerinput") or not self.results.tests:
             return
-        terminalreporter.write_sep("=", "verdicts per feature")
+        interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+        terminalreporter.write_sep("=", "verdicts per feature" + (
+            " (the run was interrupted: incomplete)" if interrupted else ""))
         claimed = self.config.stash[OUTPUTS_KEY].claimed_features()
-        for line in _report.verdict_lines(self.results, supported=claimed):
+        for line in _report.verdict_lines(self.results, supported=claimed, interrupted=interrupted):
             terminalreporter.write_line(line)
 
 
@@ -362,10 +506,22 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # This runs before pytest tears down the session's fixtures (its runner's hook is
+    # called last): from here on, see processes.finish_uninterrupted.
+    _processes.finish_uninterrupted()
+    _finish(session, exitstatus)
+
+
+def _finish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     suite = config.stash[SUITE_KEY]
     suite.close()
     if hasattr(config, "workerinput"):
+        return
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        # Its report would claim the features of every test the run never reached.
+        if config.getoption("report_dir") or config.getoption("report_output"):
+            config.stash[OUTPUTS_KEY]._write_line("[mtls] the run was interrupted: no report written")
         return
     config.stash[OUTPUTS_KEY].write_reports()
 
@@ -419,7 +575,19 @@ def mtls_namespace(request: pytest.FixtureRequest, mtls_target: Target):
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw")
     name = _namespace_name(request.module.__name__, worker)
     mtls_target.create_namespace(name)
+    keep = request.config.getoption("keep_objects")
     try:
         yield name
     finally:
-        mtls_target.delete_namespace(name)
+        failed = request.node.stash.get(FAILED_KEY, False)
+        how = mtls_target.keep_namespace(name) if keep == "always" or keep == "failed" and failed else None
+        suite = request.config.stash[SUITE_KEY]
+        if how:
+            suite.progress(f"kept namespace {name} (--keep-objects={keep}): {how}")
+        else:
+            if keep != "never" and not suite.said_cannot_keep:
+                suite.said_cannot_keep = True
+                suite.progress(f"--keep-objects={keep}: the {mtls_target.kind} target cannot keep objects after "
+                               "a module (they live in its gateway process); --pdb stops at a failure while "
+                               "they still exist")
+            mtls_target.delete_namespace(name)

@@ -14,12 +14,24 @@ An mTLS check needs to know *how* a listener refused a client, not merely that
 * Some servers complete the handshake and then close (NGINX ``444``), reset, or
   answer with an HTTP error status.
 
-:func:`probe` records the phase (``connect``, ``handshake``, ``first-read``) and
-the kind (``alert``, ``reset``, ``closed``, ``timeout``, ``refused``, ``error``)
-of every failure. Alert names come from two places that should agree: the
-OpenSSL message callback (CPython's private ``SSLContext._msg_callback``, also
-used to see whether the server sent a CertificateRequest) and, when that hook is
-missing, the reason code of the ``SSLError``.
+:func:`probe` returns one of three types, a closed set:
+
+* :class:`Response`: an HTTP status (from the backend or the gateway itself);
+* :class:`Rejection`: what the *gateway* did instead of answering, with its phase
+  (``connect``, ``handshake``, ``first-read``) and kind (``alert`` received from
+  the gateway, ``reset``, ``closed`` without a response, ``refused``, ``timeout``);
+* :class:`ProbeFailure`: what the *probe* caused, with its cause: its own
+  verification of the listener's certificate (``server-certificate``), no h2 via
+  ALPN (``alpn``), an HTTP answer it could not parse (``http``), a TLS handshake
+  it ended itself, e.g. with an alert it sent (``tls``), a local error (``local``).
+  A ProbeFailure is never the gateway's verdict, so no judge may count it as a
+  rejection.
+
+Alert names come from two places that should agree: the OpenSSL message callback
+(CPython's private ``SSLContext._msg_callback``, also used to see whether the
+server sent a CertificateRequest, and which side sent the first alert) and, when
+that hook is missing, the reason code of the ``SSLError`` (OpenSSL's
+``*_ALERT_*`` reasons name only alerts *received* from the peer).
 
 Each call builds its own ``SSLContext``: no pooling and no session resumption,
 so one probe's SNI or client certificate can never leak into the next.
@@ -46,7 +58,9 @@ from typing import Any, Protocol
 import h11
 
 __all__ = [
+    "CERTIFICATE_ALERTS",
     "Outcome",
+    "ProbeFailure",
     "Rejection",
     "Response",
     "TLSInfo",
@@ -98,6 +112,19 @@ _ALERT_NAMES = {
     120: "no application protocol",
 }
 
+#: Alerts a server sends when it refuses the client's certificate (or its absence):
+#: RFC 8446 4.4.2.4 / RFC 5246 7.4.6, plus ``handshake failure`` (OpenSSL's TLS 1.2
+#: answer to a missing certificate), ``decrypt error`` (a CertificateVerify that does not
+#: verify) and ``access denied`` (a valid certificate the server's policy refuses, e.g. a
+#: pinned SAN or hash). Every other alert (protocol version, unrecognized name, no
+#: application protocol, insufficient security, ...) refuses something else.
+CERTIFICATE_ALERTS = frozenset({
+    "handshake failure", "no certificate", "bad certificate", "unsupported certificate",
+    "certificate revoked", "certificate expired", "certificate unknown", "unknown ca",
+    "access denied", "decrypt error", "certificate required", "certificate unobtainable",
+    "bad certificate status response", "bad certificate hash value",
+})
+
 # OpenSSL reason codes for a *received* alert: SSLV3_ALERT_BAD_CERTIFICATE,
 # TLSV1_ALERT_UNKNOWN_CA, TLSV13_ALERT_CERTIFICATE_REQUIRED, and the odd one
 # out, TLSV1_UNRECOGNIZED_NAME.
@@ -144,9 +171,9 @@ class TLSInfo:
     def describe(self) -> str:
         parts = [self.version or "TLS version unknown"]
         if self.certificate_requested is True:
-            parts.append("client certificate requested")
+            parts.append("the listener requested a client certificate")
         elif self.certificate_requested is False:
-            parts.append("client certificate not requested")
+            parts.append("the listener requested no client certificate")
         return ", ".join(parts)
 
 
@@ -182,33 +209,76 @@ class Response:
         return text
 
 
+_WHERE = {"connect": "on connect", "handshake": "during handshake", "first-read": "on first read"}
+
+#: Rejection kinds: what the gateway did instead of answering.
+REJECTION_KINDS = ("alert", "reset", "closed", "refused", "timeout")
+#: ProbeFailure causes: what the probe itself caused.
+PROBE_FAILURE_CAUSES = ("server-certificate", "alpn", "http", "tls", "local")
+
+
 @dataclass(frozen=True)
 class Rejection:
+    """The gateway did not answer: it sent an alert, reset, closed, refused the
+    connection, or let the probe time out."""
+
     phase: str  # "connect" | "handshake" | "first-read"
-    kind: str  # "alert" | "reset" | "closed" | "timeout" | "refused" | "error"
-    alert: str | None
+    kind: str  # one of REJECTION_KINDS
+    alert: str | None  # kind "alert": the alert received from the gateway
     detail: str
     tls: TLSInfo | None
 
+    def __post_init__(self) -> None:
+        if self.kind not in REJECTION_KINDS:
+            raise ValueError(f"Rejection kind must be one of {REJECTION_KINDS}, got {self.kind!r}")
+        if (self.kind == "alert") != (self.alert is not None):
+            raise ValueError("a Rejection names an alert exactly when its kind is 'alert'")
+
+    @property
+    def certificate_alert(self) -> bool:
+        """An alert that refuses the client certificate (see CERTIFICATE_ALERTS)."""
+        return self.kind == "alert" and self.alert in CERTIFICATE_ALERTS
+
     def describe(self) -> str:
-        where = {"connect": "on connect", "handshake": "during handshake", "first-read": "on first read"}[
-            self.phase
-        ]
         what = {
             "alert": f"TLS alert {self.alert!r}",
             "reset": "connection reset",
             "closed": "connection closed without a response",
             "timeout": "timed out",
             "refused": "connection refused",
-            "error": f"error ({self.detail})",
         }[self.kind]
-        text = f"{what} {where}"
+        text = f"{what} {_WHERE[self.phase]}"
         if self.tls is not None and (self.tls.version or self.tls.certificate_requested is not None):
             text += f" ({self.tls.describe()})"
         return text
 
 
-Outcome = Response | Rejection
+@dataclass(frozen=True)
+class ProbeFailure:
+    """The probe failed on its own: never a verdict on the gateway.
+
+    ``detail`` starts with what the probe could not do ("the probe could not verify the
+    listener's certificate: ...").
+    """
+
+    phase: str  # "connect" | "handshake" | "first-read"
+    cause: str  # one of PROBE_FAILURE_CAUSES
+    detail: str
+    tls: TLSInfo | None
+    sent_alert: str | None = None  # the alert the probe itself sent, if any
+
+    def __post_init__(self) -> None:
+        if self.cause not in PROBE_FAILURE_CAUSES:
+            raise ValueError(f"ProbeFailure cause must be one of {PROBE_FAILURE_CAUSES}, got {self.cause!r}")
+
+    def describe(self) -> str:
+        text = f"a failure of the probe itself {_WHERE[self.phase]}: {self.detail}"
+        if self.sent_alert is not None and self.sent_alert not in self.detail:
+            text += f" (the probe sent TLS alert {self.sent_alert!r})"
+        return text
+
+
+Outcome = Response | Rejection | ProbeFailure
 
 
 class _Observer:
@@ -219,6 +289,8 @@ class _Observer:
         self.certificate_requested = False
         self.received_alert: str | None = None
         self.sent_alert: str | None = None
+        # Which side sent the first (fatal) alert: "read" (the server) or "write" (the probe).
+        self.first_alert: str | None = None
         self.version: str | None = None
 
     def install(self, context: ssl.SSLContext) -> None:
@@ -242,6 +314,8 @@ class _Observer:
             if data[1] == 0:
                 return
             name = _ALERT_NAMES.get(data[1], f"alert {data[1]}")
+            if self.first_alert is None:
+                self.first_alert = direction
             if direction == "read" and self.received_alert is None:
                 self.received_alert = name
             elif direction == "write" and self.sent_alert is None:
@@ -298,12 +372,19 @@ def _build_context(
 
 
 class _Failure(Exception):
-    def __init__(self, phase: str, kind: str, detail: str, alert: str | None = None) -> None:
+    """kind: a Rejection kind, or "probe" with a ProbeFailure cause."""
+
+    def __init__(self, phase: str, kind: str, detail: str, alert: str | None = None,
+                 cause: str | None = None) -> None:
         super().__init__(detail)
-        self.phase, self.kind, self.detail, self.alert = phase, kind, detail, alert
+        self.phase, self.kind, self.detail, self.alert, self.cause = phase, kind, detail, alert, cause
 
 
-def _classify(exc: BaseException, phase: str, timeout: float) -> _Failure:
+def _probe_failure(phase: str, cause: str, detail: str) -> _Failure:
+    return _Failure(phase, "probe", detail, cause=cause)
+
+
+def _classify(exc: Exception, phase: str, timeout: float) -> _Failure:
     """Turn a socket or TLS exception into (phase, kind, alert, detail)."""
     if isinstance(exc, _Failure):
         return exc
@@ -317,7 +398,8 @@ def _classify(exc: BaseException, phase: str, timeout: float) -> _Failure:
     ):
         return _Failure(phase, "reset", detail)
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return _Failure(phase, "error", f"server certificate rejected by the probe: {exc.verify_message}")
+        return _probe_failure(phase, "server-certificate",
+                              f"the probe could not verify the listener's certificate: {exc.verify_message}")
     if isinstance(exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
         return _Failure(phase, "closed", detail)
     if isinstance(exc, ssl.SSLError):
@@ -326,10 +408,43 @@ def _classify(exc: BaseException, phase: str, timeout: float) -> _Failure:
             return _Failure(phase, "alert", detail, alert)
         if getattr(exc, "reason", None) == "UNEXPECTED_EOF_WHILE_READING":
             return _Failure(phase, "closed", detail)
-        return _Failure(phase, "error", detail)
-    if isinstance(exc, h11.RemoteProtocolError):
-        return _Failure(phase, "error", f"malformed HTTP response: {exc}")
-    return _Failure(phase, "error", detail)
+        return _probe_failure(phase, "tls", f"the probe ended the TLS connection itself: {detail}")
+    if isinstance(exc, h11.RemoteProtocolError) or _is_h2_protocol_error(exc):
+        return _probe_failure(phase, "http", f"the probe could not parse the HTTP response: {detail}")
+    return _probe_failure(phase, "local", f"the probe failed locally: {detail}")
+
+
+def _is_h2_protocol_error(exc: Exception) -> bool:
+    try:
+        import h2.exceptions
+    except ImportError:  # pragma: no cover - h2 is a dependency
+        return False
+    return isinstance(exc, h2.exceptions.ProtocolError)
+
+
+def _outcome_of(failure: _Failure, observer: _Observer, conn: "_TLSConnection | None") -> Rejection | ProbeFailure:
+    """The typed outcome of a failed probe.
+
+    The message callback, when available, tells who sent the first alert. An alert
+    received from the gateway before the probe sent one is the gateway's, whatever
+    exception surfaced. An alert the probe sent first is never taken for the gateway's:
+    an alert received after it (a peer answering our alert) is the probe's doing too.
+    When the gateway closed or reset, OpenSSL may record an alert of its own as sent
+    (``decode error`` on a bare EOF); the close, not that alert, is the outcome.
+    """
+    tls = observer.tls_info(conn.tls if conn else None) if failure.phase != "connect" else None
+    probe_first = observer.available and observer.first_alert == "write"
+    if failure.phase != "connect" and observer.received_alert is not None and not probe_first:
+        return Rejection(phase=failure.phase, kind="alert", alert=observer.received_alert,
+                         detail=failure.detail, tls=tls)
+    if failure.kind == "probe":
+        return ProbeFailure(phase=failure.phase, cause=failure.cause or "local", detail=failure.detail, tls=tls,
+                            sent_alert=observer.sent_alert)
+    if failure.kind == "alert" and probe_first:
+        return ProbeFailure(phase=failure.phase, cause="tls", tls=tls, sent_alert=observer.sent_alert,
+                            detail=f"the probe ended the TLS connection itself with alert "
+                                   f"{observer.sent_alert!r}; the listener answered with {failure.alert!r}")
+    return Rejection(phase=failure.phase, kind=failure.kind, alert=failure.alert, detail=failure.detail, tls=tls)
 
 
 class _PlainConnection:
@@ -458,7 +573,7 @@ def probe(
     try:
         try:
             raw = socket.create_connection(address, timeout=timeout)
-        except BaseException as exc:
+        except Exception as exc:
             raise _classify(exc, "connect", timeout) from exc
         if plaintext:
             plain = _PlainConnection(raw, timeout)
@@ -470,7 +585,7 @@ def probe(
             conn = _TLSConnection(context, raw, sni, timeout)
             conn.start_phase()
             conn.handshake()
-        except BaseException as exc:
+        except Exception as exc:
             failure = _classify(exc, "handshake", timeout)
             if failure.kind == "closed" and conn is not None and conn.peer_eof:
                 failure = _Failure("handshake", "closed", f"server closed the connection during the handshake ({failure.detail})")
@@ -478,11 +593,10 @@ def probe(
         conn.start_phase()
         if http2:
             if conn.tls.selected_alpn_protocol() != "h2":
-                raise _Failure(
-                    "handshake",
-                    "error",
-                    f"server did not select h2 via ALPN (selected {conn.tls.selected_alpn_protocol()!r})",
-                )
+                raise _probe_failure(
+                    "handshake", "alpn",
+                    f"the probe needs HTTP/2, but the listener did not select h2 via ALPN "
+                    f"(selected {conn.tls.selected_alpn_protocol()!r})")
             status, reason, resp_headers, body = _exchange_h2(
                 conn, method=method, authority=authority, path=path, headers=headers
             )
@@ -494,17 +608,7 @@ def probe(
     except _Failure as failure:
         # The callback saw the alert's exact description; the reason code is the
         # fallback and covers builds without the hook.
-        alert = failure.alert
-        kind = failure.kind
-        if observer.received_alert is not None and failure.phase != "connect":
-            alert, kind = observer.received_alert, "alert"
-        return Rejection(
-            phase=failure.phase,
-            kind=kind,
-            alert=alert,
-            detail=failure.detail,
-            tls=observer.tls_info(conn.tls if conn else None) if failure.phase != "connect" else None,
-        )
+        return _outcome_of(failure, observer, conn)
     finally:
         if raw is not None:
             raw.close()
@@ -520,17 +624,17 @@ def _send_then_read(conn: _TLSConnection, data: bytes) -> bytes:
     """
     try:
         conn.send(data)
-    except BaseException as write_exc:
+    except Exception as write_exc:
         try:
             conn.recv()
-        except BaseException as read_exc:
+        except Exception as read_exc:
             read_failure = _classify(read_exc, "first-read", conn.timeout)
             if read_failure.kind == "alert":
                 raise read_failure from read_exc
         raise _classify(write_exc, "first-read", conn.timeout) from write_exc
     try:
         chunk = conn.recv()
-    except BaseException as exc:
+    except Exception as exc:
         raise _classify(exc, "first-read", conn.timeout) from exc
     if not chunk:
         raise _Failure(
@@ -573,7 +677,7 @@ def _exchange_h11(
             elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                 break
             # InformationalResponse (1xx) is skipped; the final response follows.
-    except BaseException as exc:
+    except Exception as exc:
         failure = _classify(exc, "first-read", conn.timeout)
         if response is not None:
             failure = _Failure(
@@ -584,7 +688,8 @@ def _exchange_h11(
             )
         raise failure from exc
     if response is None:
-        raise _Failure("first-read", "error", "connection ended before a final HTTP response")
+        raise _probe_failure("first-read", "http",
+                             "the probe could not parse the HTTP response: the connection ended before a final response")
     return (
         response.status_code,
         response.reason.decode("latin-1"),
@@ -651,7 +756,8 @@ def _h2_request(
                     h2conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
                 elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id:
                     if status is None:
-                        raise _Failure("first-read", "error", "HTTP/2 stream ended without response headers")
+                        raise _probe_failure("first-read", "http", "the probe could not parse the HTTP/2 response: "
+                                             "the stream ended without response headers")
                     return status, _reason_phrase(status), resp_headers, bytes(body)
                 elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream_id:
                     raise _Failure("first-read", "reset", f"HTTP/2 RST_STREAM with error code {event.error_code!r}")
@@ -667,7 +773,7 @@ def _h2_request(
             chunk = conn.recv()
     except _Failure:
         raise
-    except BaseException as exc:
+    except Exception as exc:
         raise _classify(exc, "first-read", conn.timeout) from exc
 
 
@@ -702,17 +808,18 @@ def probe_coalesced(
     try:
         try:
             raw = socket.create_connection(address, timeout=timeout)
-        except BaseException as exc:
+        except Exception as exc:
             raise _classify(exc, "connect", timeout) from exc
         try:
             conn = _TLSConnection(context, raw, sni, timeout)
             conn.start_phase()
             conn.handshake()
-        except BaseException as exc:
+        except Exception as exc:
             raise _classify(exc, "handshake", timeout) from exc
         if conn.tls.selected_alpn_protocol() != "h2":
-            raise _Failure("handshake", "error",
-                           f"server did not select h2 via ALPN (selected {conn.tls.selected_alpn_protocol()!r})")
+            raise _probe_failure("handshake", "alpn",
+                                 f"the probe needs HTTP/2, but the listener did not select h2 via ALPN "
+                                 f"(selected {conn.tls.selected_alpn_protocol()!r})")
         h2conn = _h2_client()
         for authority in authorities:
             conn.start_phase()
@@ -720,12 +827,7 @@ def probe_coalesced(
                 conn, h2conn, method="GET", authority=authority, path=path, headers=headers)
             outcomes.append(Response(status, reason, resp_headers, body, observer.tls_info(conn.tls)))
     except _Failure as failure:
-        alert, kind = failure.alert, failure.kind
-        if observer.received_alert is not None and failure.phase != "connect":
-            alert, kind = observer.received_alert, "alert"
-        rejection = Rejection(phase=failure.phase, kind=kind, alert=alert, detail=failure.detail,
-                              tls=observer.tls_info(conn.tls if conn else None) if failure.phase != "connect" else None)
-        outcomes += [rejection] * (len(authorities) - len(outcomes))
+        outcomes += [_outcome_of(failure, observer, conn)] * (len(authorities) - len(outcomes))
     finally:
         if raw is not None:
             raw.close()

@@ -96,6 +96,8 @@ GENERIC = Profile(key="generic", name="an implementation without a profile",
 # Vendor profiles. Supported features: the implementation's published ConformanceReport in
 # kubernetes-sigs/gateway-api conformance/reports/v1.6 (v1.5 for Istio) at 4564255a, plus
 # the extensions of ours that its documentation describes. Everything else is a default.
+# ClusterTrustBundle (v1.7.0, experimental) is claimed by none: no v1.7 report lists it, and
+# upstream makes it one feature for frontend validation and BackendTLSPolicy together.
 _CORE = ("Gateway", "HTTPRoute", "ReferenceGrant")
 _FE = ("GatewayFrontendClientCertificateValidation",
        "GatewayFrontendClientCertificateValidationInsecureFallback")
@@ -152,7 +154,11 @@ ENVOY_GATEWAY = Profile(
     url="https://github.com/envoyproxy/gateway",
     supported_features=frozenset((*_CORE, *_FE, *_BACKEND, "BackendTLSPolicySANValidation")),
     contact=("https://github.com/envoyproxy/gateway/blob/main/GOVERNANCE.md",),
-    sources=(f"{_REPORTS}/v1.6/envoy-gateway/experimental-v1.9.0-default-report.yaml",),
+    sources=(f"{_REPORTS}/v1.6/envoy-gateway/experimental-v1.9.0-default-report.yaml",
+             "envoyproxy/gateway#6353 and #6714 (ClusterTrustBundle in BackendTLSPolicy caCertificateRefs)"),
+    notes="documents ClusterTrustBundle caCertificateRefs for BackendTLSPolicy only (certificates.k8s.io/"
+          "v1beta1), not for frontend validation, so the ClusterTrustBundle feature is not claimed; "
+          "--supported-features can add it",
 )
 
 ISTIO = Profile(
@@ -187,7 +193,10 @@ TRAEFIK = Profile(
     supported_features=frozenset((*_CORE, "BackendTLSPolicy")),
     contact=("@traefik/maintainers",),
     sources=(f"{_REPORTS}/v1.6/traefik-traefik/experimental-v3.7.10-default-report.yaml",
-             "https://doc.traefik.io/traefik/routing/providers/kubernetes-gateway/"),
+             "https://doc.traefik.io/traefik/routing/providers/kubernetes-gateway/",
+             # v3.6.12, run here (docs/implementations/traefik.md): the same features in its
+             # GatewayClass status (pkg/provider/kubernetes/gateway/features.go).
+             "reports/traefik/run.json"),
 )
 
 BUILTIN: dict[str, Profile] = {p.key: p for p in (
@@ -215,6 +224,10 @@ def load(path: Path) -> Profile:
     unknown = set(data) - known
     if unknown:
         raise ProfileError(f"--profile {path}: unknown fields {sorted(unknown)}; known: {sorted(known)}")
+    depth = data.get("max_chain_depth")
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
+        raise ProfileError(f"--profile {path}: max_chain_depth must be a whole number of intermediate CAs "
+                           f"(0 or more), or left out when the implementation states none; got {depth!r}")
     for name in data.get("supported_features", ()):
         try:
             features.lookup(name)

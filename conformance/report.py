@@ -1,17 +1,20 @@
 """Verdicts per feature, and the ConformanceReport they add up to.
 
 A test's verdict is what happened to it over all its phases: failed if any phase failed,
-skipped if it was skipped, passed otherwise. A feature's verdict is failed if any of its
-tests failed; passed if all of them passed; partial if some passed and the others were
-skipped; skipped if none ran; unsupported if the implementation does not claim it; untested
-if no collected test checks it. A skipped test never counts as passed.
+skipped if it was skipped (or never run: deselected by -k, -m or node ids), passed
+otherwise. A test counts for every feature it declares, except a test skipped because the
+implementation lacks one of its features: as upstream (NOT_SUPPORTED), it counts for none,
+so it cannot make a feature whose own tests all passed partial. A feature's verdict is
+failed if any of its counted tests failed; unsupported if the implementation does not
+claim it; untested if none of its tests ran (zero tests is never a pass); passed if all
+of them passed; partial if some passed and the others were skipped.
 
 Three files come out of a run with ``--report-dir``:
 
 - ``<channel>-<version>-<mode>-report.yaml``: the upstream ConformanceReport
   (sigs.k8s.io/gateway-api ``conformance/apis/v1``), upstream features only;
 - ``<channel>-<version>-<mode>-verdicts.yaml``: the verdict of every feature, ours
-  included, with its tests; ``python -m conformance report`` reads it for the matrix;
+  included, with its tests; ``python -m mtls_conformance report`` reads it for the matrix;
 - ``summary.md``: the same verdicts for a person.
 """
 
@@ -29,14 +32,16 @@ from . import features as _features
 
 #: The Gateway API release whose feature names and semantics the scenarios follow; the
 #: report says this unless the target knows better (a cluster's CRD bundle-version).
-GATEWAY_API_VERSION = "v1.6.1"
+GATEWAY_API_VERSION = "v1.7.0"
 GATEWAY_API_CHANNEL = "standard"
 REPORT_API_VERSION = "gateway.networking.k8s.io/v1"
 VERDICTS_API_VERSION = "mtls-conformance.dev/v1alpha1"
-#: "untested": the implementation claims the feature, but no collected test checks it.
-VERDICTS = ("passed", "partial", "failed", "skipped", "unsupported", "untested")
+#: "untested": the implementation claims the feature, but none of its tests ran.
+VERDICTS = ("passed", "partial", "failed", "unsupported", "untested")
 #: The skip reason the plugin gives a test whose features the implementation lacks.
 UNSUPPORTED_PREFIX = "implementation does not support"
+#: The skip reason of a test that was collected but never run (deselected, not named).
+NOT_RUN_PREFIX = "not run: "
 
 
 def short_name(nodeid: str) -> str:
@@ -65,6 +70,24 @@ class TestResult:
     def not_supported(self) -> bool:
         return self.outcome == "skipped" and self.detail.startswith(UNSUPPORTED_PREFIX)
 
+    @property
+    def missing(self) -> list[str]:
+        """The features the implementation lacks, when that is why the test was skipped."""
+        if not self.not_supported:
+            return []
+        # The plugin's skip reason names them after the prefix (whatever else it says).
+        words = re.split(r"[^A-Za-z0-9]+", self.detail.removeprefix(UNSUPPORTED_PREFIX))
+        return [w for w in dict.fromkeys(words) if w in self.features]
+
+    def counts_for(self, feature: str) -> bool:
+        """Whether this test's outcome says anything about ``feature``.
+
+        A test skipped for lacking another feature says nothing about this one (upstream
+        records it as NOT_SUPPORTED, in no statistic).
+        """
+        missing = self.missing
+        return not missing or feature in missing
+
 
 @dataclasses.dataclass
 class Results:
@@ -86,6 +109,29 @@ class Results:
             result.detail = detail.removeprefix("Skipped: ")
         elif report.when == "call" and result.outcome is None:
             result.outcome = "passed"
+
+    def not_run(self, nodeid: str, names: list[str], reason: str) -> None:
+        """A test that was collected but never run (deselected); a real outcome wins."""
+        if nodeid not in self.tests:
+            self.tests[nodeid] = TestResult(nodeid, list(names), "skipped", f"{NOT_RUN_PREFIX}{reason}")
+
+    def resolved(self, claimed: Iterable[str] | None) -> Results:
+        """These results as the plugin would have had them had every test been selected.
+
+        A test that was not run and needs a feature the implementation does not claim
+        would have been skipped as not supported (which wins over any other skip, as
+        upstream's NOT_SUPPORTED does), so it is counted as such.
+        """
+        if claimed is None:
+            return self
+        claimed = set(claimed)
+        out = Results()
+        for nodeid, t in self.tests.items():
+            missing = [n for n in t.features if n not in claimed]
+            if t.outcome == "skipped" and t.detail.startswith(NOT_RUN_PREFIX) and missing:
+                t = dataclasses.replace(t, detail=f"{UNSUPPORTED_PREFIX} {', '.join(missing)}")
+            out.tests[nodeid] = t
+        return out
 
     def by_feature(self) -> dict[str, list[TestResult]]:
         grouped: dict[str, list[TestResult]] = {}
@@ -114,33 +160,67 @@ class FeatureProgress:
         return finished
 
 
-def feature_verdict(results: list[TestResult], *, supported: bool = True) -> str:
-    outcomes = {r.outcome or "skipped" for r in results}
+def _executed(tests: list[TestResult]) -> int:
+    return sum(1 for t in tests if t.outcome in ("passed", "failed"))
+
+
+def feature_verdict(results: list[TestResult], *, supported: bool = True,
+                    feature: str | None = None) -> str:
+    """The verdict of a feature from its tests (``feature`` decides which of them count)."""
+    counted = [t for t in results if feature is None or t.counts_for(feature)]
+    outcomes = {t.outcome or "skipped" for t in counted}
     if "failed" in outcomes:
         return "failed"
     if not supported and "passed" not in outcomes:
         return "unsupported"
-    if outcomes == {"passed"}:
-        return "passed"
-    if "passed" in outcomes:
-        return "partial"
-    return "skipped"
+    if "passed" not in outcomes:
+        return "untested"  # zero tests ran: never a pass
+    return "passed" if outcomes == {"passed"} else "partial"
 
 
-def _counts(tests: list[TestResult]) -> dict[str, int]:
-    return {o: sum(1 for t in tests if (t.outcome or "skipped") == o)
+def _counts(tests: list[TestResult], feature: str | None = None) -> dict[str, int]:
+    counted = [t for t in tests if feature is None or t.counts_for(feature)]
+    return {o: sum(1 for t in counted if (t.outcome or "skipped") == o)
             for o in ("passed", "failed", "skipped")}
 
 
+def _not_counted(tests: list[TestResult], feature: str) -> dict[str, int]:
+    """Tests of ``feature`` not run for lacking another feature, by that feature."""
+    lacking: dict[str, int] = {}
+    for t in tests:
+        if not t.counts_for(feature):
+            for name in t.missing:
+                lacking[name] = lacking.get(name, 0) + 1
+    return lacking
+
+
 def verdict_line(name: str, tests: list[TestResult], *, supported: bool = True) -> str:
-    summary = ", ".join(f"{n} {o}" for o, n in _counts(tests).items() if n)
-    return f"{name:60} {feature_verdict(tests, supported=supported).upper():11} ({summary})"
+    counts = _counts(tests, name)
+    summary = ", ".join(f"{n} {o}" for o, n in counts.items() if n)
+    if not counts["passed"] and not counts["failed"]:
+        summary = "no test ran" + (f", {summary}" if summary else "")
+    lacking = _not_counted(tests, name)
+    if lacking:
+        summary += f"; {sum(lacking.values())} not run: need {', '.join(sorted(lacking))}"
+    verdict = feature_verdict(tests, supported=supported, feature=name)
+    return f"{name:60} {verdict.upper():11} ({summary})"
 
 
-def verdict_lines(results: Results, *, supported: Iterable[str] | None = None) -> list[str]:
+def verdict_lines(results: Results, *, supported: Iterable[str] | None = None,
+                  interrupted: bool = False) -> list[str]:
+    """One line per feature. An interrupted run passes nothing: the tests it never reached
+    are not in ``results``, so every verdict but a failure reads INCOMPLETE."""
     claimed = None if supported is None else set(supported)
-    return [verdict_line(name, tests, supported=claimed is None or name in claimed)
-            for name, tests in results.by_feature().items()]
+    grouped = results.resolved(claimed).by_feature()
+    lines = [verdict_line(name, tests, supported=claimed is None or name in claimed)
+             for name, tests in grouped.items()]
+    if interrupted:
+        lines = [line if line[61:].startswith("FAILED") else f"{line[:61]}{'INCOMPLETE':11}{line[72:]}"
+                 for line in lines]
+    # A claimed feature that no collected test checks is untested too, and says so.
+    lines += [f"{name:60} {'UNTESTED':11} (no test collected)" for name in _features.FEATURES
+              if claimed is not None and name in claimed and name not in grouped]
+    return lines
 
 
 # -- the ConformanceReport --------------------------------------------------------------
@@ -170,11 +250,42 @@ class RunInfo:
     mode: str = "default"
     channel: str = GATEWAY_API_CHANNEL
     gateway_api_version: str = GATEWAY_API_VERSION
-    rejection_rule: str = "any client-visible rejection"
+    #: --strict-rejection: only transport-level rejections count (upstream's rule).
+    strict_rejection: bool = False
+    #: The HTTP statuses the profile says refuse a certificate (count unless strict).
+    rejection_statuses: tuple[int, ...] = ()
+    #: The timeouts used, by the names of upstream's TimeoutConfig where it has one.
+    timeouts: Mapping[str, float] = dataclasses.field(default_factory=dict)
     date: str = ""
 
     def claimed(self) -> frozenset[str]:
         return self.supported_features - self.exempt_features
+
+    @property
+    def upstream_rule(self) -> bool:
+        """Whether a rejection was judged as upstream judges it (transport-level only)."""
+        return self.strict_rejection or not self.rejection_statuses
+
+    @property
+    def rejection_rule(self) -> str:
+        if self.upstream_rule:
+            return "upstream (transport-level only)"
+        statuses = [str(s) for s in sorted(self.rejection_statuses)]
+        listed = statuses[0] if len(statuses) == 1 else f"{', '.join(statuses[:-1])} or {statuses[-1]}"
+        return f"transport-level, or HTTP status {listed} (not upstream's)"
+
+    @property
+    def report_mode(self) -> str:
+        """``mode`` of the reports: --mode, flagged when rejections were not judged as upstream.
+
+        The mode is the first thing a reader of an upstream report (and its file name)
+        shows; a run that counted HTTP statuses as rejections must not pass for one that
+        used upstream's rule.
+        """
+        return self.mode if self.upstream_rule else f"{self.mode}+status-rejection"
+
+    def timeouts_text(self) -> str:
+        return ", ".join(f"{k}={v:g}s" for k, v in self.timeouts.items())
 
     def stamp(self) -> str:
         return self.date or datetime.datetime.now(datetime.timezone.utc).strftime(
@@ -186,8 +297,10 @@ def _status(tests: list[TestResult], *, extended: bool, supported: list[str] = (
     counts = _counts(tests)
     statistics = {"Failed": counts["failed"], "Passed": counts["passed"],
                   "Skipped": counts["skipped"]}
-    # conformance/utils/suite/reports.go: any failure fails, else any skip is partial.
-    result = "failure" if counts["failed"] else "partial" if counts["skipped"] else "success"
+    # conformance/utils/suite/reports.go: any failure fails, else any skip is partial. Unlike
+    # upstream, a half in which no test ran is partial, never success: zero tests proves nothing.
+    result = ("failure" if counts["failed"] else
+              "partial" if counts["skipped"] or not counts["passed"] else "success")
     status: dict = {"result": result, "statistics": statistics}
     skipped = sorted(t.name for t in tests if (t.outcome or "skipped") == "skipped")
     failed = sorted(t.name for t in tests if t.outcome == "failed")
@@ -203,14 +316,22 @@ def _status(tests: list[TestResult], *, extended: bool, supported: list[str] = (
     return status
 
 
-def _summary(core: dict, extended: dict) -> str:
-    # Wording of conformance/utils/suite/reports.go buildReportSummary.
+def _summary(core: dict, extended: dict, run: RunInfo) -> str:
+    # Wording of conformance/utils/suite/reports.go buildReportSummary, except for a half
+    # in which nothing ran; then how the run judged, which upstream's format has no field for.
     def word(status: dict) -> str:
         stats = status["statistics"]
+        if not stats["Passed"] and not stats["Failed"]:
+            skipped = f", {stats['Skipped']} skipped" if stats["Skipped"] else ""
+            return f"did not run (0 executed{skipped})"
         return {"success": "succeeded",
                 "partial": f"partially succeeded with {stats['Skipped']} test skips",
                 "failure": f"failed with {stats['Failed']} test failures"}[status["result"]]
-    return f"Core tests {word(core)}. Extended tests {word(extended)}."
+    text = f"Core tests {word(core)}. Extended tests {word(extended)}. " \
+           f"Rejection rule: {run.rejection_rule}."
+    if run.timeouts:
+        text += f" Timeouts: {run.timeouts_text()}."
+    return text
 
 
 def conformance_report(results: Results, run: RunInfo) -> dict:
@@ -221,8 +342,11 @@ def conformance_report(results: Results, run: RunInfo) -> dict:
     upstream (conformance/utils/suite/suite.go, testNotSupported), a test skipped because
     the implementation lacks a feature is not counted at all; the feature is listed in
     unsupportedFeatures instead. Tests skipped for any other reason (--skip-tests,
-    --run-test) count as Skipped and make the result partial.
+    --run-test, deselected by -k, -m or node ids) count as Skipped and make the result
+    partial. A half in which no test ran is partial (upstream would say success).
+    ``mode`` and ``summary`` say how rejections were judged, and the summary the timeouts.
     """
+    results = results.resolved(run.claimed())
     upstream = {n: f for n, f in _features.FEATURES.items() if f.upstream}
     core_tests, extended_tests = [], []
     for t in results.tests.values():
@@ -243,23 +367,27 @@ def conformance_report(results: Results, run: RunInfo) -> dict:
         "date": run.stamp(),
         "gatewayAPIVersion": run.gateway_api_version,
         "gatewayAPIChannel": run.channel,
-        "mode": run.mode,
+        "mode": run.report_mode,
         "implementation": run.implementation.as_dict(),
-        "profiles": [{"name": _features.GATEWAY_HTTP, "summary": _summary(core, extended),
+        "profiles": [{"name": _features.GATEWAY_HTTP, "summary": _summary(core, extended, run),
                       "core": core, "extended": extended}],
     }
 
 
 def feature_verdicts(results: Results, run: RunInfo) -> dict:
     """Our per-feature verdicts, extensions included: the input of the matrix."""
+    results = results.resolved(run.claimed())
     grouped = results.by_feature()
     claimed = run.claimed()
     out: dict[str, dict] = {}
     for name, feature in _features.FEATURES.items():
         tests = grouped.get(name, [])
-        out[name] = {"verdict": feature_verdict(tests, supported=name in claimed) if tests
-                     else ("unsupported" if name not in claimed else "untested"),
-                     **_counts(tests), "support": feature.support, "upstream": feature.upstream}
+        out[name] = {"verdict": feature_verdict(tests, supported=name in claimed, feature=name),
+                     **_counts(tests, name),
+                     # Tests of the feature not run because another feature they need is
+                     # missing: counted for none of their features, as upstream.
+                     "notSupported": sum(_not_counted(tests, name).values()),
+                     "support": feature.support, "upstream": feature.upstream}
     tests: dict[str, dict] = {}
     for t in sorted(results.tests.values(), key=lambda t: t.name):
         entry = {"outcome": t.outcome or "skipped", "features": list(t.features)}
@@ -272,10 +400,13 @@ def feature_verdicts(results: Results, run: RunInfo) -> dict:
         "date": run.stamp(),
         "gatewayAPIVersion": run.gateway_api_version,
         "gatewayAPIChannel": run.channel,
-        "mode": run.mode,
+        "mode": run.report_mode,
         "implementation": run.implementation.as_dict(),
         "featuresSource": run.features_source,
         "rejectionRule": run.rejection_rule,
+        "rejection": {"upstream": run.upstream_rule,
+                      "statuses": [] if run.strict_rejection else sorted(run.rejection_statuses)},
+        "timeouts": dict(run.timeouts),
         "features": out,
         "tests": tests,
     }
@@ -284,7 +415,7 @@ def feature_verdicts(results: Results, run: RunInfo) -> dict:
 def file_stem(run: RunInfo) -> str:
     """``<channel>-<version>-<mode>``, as the upstream reports/ folders name their files."""
     version = re.sub(r"[^A-Za-z0-9._+-]+", "_", run.implementation.version or "unknown")
-    return f"{run.channel}-{version}-{run.mode}"
+    return f"{run.channel}-{version}-{run.report_mode}"
 
 
 def _dump(data: Mapping) -> str:
@@ -308,12 +439,17 @@ def write(directory: Path, results: Results, run: RunInfo) -> Path:
     (directory / f"{stem}-verdicts.yaml").write_text(_dump(verdicts))
     impl = run.implementation
     lines = [f"# mTLS conformance verdicts: {impl.project} {impl.version}", "",
-             f"Gateway API {run.gateway_api_version} ({run.channel}), mode {run.mode}; "
-             f"rejection rule: {run.rejection_rule}; supported features from "
+             f"Gateway API {run.gateway_api_version} ({run.channel}), mode {run.report_mode}; "
+             f"rejection rule: {run.rejection_rule}; "
+             f"timeouts: {run.timeouts_text() or 'defaults'}; supported features from "
              f"{run.features_source or 'the profile'}.", "",
-             "| feature | verdict | passed | failed | skipped |", "|---|---|---|---|---|"]
+             "A test skipped because the implementation lacks another feature it needs counts "
+             "for none of its features (column 'not supported'); untested: none of the "
+             "feature's tests ran.", "",
+             "| feature | verdict | passed | failed | skipped | not supported |",
+             "|---|---|---|---|---|---|"]
     for name, entry in verdicts["features"].items():
         lines.append(f"| {name} | {entry['verdict']} | {entry['passed']} | {entry['failed']} "
-                     f"| {entry['skipped']} |")
+                     f"| {entry['skipped']} | {entry['notSupported']} |")
     (directory / "summary.md").write_text("\n".join(lines) + "\n")
     return path

@@ -31,12 +31,47 @@ PROGRESS_AFTER = 2.0
 WORKLOAD_LABEL = "app.kubernetes.io/name"
 
 
+#: Kinds without a namespace, among those the suite uses.
+CLUSTER_SCOPED_KINDS = frozenset({"Namespace", "GatewayClass", "ClusterRole", "ClusterRoleBinding",
+                                  "CustomResourceDefinition", "ClusterTrustBundle"})
+
+
 class TargetError(Exception):
     """The system under test cannot be used: the message says what to fix."""
 
 
-class SystemRootsUnavailable(TargetError):
+class TargetCannot(TargetError):
+    """This target cannot do what was asked (a capability it lacks, not a failure).
+
+    The only target error a scenario turns into a skip, with this message as the reason;
+    any other TargetError while deploying a backend or applying objects is an error of the
+    run (a broken image pull must read as FAILED, never as a skip that makes a feature
+    look PARTIAL).
+    """
+
+
+class SystemRootsUnavailable(TargetCannot):
     """The harness cannot change the gateway's system trust store on this target."""
+
+
+def settled(read: Callable[[], list], *, quiet: float, timeout: float) -> list:
+    """``read()`` once it has returned the same list for ``quiet`` seconds (at most ``timeout``).
+
+    For request logs that trail the answers (a pod's log, nginx's access log): read at
+    once, a request that did reach a backend may not be there yet, and a late line from an
+    earlier request would be counted as a new one. Polled, because a log has no watch.
+    """
+    start = time.monotonic()
+    last = read()
+    since = start
+    while True:
+        now = time.monotonic()
+        if now - since >= quiet or now - start >= timeout:
+            return last
+        time.sleep(min(0.2, quiet))
+        current = read()
+        if current != last:
+            last, since = current, time.monotonic()
 
 
 class WaitTimeout(AssertionError):
@@ -166,9 +201,37 @@ class Target(abc.ABC):
     def delete_namespace(self, name: str) -> None:
         """Delete the namespace and every object the harness put in it."""
 
+    def keep_namespace(self, name: str) -> str | None:
+        """Leave the namespace and its objects in place after the run (``--keep-objects``).
+
+        Returns how to look at them, or None when this target cannot keep them: the
+        local target's objects live only as long as its gateway process (use ``--pdb``).
+        """
+        return None
+
     @abc.abstractmethod
     def apply(self, *objects: Manifest) -> None:
         """Create or replace objects; ``spec`` changes bump ``metadata.generation``."""
+
+    def apply_yaml(self, source: str | os.PathLike, *, namespace: str = "default") -> list[dict]:
+        """Apply what ``kubectl apply -f FILE`` would: a YAML file (or text) of objects
+        separated by ``---``, or a ``kind: List``; namespaced objects without
+        ``metadata.namespace`` go to ``namespace``. Returns the objects applied."""
+        import yaml  # only here: the targets take dicts
+
+        text = Path(source).read_text() if isinstance(source, os.PathLike) else source
+        objects: list[dict] = []
+        for doc in yaml.safe_load_all(text):
+            if isinstance(doc, dict) and doc.get("kind") == "List":
+                objects.extend(doc.get("items") or [])
+            elif doc is not None:
+                objects.append(doc)
+        for obj in objects:
+            meta = obj.setdefault("metadata", {}) if isinstance(obj, dict) else None
+            if meta is not None and obj.get("kind") not in CLUSTER_SCOPED_KINDS:
+                meta.setdefault("namespace", namespace)
+        self.apply(*objects)
+        return objects
 
     @abc.abstractmethod
     def delete(self, *objects: Manifest | ObjectRef) -> None: ...
@@ -185,11 +248,11 @@ class Target(abc.ABC):
         """Run an echo backend where the gateway can reach it and publish it as Service ``service``.
 
         Returns the running backend (``.requests``, ``.stop()``); ``tls`` is a
-        ``fixtures.echo.ServerTLS`` or None. This default runs the echo server in this
+        ``mtls_conformance.echo.ServerTLS`` or None. This default runs the echo server in this
         process on loopback, which a gateway on this machine reaches; targets whose
         gateway cannot reach this loopback override it.
         """
-        from fixtures.echo import EchoServer  # the checkout's echo backend (fixtures/ is not installed)
+        from .echo import EchoServer
 
         server = EchoServer(namespace=namespace, service=service, pod=f"{service}-0", tls=tls).start()
         try:
@@ -225,7 +288,7 @@ class Target(abc.ABC):
         """Where a backend process of the harness (nginx, the echo server) must run.
 
         This default is this machine's loopback, which a gateway on this machine reaches;
-        targets whose gateway cannot reach it override this, and raise :class:`TargetError`
+        targets whose gateway cannot reach it override this, and raise :class:`TargetCannot`
         if they run backends only as workloads of their own.
         """
         return ProcessHost("127.0.0.1")
@@ -238,9 +301,9 @@ class Target(abc.ABC):
 
         Returns the backend (``.requests``: its pods' logs through ``parse_log``,
         ``.stop()``). Only targets with a cluster that runs pods can; this default raises
-        :class:`TargetError`.
+        :class:`TargetCannot`.
         """
-        raise TargetError(f"the {self.kind} target runs no workloads; backends there are processes of the harness")
+        raise TargetCannot(f"the {self.kind} target runs no workloads; backends there are processes of the harness")
 
     def trust_as_system_roots(self, ca_pem: bytes) -> None:
         """Add a CA to the roots the gateway trusts for BackendTLSPolicy

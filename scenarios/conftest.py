@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterable, Mapping
 
 import pytest
 
-from conformance import manifests as m
-from conformance.client import GatewayClient, Settings
-from conformance.profiles import Profile
-from conformance.target import ObjectRef, SystemRootsUnavailable, Target
-from fixtures.echo import ServerTLS
+from mtls_conformance import manifests as m
+from mtls_conformance.client import GatewayClient, Settings
+from mtls_conformance.profiles import Profile
+from mtls_conformance.target import ObjectRef, SystemRootsUnavailable, Target
+from mtls_conformance.fixtures.echo import ServerTLS
 
 from .guide import HOSTNAME
 

@@ -31,9 +31,10 @@ from __future__ import annotations
 import pytest
 from cryptography.hazmat.primitives import hashes
 
-from conformance import manifests as m
-from conformance.expect import echo_tls, eventually
-from conformance.target import ObjectRef, TargetError
+from mtls_conformance import manifests as m
+from mtls_conformance.client import Sibling
+from mtls_conformance.expect import backend_saw_tls, echo_tls, eventually
+from mtls_conformance.target import ObjectRef, TargetCannot
 
 from .conftest import BACKEND_HOSTNAME
 
@@ -82,7 +83,7 @@ def backends(mtls_namespace, mtls_target, backend_ca, backend_credential, gatewa
         except pytest.skip.Exception as exc:
             deployed[kind] = exc  # where this peer cannot run; its test skips with this reason
             continue
-        except TargetError as exc:  # e.g. a backend image that cannot demand a client certificate
+        except TargetCannot as exc:  # e.g. a backend image that cannot demand a client certificate
             deployed[kind] = pytest.skip.Exception(str(exc))
             continue
         mtls_target.apply(m.backend_tls_policy(
@@ -160,10 +161,21 @@ INVALID_REFS = {
 }
 
 
+#: A TLS backend that asks for no client certificate, behind a valid policy: on a Gateway
+#: whose clientCertificateRef is invalid it must still answer over TLS (the sibling of the
+#: backends that require the certificate).
+OPEN_SERVICE = "tls-backend-without-client-cert-validation"
+OPEN_SIBLING = Sibling(service=OPEN_SERVICE, backend_sni=BACKEND_HOSTNAME, path="/open")
+
+
 @pytest.fixture(scope="module")
 def invalid_gateways(gw, mtls_namespace, mtls_gateway_class, mtls_target, deploy_gateway, backends,
-                     other_namespace, gateway_client_cert):
+                     other_namespace, gateway_client_cert, backend_credential, deploy_tls_backend):
     ns = mtls_namespace
+    open_backend = deploy_tls_backend("echo", ns, OPEN_SERVICE, port=443, credential=backend_credential)
+    mtls_target.apply(m.backend_tls_policy(OPEN_SERVICE, ns, targets=[m.policy_target(OPEN_SERVICE)],
+                                           hostname=BACKEND_HOSTNAME,
+                                           ca_refs=[m.object_ref("tls-checks-ca-certificate")]))
     mtls_target.apply(
         {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": {},
          "metadata": {"name": "malformed-client-certificate", "namespace": ns}},
@@ -174,14 +186,19 @@ def invalid_gateways(gw, mtls_namespace, mtls_gateway_class, mtls_target, deploy
         ref = ref or m.secret_ref("certificate", namespace=other_namespace)
         clients[case] = deploy_gateway(gateway(f"gateway-client-certificate-{case}", ns, mtls_gateway_class, ref))
     mtls_target.apply(route_to_backends("invalid-client-certificates", ns,
-                                        [g.gateway.name for g in clients.values()], running(backends)))
+                                        [g.gateway.name for g in clients.values()],
+                                        {**running(backends), "open": open_backend}))
     return clients
 
 
 @pytest.mark.parametrize("kind", ["echo", "nginx"])
 @pytest.mark.parametrize("case", list(INVALID_REFS))
 def test_invalid_client_certificate_ref_is_reported_and_not_presented(case, kind, invalid_gateways, backends,
-                                                                      mtls_target):
+                                                                      mtls_target, gw, gateway_client_cert):
+    """The pair's positive half is the same request to the same backend through the
+    Gateway whose clientCertificateRef is valid, made first: a data plane that reuses
+    backend connections or TLS sessions across Gateways (keyed by backend, not by client
+    certificate) would then present that certificate for the invalid one too."""
     client = invalid_gateways[case]
     reason = INVALID_REFS[case][1]
     timeout = client.settings.timing.condition_timeout
@@ -193,10 +210,18 @@ def test_invalid_client_certificate_ref_is_reported_and_not_presented(case, kind
     mtls_target.wait_for_route_condition(ObjectRef("HTTPRoute", "invalid-client-certificates", backend.namespace),
                                          client.gateway, "Accepted", timeout=timeout)
     what = f"clientCertificateRef {case}: the Gateway has no certificate to present to {kind}, which requires one"
+    gw.expect_ok(HTTP_PORT, sni=None, host=HOST, plaintext=True, path=f"/{kind}",
+                 check=presented_certificate(kind, gateway_client_cert),
+                 what=f"setup for the check {what!r} (not reached): the same backend through the Gateway "
+                      f"whose clientCertificateRef is valid must see that certificate")
     if kind == "echo":  # demands the certificate in the handshake: the gateway cannot use it at all
         client.expect_backend_refused(HTTP_PORT, sni=None, host=HOST, plaintext=True, path=f"/{kind}",
-                                      backend=backend, what=what)
+                                      backend=backend, what=what, sibling=OPEN_SIBLING)
         return
+    client.expect_ok(HTTP_PORT, sni=None, host=HOST, plaintext=True, path=OPEN_SIBLING.path,
+                     service=OPEN_SIBLING.service, check=backend_saw_tls(sni=OPEN_SIBLING.backend_sni),
+                     what=f"setup for the check {what!r} (not reached): the sibling backend {OPEN_SERVICE}, "
+                          f"which asks for no client certificate, must answer over TLS")
     # nginx (ssl_verify_client on) completes the handshake and answers 400 itself, which the
     # gateway may pass on (the specification leaves the traffic to it): what must not happen
     # is a 2xx, or nginx verifying a certificate the Gateway should not have presented.

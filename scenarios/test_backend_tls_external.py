@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import pytest
 
-from conformance import manifests as m
-from conformance.expect import backend_saw_tls, eventually, reached_backend
-from conformance.probe import Response, curl_command
-from conformance.target import ObjectRef
+from mtls_conformance import manifests as m
+from mtls_conformance.client import Sibling
+from mtls_conformance.expect import backend_saw_tls, eventually, reached_backend
+from mtls_conformance.probe import Response, curl_command
+from mtls_conformance.target import ObjectRef
 
 SIMULATED = pytest.mark.features("BackendTLSPolicy", "BackendTLSPolicySystemCACertificates")
 #: Opt-in: only our extension feature, so that a run without --external-backend-host
@@ -92,20 +93,22 @@ def test_system_roots_trust_a_publicly_issued_certificate(gw, simulated):
                  what=f"wellKnownCACertificates System to {SIMULATED_HOST} (certificate from a system root)")
 
 
+#: The correctly configured "external" server next to the refused ones (same Gateway).
+PUBLIC_SIBLING = Sibling(service="httpbin-org", backend_sni=SIMULATED_HOST, path="/public")
+
+
 @SIMULATED
 def test_self_signed_external_certificate_is_refused(gw, simulated):
-    gw.expect_ok(HTTP_PORT, sni=None, host=ROUTE_HOST, plaintext=True, path="/public")
     gw.expect_backend_refused(HTTP_PORT, sni=None, host=ROUTE_HOST, plaintext=True, path="/self-signed",
-                              backend=simulated["self-signed"],
+                              backend=simulated["self-signed"], sibling=PUBLIC_SIBLING,
                               what=f"wellKnownCACertificates System, {SIMULATED_HOST} presents a self-signed certificate")
 
 
 @SIMULATED
 def test_ca_refs_do_not_fall_back_to_system_roots(gw, simulated):
     """A certificate every system trusts is still refused when the policy names its own CA."""
-    gw.expect_ok(HTTP_PORT, sni=None, host=ROUTE_HOST, plaintext=True, path="/public")
     gw.expect_backend_refused(HTTP_PORT, sni=None, host=ROUTE_HOST, plaintext=True, path="/ca-ref",
-                              backend=simulated["ca-ref"],
+                              backend=simulated["ca-ref"], sibling=PUBLIC_SIBLING,
                               what="caCertificateRefs name a private CA; the backend's certificate chains to a "
                                    "system root only")
 
@@ -208,6 +211,8 @@ def test_real_external_host_with_system_roots(gw, real_host):
 
 @REAL_HOST
 def test_real_external_host_is_refused_with_a_private_ca_ref(gw, real_host):
+    """No sibling here: the only server is the real host, which reports nothing about the
+    request; test_real_external_host_with_system_roots is its positive."""
     host, _ = real_host
     gw.expect_backend_refused(HTTP_PORT, sni=None, host=ROUTE_HOST, plaintext=True, path="/real-ca-ref/",
                               what=f"{host} behind a policy whose only CA is a private one")

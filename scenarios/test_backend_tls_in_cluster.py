@@ -37,9 +37,10 @@ import datetime
 
 import pytest
 
-from conformance import manifests as m
-from conformance.expect import backend_saw_plaintext, backend_saw_tls, eventually
-from conformance.target import ObjectRef
+from mtls_conformance import manifests as m
+from mtls_conformance.client import Sibling
+from mtls_conformance.expect import backend_saw_plaintext, backend_saw_tls, eventually
+from mtls_conformance.target import ObjectRef
 
 from .conftest import BACKEND_HOSTNAME, BACKEND_OTHER_HOSTNAME, BACKEND_SPIFFE_ID
 from .guide import HOSTNAME
@@ -124,18 +125,18 @@ def test_tls_to_the_backend_with_ca_ref_and_hostname(gw, peer, mtls_target):
 
 
 def test_hostname_not_in_the_backend_certificate_is_refused(gw, peer, mtls_target):
-    gw.expect_ok(HTTP_PORT, sni=None, host=HOSTNAME, plaintext=True, path=peer.path("ok"))
     wait_accepted(mtls_target, gw, peer.policies["wrong-hostname"])  # valid policy, unverifiable peer
     gw.expect_backend_refused(HTTP_PORT, sni=None, host=HOSTNAME, plaintext=True, path=peer.path("wrong-hostname"),
                               backend=peer.backends["wrong-hostname"],
+                              sibling=Sibling(service=peer.kind, backend_sni=HOSTNAME, path=peer.path("ok")),
                               what=f"policy hostname mismatch.{HOSTNAME}, {peer.kind} certificate for {HOSTNAME}")
 
 
 def test_certificate_from_another_ca_is_refused(gw, peer, mtls_target):
-    gw.expect_ok(HTTP_PORT, sni=None, host=HOSTNAME, plaintext=True, path=peer.path("ok"))
     wait_accepted(mtls_target, gw, peer.policies["wrong-ca"])
     gw.expect_backend_refused(HTTP_PORT, sni=None, host=HOSTNAME, plaintext=True, path=peer.path("wrong-ca"),
                               backend=peer.backends["wrong-ca"],
+                              sibling=Sibling(service=peer.kind, backend_sni=HOSTNAME, path=peer.path("ok")),
                               what=f"{peer.kind} presents a certificate for {HOSTNAME} that the CA ref does not sign")
 
 
@@ -150,9 +151,9 @@ def test_expired_backend_certificate_is_refused(gw, mtls_namespace, mtls_pki, mt
     policies = [policy(f"{name}-tls", ns, name, hostname=HOSTNAME, ca=f"{name}-ca") for name in backends]
     mtls_target.apply(m.ca_configmap("expired-ca", ns, expired.cert_pem), m.ca_configmap("fresh-ca", ns, fresh.cert_pem),
                       *policies, route("expiry", ns, *[(f"/{n}", (b.service, b.port)) for n, b in backends.items()]))
-    gw.expect_ok(HTTP_PORT, sni=None, host=HOSTNAME, plaintext=True, path="/fresh", check=backend_saw_tls(sni=HOSTNAME))
     gw.expect_backend_refused(HTTP_PORT, sni=None, host=HOSTNAME, plaintext=True, path="/expired",
-                              backend=backends["expired"], what="the backend certificate expired yesterday")
+                              backend=backends["expired"], what="the backend certificate expired yesterday",
+                              sibling=Sibling(service="fresh", backend_sni=HOSTNAME, path="/fresh"))
 
 
 def test_https_listener_reencrypts_with_the_policy_hostname_as_sni(gw, mtls_namespace, mtls_target, backend_ca,
@@ -214,10 +215,10 @@ def test_subject_alt_name_match_is_accepted(gw, case, san_backends, mtls_target)
 def test_subject_alt_name_mismatch_is_refused(gw, case, san_backends, mtls_target):
     backends, policies = san_backends
     hostname, sans, _ = SAN_CASES[case]
-    gw.expect_ok(HTTP_PORT, sni=None, host=HOSTNAME, plaintext=True, path="/san/dns")
     wait_accepted(mtls_target, gw, policies[case])
     gw.expect_backend_refused(HTTP_PORT, sni=None, host=HOSTNAME, plaintext=True, path=f"/san/{case}",
                               backend=backends[case],
+                              sibling=Sibling(service="san-dns", backend_sni=SAN_CASES["dns"][0], path="/san/dns"),
                               what=f"subjectAltNames {[s.get('hostname') or s.get('uri') for s in sans]} are not "
                                    f"in the certificate (its hostname {hostname} is, but must not authenticate)")
 
@@ -225,8 +226,8 @@ def test_subject_alt_name_mismatch_is_refused(gw, case, san_backends, mtls_targe
 # -- sectionName: one port of a multi-port Service --------------------------------------
 @pytest.fixture(scope="module")
 def multi_port(gw, mtls_namespace, mtls_target, mtls_backend, backend_ca, backend_credential):
-    from fixtures.backends import BackendPort
-    from fixtures.echo import ServerTLS
+    from mtls_conformance.fixtures.backends import BackendPort
+    from mtls_conformance.fixtures.echo import ServerTLS
 
     ns = mtls_namespace
     tls = ServerTLS(cert_chain_pem=backend_credential.chain_pem, key_pem=backend_credential.key_pem)

@@ -26,17 +26,24 @@ from __future__ import annotations
 
 import pytest
 
-from conformance import manifests as m
+from mtls_conformance import manifests as m
 
 from .guide import HOSTNAME
 
 pytestmark = pytest.mark.features("GatewayFrontendClientCertificateValidation")
 
 
+#: A second listener whose perPort validation names the guide's ConfigMap ``ca-cert`` in the
+#: Gateway's own namespace: it must keep serving when the listener under test fails closed.
+SERVING_PORT = 8444
+
+
 def deploy(deploy_gateway, *, name, ns, gateway_class, backend, ca_ref, objects):
     gateway = m.gateway(name, ns, gateway_class=gateway_class,
-                        frontend=m.frontend_tls(default=m.validation(ca_ref, mode="AllowValidOnly")),
-                        listeners=[m.https_listener("https", 8443, certificate="https-cert")])
+                        frontend=m.frontend_tls(default=m.validation(ca_ref, mode="AllowValidOnly"),
+                                                per_port={SERVING_PORT: m.validation(m.object_ref("ca-cert"))}),
+                        listeners=[m.https_listener("https", 8443, certificate="https-cert"),
+                                   m.https_listener("https-serving", SERVING_PORT, certificate="https-cert")])
     route = m.http_route(f"{name}-route", ns, hostnames=[HOSTNAME], parents=[m.parent_ref(name)],
                          rules=[m.rule(m.backend_ref(backend.service, backend.port))])
     return deploy_gateway(gateway, *objects, routes=[route])
@@ -70,8 +77,9 @@ def test_ca_in_a_secret(mtls_namespace, mtls_gateway_class, mtls_profile, backen
                 objects=[*guide_tls_objects, m.ca_secret("ca-secret", ns, client_ca.cert_pem)])
     gw.target.wait_for_condition(gw.gateway, "ResolvedRefs", listener="https",
                                  timeout=gw.settings.timing.condition_timeout)
-    gw.expect_ok(8443, sni=HOSTNAME, cert=valid_client, what="CA bundle in a Secret (key ca.crt)")
-    gw.expect_rejected(8443, sni=HOSTNAME, cert=untrusted_client, what="CA bundle in a Secret")
+    gw.expect_pair(8443, sni=HOSTNAME, accepted=valid_client, refused=untrusted_client,
+                   accepted_what="CA bundle in a Secret (key ca.crt): a client of that CA must be let in",
+                   what="CA bundle in a Secret: a client of another CA is refused")
 
 
 @pytest.mark.features("ReferenceGrant")
@@ -87,14 +95,15 @@ def test_cross_namespace_ca_follows_the_reference_grant(
                          grant])
     target, timeout = gw.target, gw.settings.timing.condition_timeout
     target.wait_for_condition(gw.gateway, "ResolvedRefs", listener="https", timeout=timeout)
-    gw.expect_ok(8443, sni=HOSTNAME, cert=valid_client, what="CA ConfigMap in another namespace, granted")
-    gw.expect_rejected(8443, sni=HOSTNAME, cert=untrusted_client,
-                       what="CA ConfigMap in another namespace, granted")
+    gw.expect_pair(8443, sni=HOSTNAME, accepted=valid_client, refused=untrusted_client,
+                   accepted_what="CA ConfigMap in another namespace, granted: a client of that CA must be let in",
+                   what="CA ConfigMap in another namespace, granted: a client of another CA is refused")
 
     target.delete(grant)
     target.wait_for_condition(gw.gateway, "ResolvedRefs", "False", reason="RefNotPermitted",
                               listener="https", timeout=timeout)
     target.wait_for_condition(gw.gateway, "Accepted", "False", reason="NoValidCACertificate",
                               listener="https", timeout=timeout)
-    gw.expect_rejected(8443, sni=HOSTNAME, cert=valid_client, listener_may_be_down=True,
-                       what="after the ReferenceGrant was deleted the port must fail closed")
+    gw.expect_fail_closed(8443, sni=HOSTNAME, clients=[None, valid_client], serving_port=SERVING_PORT,
+                          serving_client=valid_client,
+                          what="after the ReferenceGrant was deleted, the port fails closed")

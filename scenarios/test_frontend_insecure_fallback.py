@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import pytest
 
-from conformance import manifests as m
-from conformance.expect import echo_header
+from mtls_conformance import manifests as m
+from mtls_conformance.expect import echo_header
 
 from .guide import HOSTNAME
 
@@ -71,26 +71,30 @@ def clients(request):
 CLIENTS = ["no certificate", "untrusted certificate", "expired certificate", "valid certificate"]
 
 
-def test_gateway_reports_insecure_frontend_validation_mode(gw, mtls_target):
+def test_gateway_reports_insecure_frontend_validation_mode(gw, mtls_target, valid_client):
     mtls_target.wait_for_condition(gw.gateway, "InsecureFrontendValidationMode", "True",
                                    reason="ConfigurationChanged")
+    # What the condition warns of, and where: the fallback port lets a client without a
+    # certificate in, the AllowValidOnly port still does not.
+    gw.expect_ok(FALLBACK_PORT, sni=HOSTNAME, cert=None,
+                 what="InsecureFrontendValidationMode=True: port 8444 is in AllowInsecureFallback")
+    gw.expect_pair(STRICT_PORT, sni=HOSTNAME, accepted=valid_client, refused=None,
+                what="InsecureFrontendValidationMode=True concerns port 8444 only; 8443 is AllowValidOnly")
 
 
 @pytest.mark.parametrize("client", CLIENTS)
 def test_fallback_port_lets_every_client_in(gw, client, request):
     cert = clients(request)[client]
-    response = gw.expect_ok(FALLBACK_PORT, sni=HOSTNAME, cert=cert,
-                            what=f"AllowInsecureFallback with {client}")
-    assert response.tls is not None and response.tls.certificate_requested is not False, (
-        f"listener port {FALLBACK_PORT}: AllowInsecureFallback must still request a client "
-        f"certificate; the server did not ({response.describe()})")
+    what = f"AllowInsecureFallback lets a client with {client} in"
+    response = gw.expect_ok(FALLBACK_PORT, sni=HOSTNAME, cert=cert, what=what)
+    gw.require_certificate_requested(response, True, port=FALLBACK_PORT,
+                                     what=f"{what}, and still requests a client certificate")
 
 
 @pytest.mark.parametrize("client", ["no certificate", "untrusted certificate"])
 def test_default_port_still_rejects_unverified_clients(gw, client, request, valid_client):
-    gw.expect_ok(STRICT_PORT, sni=HOSTNAME, cert=valid_client)
-    gw.expect_rejected(STRICT_PORT, sni=HOSTNAME, cert=clients(request)[client],
-                       what=f"AllowValidOnly on the default port with {client}")
+    gw.expect_pair(STRICT_PORT, sni=HOSTNAME, accepted=valid_client, refused=clients(request)[client],
+                   what=f"AllowValidOnly on the default port refuses a client with {client}")
 
 
 @pytest.mark.features("FrontendClientIdentityForwarding")
@@ -144,6 +148,5 @@ def test_condition_is_removed_when_the_mode_is_reverted(mtls_namespace, mtls_gat
     deploy_gateway(reverted)
     mtls_target.wait_for_no_condition(gw.gateway, "InsecureFrontendValidationMode",
                                       timeout=gw.settings.timing.condition_timeout)
-    gw.expect_ok(FALLBACK_PORT, sni=HOSTNAME, cert=valid_client)
-    gw.expect_rejected(FALLBACK_PORT, sni=HOSTNAME, cert=None,
-                       what="after the mode went back to AllowValidOnly")
+    gw.expect_pair(FALLBACK_PORT, sni=HOSTNAME, accepted=valid_client, refused=None,
+                   what="after the mode went back to AllowValidOnly, a client without a certificate is refused")

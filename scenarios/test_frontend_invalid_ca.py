@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import pytest
 
-from conformance import manifests as m
+from mtls_conformance import manifests as m
 
 from .guide import HOSTNAME
 
@@ -86,6 +86,13 @@ def gw(mtls_namespace, elsewhere, mtls_gateway_class, mtls_backend, deploy_gatew
     return client
 
 
+def expect_fails_closed(gw, port, valid_client, what):
+    """The traffic a listener without a usable CA promises: nobody gets in on its port, while
+    the listener of the same Gateway with a valid CA still serves."""
+    gw.expect_fail_closed(port, sni=HOSTNAME, clients=[None, valid_client], what=what, serving_port=VALID_PORT,
+                          serving_client=valid_client)
+
+
 def wait_listener(gw, port, type_, status, reason=None):
     return gw.target.wait_for_condition(gw.gateway, type_, status, reason=reason,
                                         listener=listener_name(port),
@@ -99,49 +106,61 @@ def test_valid_reference_resolves(gw, valid_client):
 
 
 @pytest.mark.parametrize("port", CASES)
-def test_invalid_reference_is_reported(gw, port):
+def test_invalid_reference_is_reported(gw, port, valid_client):
     what, _, reason = INVALID[port]
     wait_listener(gw, VALID_PORT, "ResolvedRefs", "True")
     condition = wait_listener(gw, port, "ResolvedRefs", "False", reason)
     assert condition.get("message"), f"listener {listener_name(port)} ({what}): ResolvedRefs=False without a message"
+    expect_fails_closed(gw, port, valid_client, f"ResolvedRefs=False/{reason} ({what}): the port must fail closed")
 
 
 @pytest.mark.parametrize("port", CASES)
-def test_listener_without_a_valid_ca_is_not_accepted(gw, port):
+def test_listener_without_a_valid_ca_is_not_accepted(gw, port, valid_client):
     wait_listener(gw, port, "Accepted", "False", "NoValidCACertificate")
     wait_listener(gw, port, "Programmed", "False")
+    expect_fails_closed(gw, port, valid_client, f"Accepted=False/NoValidCACertificate, Programmed=False "
+                                                f"({INVALID[port][0]}): the port must fail closed")
 
 
 @pytest.mark.parametrize("port", CASES)
 def test_listener_without_a_valid_ca_fails_closed(gw, port, valid_client):
+    """Probed without verifying the port's certificate: a port that fails open behind a
+    throwaway certificate lets the client in (HTTP 200) and fails, rather than passing as
+    the probe's own verification error."""
     what = INVALID[port][0]
-    gw.expect_ok(VALID_PORT, sni=HOSTNAME, cert=valid_client)
-    for cert in (None, valid_client):
-        gw.expect_rejected(port, sni=HOSTNAME, cert=cert, listener_may_be_down=True,
-                           what=f"every caCertificateRef invalid ({what}): the port must fail closed")
+    gw.expect_fail_closed(port, sni=HOSTNAME, clients=[None, valid_client], serving_port=VALID_PORT,
+                          serving_client=valid_client,
+                          what=f"every caCertificateRef invalid ({what}): the port fails closed")
 
 
 def test_valid_ca_still_works_next_to_an_invalid_one(gw, valid_client, untrusted_client):
-    gw.expect_ok(MIXED_PORT, sni=HOSTNAME, cert=valid_client,
-                 what="one valid and one missing caCertificateRef")
-    gw.expect_rejected(MIXED_PORT, sni=HOSTNAME, cert=untrusted_client)
-    gw.expect_rejected(MIXED_PORT, sni=HOSTNAME, cert=None)
+    gw.expect_pair(MIXED_PORT, sni=HOSTNAME, accepted=valid_client, refused=(untrusted_client, None),
+                   accepted_what="one valid and one missing caCertificateRef: a client of the valid CA must be let in",
+                   what="one valid and one missing caCertificateRef: untrusted and certificate-less clients are refused")
 
 
-def test_invalid_reference_is_reported_next_to_a_valid_one(gw):
+def test_invalid_reference_is_reported_next_to_a_valid_one(gw, valid_client, untrusted_client):
     wait_listener(gw, VALID_PORT, "ResolvedRefs", "True")
     wait_listener(gw, MIXED_PORT, "ResolvedRefs", "False", "InvalidCACertificateRef")
+    # ResolvedRefs=False for one ref, still Accepted: the valid ref is used and enforced.
+    wait_listener(gw, MIXED_PORT, "Accepted", "True")
+    gw.expect_pair(MIXED_PORT, sni=HOSTNAME, accepted=valid_client, refused=(None, untrusted_client),
+                what="ResolvedRefs=False/InvalidCACertificateRef next to a valid ref, listener Accepted: the valid "
+                     "ref is enforced")
 
 
 def test_fixing_the_reference_clears_the_conditions_and_restores_traffic(
         mtls_namespace, mtls_gateway_class, mtls_backend, deploy_gateway, guide_tls_objects,
         client_ca, valid_client):
-    """A Gateway of its own whose only CA ConfigMap appears later."""
+    """A Gateway of its own whose default CA ConfigMap appears later; its second listener
+    has a perPort validation with a CA that exists, and must serve throughout."""
     ns, name = mtls_namespace, "mtls-late-ca"
     backend = mtls_backend(ns, "httpbin-late", port=8000)
     gateway = m.gateway(name, ns, gateway_class=mtls_gateway_class,
-                        frontend=m.frontend_tls(default=m.validation(m.object_ref("late-ca"))),
-                        listeners=[m.https_listener("https", 8443, certificate="https-cert")])
+                        frontend=m.frontend_tls(default=m.validation(m.object_ref("late-ca")),
+                                                per_port={8444: m.validation(m.object_ref("ca-cert"))}),
+                        listeners=[m.https_listener("https", 8443, certificate="https-cert"),
+                                   m.https_listener("https-serving", 8444, certificate="https-cert")])
     route = m.http_route("late", ns, hostnames=[HOSTNAME], parents=[m.parent_ref(name)],
                          rules=[m.rule(m.backend_ref(backend.service, backend.port))])
     gw = deploy_gateway(gateway, *guide_tls_objects, routes=[route], ready=False)
@@ -151,11 +170,12 @@ def test_fixing_the_reference_clears_the_conditions_and_restores_traffic(
                               listener="https", timeout=timeout)
     target.wait_for_condition(gw.gateway, "Accepted", "False", reason="NoValidCACertificate",
                               listener="https", timeout=timeout)
-    gw.expect_rejected(8443, sni=HOSTNAME, cert=valid_client, listener_may_be_down=True,
-                       what="before the CA ConfigMap exists")
+    gw.expect_fail_closed(8443, sni=HOSTNAME, clients=[None, valid_client], serving_port=8444,
+                          serving_client=valid_client, what="before the CA ConfigMap exists, the port fails closed")
 
     target.apply(m.ca_configmap("late-ca", ns, client_ca.cert_pem))
     for type_ in ("ResolvedRefs", "Accepted", "Programmed"):
         target.wait_for_condition(gw.gateway, type_, "True", listener="https", timeout=timeout)
-    gw.expect_ok(8443, sni=HOSTNAME, cert=valid_client, what="after the CA ConfigMap was created")
-    gw.expect_rejected(8443, sni=HOSTNAME, cert=None, what="after the CA ConfigMap was created")
+    gw.expect_pair(8443, sni=HOSTNAME, accepted=valid_client, refused=None,
+                   accepted_what="after the CA ConfigMap was created, a client of that CA must be let in",
+                   what="after the CA ConfigMap was created, a client without a certificate is refused")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import pytest
 
-from conformance import manifests as m
+from mtls_conformance import manifests as m
 
 from .guide import HOSTNAME
 
@@ -82,9 +82,8 @@ def test_default_ca_client_is_accepted_on_the_default_port(gw, default_client):
 
 
 def test_default_ca_client_is_rejected_on_the_per_port_port(gw, default_client, per_port_client):
-    gw.expect_ok(443, sni=HOST, cert=per_port_client, path="/tea", service="tea")
-    gw.expect_rejected(443, sni=HOST, cert=default_client, path="/tea",
-                       what="the perPort validation of 443 must not trust the default CA")
+    gw.expect_pair(443, sni=HOST, accepted=per_port_client, refused=default_client, path="/tea", service="tea",
+                   what="the perPort validation of 443 does not trust the default CA")
 
 
 def test_per_port_ca_client_is_accepted_on_the_per_port_port(gw, per_port_client):
@@ -92,17 +91,15 @@ def test_per_port_ca_client_is_accepted_on_the_per_port_port(gw, per_port_client
 
 
 def test_per_port_ca_client_is_rejected_on_the_default_port(gw, default_client, per_port_client):
-    gw.expect_ok(8443, sni=HOST, cert=default_client, path="/coffee", service="coffee")
-    gw.expect_rejected(8443, sni=HOST, cert=per_port_client, path="/coffee",
-                       what="the default validation of 8443 must not trust the perPort CA")
+    gw.expect_pair(8443, sni=HOST, accepted=default_client, refused=per_port_client, path="/coffee",
+                   service="coffee", what="the default validation of 8443 does not trust the perPort CA")
 
 
 @pytest.mark.parametrize("port", [443, 8443])
 def test_no_client_certificate_is_rejected_on_both_ports(gw, port, default_client, per_port_client):
-    gw.expect_ok(port, sni=HOST, cert=per_port_client if port == 443 else default_client,
-                 path="/tea" if port == 443 else "/coffee")
-    gw.expect_rejected(port, sni=HOST, cert=None, path="/tea" if port == 443 else "/coffee",
-                       what="a client without a certificate")
+    gw.expect_pair(port, sni=HOST, accepted=per_port_client if port == 443 else default_client, refused=None,
+                   path="/tea" if port == 443 else "/coffee", service="tea" if port == 443 else "coffee",
+                   what="a client without a certificate is refused")
 
 
 @pytest.mark.features("Gateway", "HTTPRoute")

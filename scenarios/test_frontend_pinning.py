@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import pytest
 
-from conformance import manifests as m
+from mtls_conformance import manifests as m
 
 from .guide import HOSTNAME
 
@@ -130,9 +130,8 @@ def test_matching_san_is_accepted(gw, valid_client):
 
 @pytest.mark.parametrize("tls_version", ["TLSv1.2", "TLSv1.3"])
 def test_other_san_from_the_trusted_ca_is_rejected(gw, tls_version, valid_client, other_san_client):
-    gw.expect_ok(SAN_PORT, sni=HOSTNAME, cert=valid_client, tls_version=tls_version)
-    gw.expect_rejected(SAN_PORT, sni=HOSTNAME, cert=other_san_client, tls_version=tls_version,
-                       what="a certificate from the trusted CA whose SAN is not pinned")
+    gw.expect_pair(SAN_PORT, sni=HOSTNAME, accepted=valid_client, refused=other_san_client, tls_version=tls_version,
+                   what="a certificate from the trusted CA whose SAN is not pinned is refused")
 
 
 @pytest.mark.parametrize("client", ["alice", "bob"])
@@ -142,9 +141,8 @@ def test_each_of_several_allowed_sans_is_accepted(gw, client, request):
 
 
 def test_san_outside_several_allowed_is_rejected(gw, alice, valid_client):
-    gw.expect_ok(SANS_PORT, sni=HOSTNAME, cert=alice)
-    gw.expect_rejected(SANS_PORT, sni=HOSTNAME, cert=valid_client,
-                       what=f"SAN {HOSTNAME} is not one of the pinned {ALICE}, {BOB}")
+    gw.expect_pair(SANS_PORT, sni=HOSTNAME, accepted=alice, refused=valid_client,
+                   what=f"SAN {HOSTNAME}, not one of the pinned {ALICE}, {BOB}, is refused")
 
 
 def test_matching_certificate_hash_is_accepted(gw, valid_client):
@@ -153,24 +151,21 @@ def test_matching_certificate_hash_is_accepted(gw, valid_client):
 
 
 def test_other_certificate_hash_is_rejected(gw, valid_client, twin_client):
-    gw.expect_ok(HASH_PORT, sni=HOSTNAME, cert=valid_client)
-    gw.expect_rejected(HASH_PORT, sni=HOSTNAME, cert=twin_client,
-                       what="same CA and SANs as the pinned certificate, another hash")
+    gw.expect_pair(HASH_PORT, sni=HOSTNAME, accepted=valid_client, refused=twin_client,
+                   what="same CA and SANs as the pinned certificate, another hash, is refused")
 
 
 @pytest.mark.parametrize("client", ["twin_client", "other_san_client"])
 def test_san_and_hash_pins_must_both_match(gw, client, request, valid_client):
-    gw.expect_ok(BOTH_PORT, sni=HOSTNAME, cert=valid_client,
-                 what="the guide's listener: both the SAN and the hash match")
-    gw.expect_rejected(BOTH_PORT, sni=HOSTNAME, cert=request.getfixturevalue(client),
-                       what="only one of the two pins matches")
+    gw.expect_pair(BOTH_PORT, sni=HOSTNAME, accepted=valid_client, refused=request.getfixturevalue(client),
+                   accepted_what="the guide's listener: a client matching both the SAN and the hash must be let in",
+                   what="a client matching only one of the two pins is refused")
 
 
 def test_pinning_with_per_port_validation(gw, per_port_alice, per_port_bob, alice):
     """The pin and the perPort CA both apply: neither one alone lets a client in."""
-    gw.expect_ok(PER_PORT, sni=HOSTNAME, cert=per_port_alice,
-                 what="perPort CA and pinned SAN")
-    gw.expect_rejected(PER_PORT, sni=HOSTNAME, cert=per_port_bob,
-                       what="perPort CA, but not the pinned SAN")
-    gw.expect_rejected(PER_PORT, sni=HOSTNAME, cert=alice,
-                       what="pinned SAN, but from the default CA, not the perPort one")
+    gw.expect_pair(PER_PORT, sni=HOSTNAME, accepted=per_port_alice, refused=per_port_bob,
+                   accepted_what="perPort CA and pinned SAN must be let in",
+                   what="perPort CA, but not the pinned SAN, is refused")
+    gw.expect_pair(PER_PORT, sni=HOSTNAME, accepted=per_port_alice, refused=alice,
+                   what="pinned SAN, but from the default CA, not the perPort one, is refused")

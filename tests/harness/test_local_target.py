@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conformance.local import LocalTarget
-from conformance.target import ObjectRef, TargetError
+from mtls_conformance.local import LocalTarget
+from mtls_conformance.target import ObjectRef, TargetError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,3 +96,29 @@ def test_gateway_that_dies_at_start_stops_the_run_with_its_output(tmp_path):
     assert "exited with status 1 before writing ready" in out and "no config for you" in out
     assert " passed" not in out
     assert leftover_dirs(tmp_path) == []
+
+
+def test_apply_yaml_takes_a_kubectl_style_file(target, tmp_path):
+    setup = tmp_path / "setup.yaml"
+    setup.write_text("""
+apiVersion: v1
+kind: Namespace
+metadata: {name: guide}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: ca-cert, namespace: guide}
+data: {ca.crt: x}
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: ConfigMap
+  metadata: {name: in-default}
+  data: {a: "1"}
+""")
+    applied = target.apply_yaml(setup)
+    assert [o["kind"] for o in applied] == ["Namespace", "ConfigMap", "ConfigMap"]
+    assert target.get(ObjectRef("ConfigMap", "ca-cert", "guide", api_version="v1"))["data"] == {"ca.crt": "x"}
+    assert target.get(ObjectRef("ConfigMap", "in-default", "default", api_version="v1")) is not None

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from conformance import matrix
-from conformance import report as r
+from mtls_conformance import matrix
+from mtls_conformance import report as r
 
 from . import upstream_shape
 
@@ -60,7 +60,8 @@ def test_a_passing_run_has_the_upstream_shape_and_succeeds():
                             "mode", "implementation", "profiles"]
     profile = report["profiles"][0]
     assert profile["name"] == "GATEWAY-HTTP"
-    assert profile["summary"] == "Core tests succeeded. Extended tests succeeded."
+    assert profile["summary"] == ("Core tests succeeded. Extended tests succeeded. "
+                                  "Rejection rule: upstream (transport-level only).")
     assert profile["core"] == {"result": "success",
                                "statistics": {"Failed": 0, "Passed": 1, "Skipped": 0}}
     # A test with only extensions of ours has no upstream name: it is not counted.
@@ -84,8 +85,10 @@ def test_failures_fail_skips_are_partial_and_unsupported_tests_are_not_counted()
     assert extended["statistics"] == {"Failed": 1, "Passed": 1, "Skipped": 0}
     assert extended["failedTests"] == ["test_a::test_fe[x]"]
     assert "skippedTests" not in extended
+    # Nothing ran in the core half: not "partially succeeded".
     assert report["profiles"][0]["summary"] == (
-        "Core tests partially succeeded with 1 test skips. Extended tests failed with 1 test failures.")
+        "Core tests did not run (0 executed, 1 skipped). Extended tests failed with 1 test failures. "
+        "Rejection rule: upstream (transport-level only).")
 
 
 def test_feature_verdicts_never_count_a_skip_as_a_pass():
@@ -97,7 +100,7 @@ def test_feature_verdicts_never_count_a_skip_as_a_pass():
     ), RUN)
     verdicts = document["features"]
     assert verdicts[FE]["verdict"] == "partial"
-    assert verdicts["HTTPRoute"]["verdict"] == "skipped"
+    assert verdicts["HTTPRoute"]["verdict"] == "untested"  # none of its tests ran
     assert verdicts[FB]["verdict"] == "unsupported"
     assert verdicts["Gateway"]["verdict"] == "untested"
     assert verdicts["BackendTLSPolicy"]["verdict"] == "unsupported"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance import features, matrix
+from mtls_conformance import features, matrix
 
 from . import png
 from ..selfcheck.runner import ROOT
@@ -40,7 +40,7 @@ def page(tmp_path_factory) -> Path:
     columns = matrix.load(REPORTS)
     assert len(columns) >= 2, (
         f"reports/ should hold at least two runs, found {[c.source for c in columns]}; "
-        f"regenerate them with `python -m conformance report reports/ --regenerate`")
+        f"regenerate them with `python -m mtls_conformance report reports/ --regenerate`")
     html_path, _ = matrix.build(REPORTS, output=out)
     return html_path
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from conformance import features, profiles
+from mtls_conformance import features, profiles
 
 from .test_run_outputs import FE, run
 
@@ -58,6 +58,12 @@ def test_a_profile_file_is_read_and_its_mistakes_named(tmp_path):
                                     "supported_features": ["gatewayfrontendclientcertificatevalidation"]}))
     with pytest.raises(profiles.ProfileError, match=f"did you mean {FE}"):
         profiles.load(path)
+    for depth in (-1, "ten", True):
+        path.write_text(yaml.safe_dump({"key": "acme", "name": "x", "max_chain_depth": depth}))
+        with pytest.raises(profiles.ProfileError, match="max_chain_depth must be a whole number"):
+            profiles.load(path)
+    path.write_text(yaml.safe_dump({"key": "acme", "name": "x", "max_chain_depth": 12}))
+    assert profiles.load(path).max_chain_depth == 12  # deeper than a default PKI root allows
 
 
 def test_list_features_prints_the_registry():
@@ -108,12 +114,13 @@ def test_a_profile_file_beats_the_gateway_class_status(tmp_path):
 
 
 #: Upstream feature names this suite uses, with their channel and their level in the
-#: GATEWAY-HTTP conformance profile. Copied from kubernetes-sigs/gateway-api at commit
-#: 4564255ac2c35d582249b3cdf261bdf51c8bca32: pkg/features/{gateway,httproute,
+#: GATEWAY-HTTP conformance profile. Copied from sigs.k8s.io/gateway-api v1.7.0 (and
+#: sigs.k8s.io/gateway-api/conformance v1.7.0): pkg/features/{gateway,httproute,
 #: referencegrant,backendtlspolicy}.go (Name, Channel) and conformance/utils/suite/
 #: profiles.go GatewayHTTPConformanceProfile (CoreFeatures: Gateway, ReferenceGrant,
 #: HTTPRoute; ExtendedFeatures: the Gateway and HTTPRoute extended features, and
-#: BackendTLSPolicy's core and extended features).
+#: BackendTLSPolicy's core and extended features). ClusterTrustBundle is new in v1.7.0,
+#: in both GatewayExtendedFeatures and BackendTLSPolicyExtendedFeatures.
 UPSTREAM = {
     "Gateway": ("standard", "core"),
     "HTTPRoute": ("standard", "core"),
@@ -124,6 +131,7 @@ UPSTREAM = {
     "GatewayBackendClientCertificate": ("standard", "extended"),
     "BackendTLSPolicy": ("standard", "extended"),
     "BackendTLSPolicySANValidation": ("standard", "extended"),
+    "ClusterTrustBundle": ("experimental", "extended"),
 }
 
 

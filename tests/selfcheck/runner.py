@@ -8,6 +8,8 @@ gateway cannot leak into the parent's session.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 import shlex
 import subprocess
 import sys
@@ -33,6 +35,75 @@ class SuiteRun:
         return {nodeid for nodeid, o in self.outcomes.items() if o == outcome}
 
 
+@functools.cache
+def _pattern(pattern: str) -> re.Pattern:
+    # Only "*" is a wildcard: node ids are full of brackets, which fnmatch would take as sets.
+    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")) + r"\Z")
+
+
+def matches(nodeid: str, pattern: str) -> bool:
+    return _pattern(pattern).match(nodeid) is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultVerdict:
+    """How one fault's run compares with its expected failures, test by test."""
+
+    expected: frozenset[str]  # node ids the patterns expand to (among the tests that ran)
+    missed: tuple[str, ...]  # expected to fail, did not: a check that cannot catch the fault
+    unexpected: tuple[str, ...]  # failed, not expected: a check that depends on something else
+    stale: tuple[str, ...]  # patterns that match no test that ran
+
+    @property
+    def exact(self) -> bool:
+        return not (self.missed or self.unexpected or self.stale)
+
+
+def judge_fault_run(patterns: list[str], outcomes: dict[str, str],
+                    opt_in: dict[str, str] | None = None) -> FaultVerdict:
+    """Expand ``patterns`` against the node ids that ran (``outcomes``: node id -> passed |
+    failed | skipped): every test they match must have failed, and no other test may.
+
+    Per test, not per pattern: a parametrised case that stops failing under its fault is
+    a miss even when its siblings, matched by the same pattern, still fail. Opt-in tests
+    skipped for want of their option are not expected to fail.
+    """
+    opt_in = opt_in or {}
+    ran = {n for n, o in outcomes.items()
+           if not (o == "skipped" and any(matches(n, p) for p in opt_in))}
+    expected = frozenset(n for n in ran if any(matches(n, p) for p in patterns))
+    failed = {n for n, o in outcomes.items() if o == "failed"}
+    return FaultVerdict(
+        expected=expected,
+        missed=tuple(sorted(expected - failed)),
+        unexpected=tuple(sorted(failed - expected)),
+        stale=tuple(p for p in patterns if not any(matches(n, p) for n in ran)))
+
+
+def assign_tests(nodeids: list[str], expected: dict[str, list[str]],
+                 opt_in: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """For the quick self-check: which scenario tests to run under each fault.
+
+    Each test goes to the most targeted fault that must make it fail (the one whose
+    expected failures are fewest; ties by name), and a fault left with none gets the
+    first of its own, so that every test and every fault is shown live in one pass over
+    the suite. Opt-in tests (skipped without their option) are left out.
+    """
+    opt_in = opt_in or {}
+    runnable = [n for n in nodeids if not any(matches(n, p) for p in opt_in)]
+    failing = {fault: [n for n in runnable if any(matches(n, p) for p in patterns)]
+               for fault, patterns in expected.items()}
+    assigned: dict[str, list[str]] = {fault: [] for fault in expected}
+    for nodeid in runnable:
+        faults = sorted((len(tests), fault) for fault, tests in failing.items() if nodeid in tests)
+        if faults:
+            assigned[faults[0][1]].append(nodeid)
+    for fault, tests in assigned.items():
+        if not tests and failing[fault]:
+            tests.append(failing[fault][0])
+    return assigned
+
+
 def gateway_command(*faults: str) -> str:
     argv = [sys.executable, "-m", "refgateway", "--config-dir", "{config_dir}",
             "--state-dir", "{state_dir}", "--system-ca-bundle", "{system_ca_bundle}"]
@@ -41,9 +112,13 @@ def gateway_command(*faults: str) -> str:
     return shlex.join(argv)
 
 
-def run_suite(tmp_path: Path, *faults: str, args: list[str] = (), timeout: float = 900) -> SuiteRun:
+def run_suite(tmp_path: Path, *faults: str, args: list[str] = (), only: list[str] = (),
+              timeout: float = 900) -> SuiteRun:
+    """The scenario suite (or only the node ids ``only``, relative to scenarios/) in a
+    child pytest against refgateway with ``faults``."""
     junit = tmp_path / "junit.xml"
-    argv = [sys.executable, "-m", "pytest", str(SCENARIOS), "-p", "no:cacheprovider", "-p", "no:xdist",
+    selection = [str(SCENARIOS / nodeid) for nodeid in only] or [str(SCENARIOS)]
+    argv = [sys.executable, "-m", "pytest", *selection, "-p", "no:cacheprovider", "-p", "no:xdist",
             "-q", f"--junitxml={junit}", f"--gateway-command={gateway_command(*faults)}", *FAST, *args]
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     outcomes, messages = parse_junit(junit) if junit.exists() else ({}, {})

@@ -1,7 +1,7 @@
 """Request logs of backends the harness does not run itself (--backend-mode=deployment)."""
 
-from conformance.kubernetes import parse_echo_log
-from fixtures.nginx import parse_access_log
+from mtls_conformance.kubernetes import parse_echo_log
+from mtls_conformance.fixtures.nginx import parse_access_log
 
 # What echo-basic prints (conformance/echo-basic/echo-basic.go): start-up lines, then one
 # line per request its echo handler answers.
@@ -43,3 +43,39 @@ def test_our_echo_image_log_has_the_whole_answer():
     assert parse_echo_log(text) == [
         {"path": "/a", "namespace": "ns"},
         {"path": "/b", "tls": {"version": "TLSv1.3", "serverName": "abc.example.com"}}]
+
+
+def test_a_trailing_log_is_read_once_it_has_settled():
+    """A log line that lands after the answer (a pod's log, nginx's access log) is counted."""
+    import time
+
+    from mtls_conformance.target import settled
+
+    start = time.monotonic()
+    reads = []
+
+    def read():
+        reads.append(1)
+        # The request's line appears 0.3 s after the first read.
+        return ["earlier"] + (["late"] if time.monotonic() - start > 0.3 else [])
+
+    assert settled(read, quiet=0.5, timeout=5) == ["earlier", "late"]
+    assert len(reads) > 2
+
+
+def test_a_log_that_never_settles_is_read_within_the_bound():
+    import itertools
+    import time
+
+    from mtls_conformance.target import settled
+
+    counter = itertools.count()
+    start = time.monotonic()
+    assert settled(lambda: [next(counter)], quiet=1.0, timeout=0.6)
+    assert time.monotonic() - start < 1.5
+
+
+def test_only_a_missing_capability_is_a_skip():
+    from mtls_conformance.target import SystemRootsUnavailable, TargetCannot, TargetError
+
+    assert issubclass(TargetCannot, TargetError) and issubclass(SystemRootsUnavailable, TargetCannot)

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from conformance.probe import Rejection, Response, probe
-from fixtures.echo import EchoServer, ServerTLS
-from fixtures.pki import PKI, Authority, Credential
+from mtls_conformance.probe import Rejection, Response, probe
+from mtls_conformance.fixtures.echo import EchoServer, ServerTLS
+from mtls_conformance.fixtures.pki import PKI, Authority, Credential
 
 HOST = "backend.example.org"
 

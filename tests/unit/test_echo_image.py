@@ -1,4 +1,4 @@
-"""The echo image's entry point (``python -m fixtures.echo --from-environment``), run
+"""The echo image's entry point (``python -m mtls_conformance.echo --from-environment``), run
 here as a process with the environment a Deployment gives it (echo_backend_manifests)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conformance.kubernetes import parse_echo_log
-from conformance.probe import probe
-from fixtures.backends import free_port
+from mtls_conformance.kubernetes import parse_echo_log
+from mtls_conformance.probe import probe
+from mtls_conformance.fixtures.backends import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "abc.example.com"
@@ -31,7 +31,7 @@ def echo_image(mtls_pki, tmp_path):
            "TLS_SERVER_CERT": str(credential.chain_file), "TLS_SERVER_PRIVKEY": str(credential.key_file),
            "TLS_CLIENT_CACERTS": str(tmp_path / "ca.crt"),
            "NAMESPACE": "ns", "SERVICE_NAME": "echo", "POD_NAME": "echo-7d4b9-xk2p1"}
-    proc = subprocess.Popen([sys.executable, "-m", "fixtures.echo", "--from-environment"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "mtls_conformance.echo", "--from-environment"], cwd=ROOT, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     started = [proc.stdout.readline() for _ in range(2)]  # one line per listener, once it listens
     assert started == [f"Starting server, listening on port {http_port} (http)\n",
@@ -70,8 +70,8 @@ def test_serves_like_echo_basic_and_logs_each_answer_with_its_tls(echo_image):
 def test_unreadable_certificate_is_one_line_and_exit_2(tmp_path):
     env = {**os.environ, "TLS_SERVER_CERT": str(tmp_path / "missing.crt"), "TLS_SERVER_PRIVKEY": "x",
            "HTTP_PORT": str(free_port())}
-    proc = subprocess.run([sys.executable, "-m", "fixtures.echo", "--from-environment"], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "mtls_conformance.echo", "--from-environment"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("fixtures.echo: [Errno 2] No such file or directory: ") and \
+    assert proc.stderr.startswith("mtls_conformance.echo: [Errno 2] No such file or directory: ") and \
         proc.stderr.count("\n") == 1, proc.stderr

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from conformance.probe import Rejection, Response, probe
-from fixtures.echo import EchoProcess, ServerTLS
-from fixtures.pki import PKI
+from mtls_conformance.probe import Rejection, Response, probe
+from mtls_conformance.fixtures.echo import EchoProcess, ServerTLS
+from mtls_conformance.fixtures.pki import PKI
 
 HOST = "backend.example.org"
 

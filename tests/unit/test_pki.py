@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fixtures.pki import PKI, Authority, Credential
+from mtls_conformance.fixtures.pki import PKI, Authority, Credential
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 
@@ -206,3 +206,19 @@ def test_openssl_purpose_check_separates_client_and_server_auth(root: Authority)
 def test_mtls_pki_fixture(mtls_pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> None:
     assert mtls_pki.directory.is_relative_to(tmp_path_factory.getbasetemp())
     assert stat.S_IMODE(mtls_pki.directory.stat().st_mode) == 0o700
+
+
+def test_a_root_without_path_length_takes_chains_of_any_depth(tmp_path: Path) -> None:
+    pki = PKI(tmp_path / "pki")
+    authority = pki.authority("deep-root", path_length=None)
+    for level in range(1, 13):
+        authority = authority.intermediate(f"depth-{level}")
+    leaf = authority.issue_client("deep-leaf", common_name="deep.example.com")
+    root_file = pki.authority("deep-root").cert_file
+    assert openssl_verify("-CAfile", root_file, "-untrusted", leaf.chain_file, leaf.cert_file).returncode == 0
+    # A root keeps its default constraint otherwise: nine levels, as trustme's.
+    bounded = pki.authority("bounded-root")
+    for level in range(1, 10):
+        bounded = bounded.intermediate(f"depth-{level}")
+    with pytest.raises(ValueError, match="path length is 0"):
+        bounded.intermediate("depth-10")

@@ -17,16 +17,15 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import h2.config
 import h2.connection
 import h2.events
 import pytest
 
-from conformance.probe import Rejection, Response, TLSInfo, alert_name, curl_command, openssl_command, probe
-from fixtures.echo import EchoServer, ServerTLS
-from fixtures.pki import PKI, Authority, Credential
+from mtls_conformance.probe import ProbeFailure, Rejection, Response, TLSInfo, alert_name, curl_command, openssl_command, probe
+from mtls_conformance.fixtures.echo import EchoServer, ServerTLS
+from mtls_conformance.fixtures.pki import PKI, Authority, Credential
 
 HOST = "gw.example.org"
 BOTH_VERSIONS = pytest.mark.parametrize("version", ["TLSv1.2", "TLSv1.3"])
@@ -153,7 +152,7 @@ def test_200_is_a_response_with_tls_details(serve, ca, server_cred, version) -> 
     assert ssl.PEM_cert_to_DER_cert(outcome.tls.server_certificate_pem) == ssl.PEM_cert_to_DER_cert(
         server_cred.cert_pem.decode()
     )
-    assert outcome.describe() == f"HTTP 200 OK over {version}, client certificate not requested"
+    assert outcome.describe() == f"HTTP 200 OK over {version}, the listener requested no client certificate"
 
 
 def test_json_is_parsed_only_for_application_json(serve, server_cred) -> None:
@@ -169,7 +168,7 @@ def test_certificate_requested_is_true_when_the_server_asks(serve, ca, server_cr
     outcome = probe(server.address, sni=HOST, trust_pem=ca.cert_pem, client_cert=client_cred)
     assert isinstance(outcome, Response), outcome.describe()
     assert outcome.tls is not None and outcome.tls.certificate_requested is True
-    assert outcome.describe() == "HTTP 200 OK over TLSv1.3, client certificate requested"
+    assert outcome.describe() == "HTTP 200 OK over TLSv1.3, the listener requested a client certificate"
 
 
 def test_request_line_and_headers_are_what_was_asked_for(serve, server_cred) -> None:
@@ -234,7 +233,7 @@ def test_missing_client_cert_tls13_is_an_alert_on_first_read(serve, ca, server_c
     assert outcome.tls is not None and outcome.tls.certificate_requested is True
     assert "TLSV13_ALERT_CERTIFICATE_REQUIRED" in outcome.detail
     assert outcome.describe() == (
-        "TLS alert 'certificate required' on first read (TLSv1.3, client certificate requested)"
+        "TLS alert 'certificate required' on first read (TLSv1.3, the listener requested a client certificate)"
     )
 
 
@@ -246,7 +245,7 @@ def test_missing_client_cert_tls12_is_an_alert_during_handshake(serve, ca, serve
     assert (outcome.phase, outcome.kind, outcome.alert) == ("handshake", "alert", "handshake failure")
     assert outcome.tls is not None and outcome.tls.certificate_requested is True
     assert outcome.describe() == (
-        "TLS alert 'handshake failure' during handshake (TLSv1.2, client certificate requested)"
+        "TLS alert 'handshake failure' during handshake (TLSv1.2, the listener requested a client certificate)"
     )
 
 
@@ -295,7 +294,7 @@ def test_close_after_handshake_is_closed_on_first_read(serve, server_cred) -> No
     outcome = probe(server.address, sni=HOST)
     assert isinstance(outcome, Rejection), outcome.describe()
     assert (outcome.phase, outcome.kind, outcome.alert) == ("first-read", "closed", None)
-    assert outcome.describe() == "connection closed without a response on first read (TLSv1.3, client certificate not requested)"
+    assert outcome.describe() == "connection closed without a response on first read (TLSv1.3, the listener requested no client certificate)"
 
 
 def test_reset_after_handshake_is_reset_on_first_read(serve, server_cred) -> None:
@@ -361,19 +360,22 @@ def test_refused_port() -> None:
 # -- rejections by the probe itself ------------------------------------------------------
 
 
-def test_untrusted_server_cert_is_an_error_not_an_alert(serve, pki, server_cred) -> None:
+def test_untrusted_server_cert_is_a_probe_failure_not_an_alert(serve, pki, server_cred) -> None:
     server = serve(tls_answer(server_context(server_cred)))
     outcome = probe(server.address, sni=HOST, trust_pem=pki.authority("untrusted").cert_pem)
-    assert isinstance(outcome, Rejection), outcome.describe()
-    assert (outcome.phase, outcome.kind, outcome.alert) == ("handshake", "error", None)
-    assert "server certificate rejected by the probe: unable to get local issuer certificate" in outcome.detail
+    assert isinstance(outcome, ProbeFailure), outcome.describe()
+    assert (outcome.phase, outcome.cause) == ("handshake", "server-certificate")
+    assert outcome.detail == ("the probe could not verify the listener's certificate: "
+                              "unable to get local issuer certificate")
+    # The probe's own alert is recorded as the probe's, never as the server's.
+    assert outcome.sent_alert == "unknown ca"
 
 
 def test_wrong_sni_fails_hostname_check(serve, ca, server_cred) -> None:
     server = serve(tls_answer(server_context(server_cred)))
     outcome = probe(server.address, sni="other.example.org", trust_pem=ca.cert_pem)
-    assert isinstance(outcome, Rejection), outcome.describe()
-    assert outcome.kind == "error"
+    assert isinstance(outcome, ProbeFailure), outcome.describe()
+    assert outcome.cause == "server-certificate"
     assert "Hostname mismatch" in outcome.detail
 
 
@@ -412,7 +414,7 @@ def test_describe_without_tls_details() -> None:
 
 
 def test_probe_module_does_not_import_fixtures() -> None:
-    code = "import sys, conformance.probe; print([m for m in sys.modules if m.split('.')[0] == 'fixtures'])"
+    code = "import sys, mtls_conformance.probe; print([m for m in sys.modules if m.startswith('mtls_conformance.fixtures')])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
 
@@ -482,3 +484,28 @@ def test_openssl_command_reproduces_the_handshake(mtls_echo, ca, client_cred) ->
     assert "Verification: OK" in done.stdout
     assert "HTTP/1.1 200 OK" in done.stdout
     assert mtls_echo.requests and mtls_echo.requests[-1]["tls"]["peerCertificates"][0] == client_cred.cert_pem.decode()
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("phase", ["connect", "handshake", "first-read"])
+def test_ctrl_c_during_a_probe_ends_it(serve, server_cred, monkeypatch, phase) -> None:
+    """A KeyboardInterrupt (Ctrl-C, or SIGTERM through terminate_as_interrupt) is the
+    user's, never the gateway's answer: a probe that filed it as a failure kept a 60 s
+    wait going after the signal (seen in CI: the run outlived its interrupt)."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if phase == "connect":  # no server: the connection is never made
+        monkeypatch.setattr(socket, "create_connection", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            probe(("127.0.0.1", 9), sni=HOST)
+        return
+    server = serve(tls_answer(server_context(server_cred)))
+    if phase == "handshake":
+        monkeypatch.setattr(ssl.SSLObject, "do_handshake", interrupted)
+    else:
+        monkeypatch.setattr(ssl.SSLObject, "read", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        probe(server.address, sni=HOST)

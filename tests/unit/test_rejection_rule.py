@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from conformance import client
-from conformance.expect import judge_rejected
-from conformance.probe import Rejection, Response
+from mtls_conformance import client
+from mtls_conformance.expect import judge_rejected
+from mtls_conformance.probe import Rejection, Response
 
 NGINX_444_STYLE = Response(400, "Bad Request", (("content-type", "text/html"),), b"<html>400</html>", None)
 FIRST_READ = Rejection(phase="first-read", kind="alert", alert="certificate required", detail="", tls=None)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from conformance.target import SystemRootsFile, TargetError
+from mtls_conformance.target import SystemRootsFile, TargetError
 
 CA_A = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
 CA_B = b"-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n"
