@@ -13,7 +13,10 @@ deletes the Pod (the garbage collector's part).
 
 What is not real: images. A container runs a program of this machine instead: an nginx
 image runs Debian's nginx, any other image our echo backend
-(``python -m fixtures.echo --from-environment``, which takes echo-basic's environment).
+(``python -m mtls_conformance.echo --from-environment``, which takes echo-basic's environment),
+unless ``programs`` maps the image to another program: the upstream Gateway API suite's
+Deployments (``selector=None``: every Deployment) run a locally built echo-basic that way
+(tools/upstream/run.py). A volume's ``items`` place its keys at their paths.
 Volumes from Secrets and ConfigMaps become directories of its own, and their mount paths
 are rewritten to those directories in the container's environment, arguments and
 ConfigMap files.
@@ -39,7 +42,7 @@ from typing import Any
 
 import trustme
 
-from conformance.kubernetes import _TestHost
+from testhost import TestHost as _TestHost
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE = "test-kubelet"
@@ -47,6 +50,13 @@ PART_OF = "app.kubernetes.io/part-of=mtls-conformance"
 SLICE_MANAGER = "test-kubelet"
 NGINX = "/usr/sbin/nginx"
 READY_TIMEOUT = 20.0
+
+
+VOLUME_TIMEOUT = 120.0
+
+
+class _VolumeNotReady(Exception):
+    pass
 
 
 class _Pod:
@@ -69,8 +79,14 @@ class _Pod:
 class TestKubelet:
     __test__ = False  # not a test class, despite its name
 
-    def __init__(self, api_client) -> None:
+    def __init__(self, api_client, *, selector: str | None = PART_OF,
+                 programs: dict[str, tuple[list[str], Any]] | None = None) -> None:
+        """``programs``: image substring -> (argv, the TCP port that means ready when no
+        readiness probe names one: a number, None, or a function of the container's
+        environment); ``selector``: the Deployments this kubelet runs (None: all)."""
         from kubernetes import client
+
+        self.selector, self.programs = selector, dict(programs or {})
 
         self.core, self.apps, self.discovery = (client.CoreV1Api(api_client), client.AppsV1Api(api_client),
                                                 client.DiscoveryV1Api(api_client))
@@ -83,6 +99,7 @@ class TestKubelet:
         self._node_host = _TestHost(run_id=f"k{uuid.uuid4().hex[:7]}")
         self._server: http.server.HTTPServer | None = None
         self.errors: list[str] = []
+        self._waiting: dict[tuple[str, str], float] = {}  # deployments waiting for a volume, since
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> TestKubelet:
@@ -178,7 +195,8 @@ class TestKubelet:
                     self._stop.wait(0.2)
 
     def _watch_deployments(self) -> None:
-        self._watch(self.apps.list_deployment_for_all_namespaces, "Deployment", label_selector=PART_OF)
+        selector = {"label_selector": self.selector} if self.selector else {}
+        self._watch(self.apps.list_deployment_for_all_namespaces, "Deployment", **selector)
 
     def _watch_services(self) -> None:
         self._watch(self.core.list_service_for_all_namespaces, "Service")
@@ -196,6 +214,14 @@ class TestKubelet:
                     self._remove(obj.metadata.namespace, obj.metadata.name)
                 elif kind == "Service" and event in ("ADDED", "MODIFIED"):
                     self._publish(obj.metadata.namespace)
+            except _VolumeNotReady as exc:
+                # A kubelet waits for a volume's Secret or ConfigMap to exist (the upstream
+                # suite creates its certificate Secrets after the Deployments that mount them).
+                first = self._waiting.setdefault((obj.metadata.namespace, obj.metadata.name), time.monotonic())
+                if time.monotonic() - first > VOLUME_TIMEOUT:
+                    self.errors.append(f"{kind} {obj.metadata.namespace}/{obj.metadata.name}: {exc}")
+                elif not self._stop.is_set():
+                    threading.Timer(0.5, self._events.put, [item]).start()
             except Exception as exc:
                 self.errors.append(f"{kind} {obj.metadata.namespace}/{obj.metadata.name}: {exc!r}")
 
@@ -210,7 +236,13 @@ class TestKubelet:
         pod_name = f"{name}-{uuid.uuid4().hex[:5]}"
         pod_dir = self._dir / namespace / pod_name
         pod_dir.mkdir(parents=True)
-        mounts = self._volumes(namespace, spec, container, pod_dir)
+        try:
+            mounts = self._volumes(namespace, spec, container, pod_dir)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(pod_dir, ignore_errors=True)
+            raise
 
         def mapped(text: str) -> str:
             for mount_path, local in sorted(mounts.items(), key=lambda m: -len(m[0])):
@@ -227,10 +259,14 @@ class TestKubelet:
                 env[var.name] = {"metadata.name": pod_name, "metadata.namespace": namespace}[field]
             else:
                 env[var.name] = mapped(var.value or "")
-        if "nginx" in container.image:
+        program = next((p for image, p in self.programs.items() if image in container.image), None)
+        ready_port = None
+        if program is not None:
+            argv, ready_port = list(program[0]), program[1](env) if callable(program[1]) else program[1]
+        elif "nginx" in container.image:
             argv = [NGINX, *map(mapped, (container.command or ["nginx"])[1:] + (container.args or []))]
         else:
-            argv = [sys.executable, "-m", "fixtures.echo", "--from-environment"]
+            argv = [sys.executable, "-m", "mtls_conformance.echo", "--from-environment"]
         host = _TestHost(run_id=f"k{uuid.uuid4().hex[:7]}")
         host.create()
         log = pod_dir / "container.log"
@@ -247,7 +283,8 @@ class TestKubelet:
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": pod_name, "namespace": namespace, "labels": pod.labels},
             "spec": {"nodeName": NODE, "containers": [{"name": container.name, "image": container.image}]}})
-        port = container.readiness_probe.tcp_socket.port if container.readiness_probe else None
+        probe = container.readiness_probe
+        port = probe.tcp_socket.port if probe is not None and probe.tcp_socket is not None else ready_port
         self._wait_ready(pod, port)
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.core.patch_namespaced_pod_status(pod_name, namespace, {"status": {
@@ -262,12 +299,23 @@ class TestKubelet:
             volume = by_name[mount.name]
             local = pod_dir / mount.name
             local.mkdir()
+            try:
+                source = (self.core.read_namespaced_secret(volume.secret.secret_name, namespace)
+                          if volume.secret is not None else
+                          self.core.read_namespaced_config_map(volume.config_map.name, namespace))
+            except Exception as exc:
+                if getattr(exc, "status", None) == 404:
+                    raise _VolumeNotReady(f"volume {mount.name}: {exc.reason}") from None
+                raise
             if volume.secret is not None:
-                data = self.core.read_namespaced_secret(volume.secret.secret_name, namespace).data or {}
+                data = source.data or {}
                 files = {key: base64.b64decode(value) for key, value in data.items()}
+                items = volume.secret.items
             else:
-                files = {key: value.encode() for key, value in
-                         (self.core.read_namespaced_config_map(volume.config_map.name, namespace).data or {}).items()}
+                files = {key: value.encode() for key, value in (source.data or {}).items()}
+                items = volume.config_map.items
+            if items:  # only the listed keys, each at its own path
+                files = {item.path: files[item.key] for item in items if item.key in files}
             for key, content in files.items():
                 (local / key).write_bytes(content)
             mounts[mount.mount_path] = local
@@ -289,12 +337,17 @@ class TestKubelet:
     def _publish(self, namespace: str) -> None:
         """The EndpointSlice controller's part, for the pods of this kubelet."""
         pods = [p for p in self._pods.values() if p.namespace == namespace]
-        if not pods:
+        # Running every Deployment (selector None), this kubelet stands in for the whole
+        # node side: like the EndpointSlice controller it gives a Service that selects no
+        # pod an empty slice (Traefik, for one, skips a backend without any slice, and with
+        # it the BackendTLSPolicy status the upstream suite waits for).
+        every_service = self.selector is None
+        if not pods and not every_service:
             return
         for service in self.core.list_namespaced_service(namespace).items:
             selector = service.spec.selector or {}
             ready = [p for p in pods if selector and all(p.labels.get(k) == v for k, v in selector.items())]
-            if not ready:
+            if not ready and not (every_service and selector):
                 continue
             ports = [{"name": sp.name, "port": sp.target_port if isinstance(sp.target_port, int) else sp.port,
                       "protocol": "TCP"} for sp in service.spec.ports]

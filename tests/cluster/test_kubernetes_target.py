@@ -26,8 +26,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conformance import testcluster
-from conformance.testcluster import TestCluster
+import testcluster  # beside this file (rootdir import mode)
+from testcluster import TestCluster
+from testhost import TestHost
 
 if not testcluster.go_available() and not testcluster._complete(testcluster.cache_dir()):
     pytest.skip(f"kube-apiserver/etcd are not built and Go is not installed ({testcluster.BUILD_COMMAND})",
@@ -38,17 +39,17 @@ if os.geteuid() != 0:
 
 from kubernetes import dynamic  # noqa: E402
 
-from conformance.kubernetes import (CRD_INSTALL, MANAGED_LABEL, KubernetesTarget,  # noqa: E402
+from mtls_conformance.kubernetes import (CRD_INSTALL, MANAGED_LABEL, RUN_LABEL, KubernetesTarget,  # noqa: E402
                                     echo_backend_manifests)
-from conformance.target import ObjectRef, TargetError  # noqa: E402
-from fixtures.nginx import nginx_manifests  # noqa: E402
+from mtls_conformance.target import ObjectRef, TargetError  # noqa: E402
+from tests.child_run import Child  # noqa: E402
+from mtls_conformance.fixtures.nginx import nginx_manifests  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("testcluster")
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUP = "gateway.networking.k8s.io"
 REFGATEWAY = "mtls-conformance.dev/refgateway"
-TAG_VARIABLE = "MTLS_KUBE_TEST_TAG"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -78,77 +79,15 @@ def gateway_class(dyn, name: str, controller: str, *, accepted: str | None = Non
         set_class_status(dyn, name, accepted, reason)
 
 
-class Child:
-    """A child pytest run, tagged so that everything it starts can be found afterwards."""
-
-    def __init__(self, *args: str, cwd: Path = ROOT, prefix: tuple[str, ...] = ()) -> None:
-        self.tag = uuid.uuid4().hex
-        env = {**os.environ, TAG_VARIABLE: self.tag, "PYTHONUNBUFFERED": "1"}
-        env.pop("PYTEST_XDIST_WORKER", None)
-        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
-                                     cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True,
-                                     # A process group of its own, as a shell gives a command,
-                                     # so that Ctrl-C can be sent the way a terminal sends it.
-                                     start_new_session=True)
-        self.output = ""
-
-    def wait(self, timeout: float = 180) -> Child:
-        try:
-            self.output += self.proc.communicate(timeout=timeout)[0]
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.output += self.proc.communicate()[0]
-            raise AssertionError(f"child pytest ran over {timeout} s; its output:\n{self.output}") from None
-        return self
-
-    def read_until(self, pattern: str, timeout: float) -> str:
-        """Read the child's output until a line matches (select() bounds each read)."""
-        import select
-
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        pending = ""
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], deadline - time.monotonic())
-            chunk = os.read(fd, 65536).decode(errors="replace") if ready else ""
-            if not chunk:
-                break
-            self.output += chunk
-            pending += chunk
-            *lines, pending = pending.split("\n")
-            for line in lines:
-                if re.search(pattern, line):
-                    return line
-        raise AssertionError(f"child pytest never printed {pattern!r} within {timeout} s; output:\n{self.output}")
-
-    @property
-    def returncode(self) -> int | None:
-        return self.proc.returncode
-
-    def processes(self) -> list[str]:
-        """Processes still alive that this run started (the tag is in their environment)."""
-        found = []
-        needle = f"{TAG_VARIABLE}={self.tag}".encode()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) == self.proc.pid:
-                continue
-            try:
-                if needle in (entry / "environ").read_bytes():
-                    command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                    found.append(f"{entry.name}: {command}")
-            except OSError:
-                continue
-        return found
-
-    def test_hosts(self) -> list[str]:
-        out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        return [line.split()[0] for line in out.splitlines() if line.startswith(f"mtls-{self.proc.pid}-")]
-
-
 def labelled_namespaces(dyn) -> list[str]:
     namespaces = dyn.resources.get(api_version="v1", kind="Namespace")
     return [n.metadata.name for n in namespaces.get(label_selector=f"{MANAGED_LABEL}=true").items]
+
+
+def labelled_cluster_trust_bundles(dyn) -> list[str]:
+    """Cluster-scoped objects of the harness: no namespace deletion takes them away."""
+    bundles = dyn.resources.get(api_version="certificates.k8s.io/v1beta1", kind="ClusterTrustBundle")
+    return [b.metadata.name for b in bundles.get(label_selector=RUN_LABEL).items]
 
 
 def test_host_links() -> set[str]:
@@ -161,6 +100,7 @@ test_host_links.__test__ = False  # a helper, despite its name
 
 def assert_nothing_left(child: Child, dyn, links_before: set[str]) -> None:
     assert labelled_namespaces(dyn) == [], child.output
+    assert labelled_cluster_trust_bundles(dyn) == [], child.output
     assert child.processes() == [], child.output
     assert child.test_hosts() == [], child.output
     assert test_host_links() - links_before == set(), child.output
@@ -431,12 +371,13 @@ def test_scenarios_pass_with_deployment_backends(cluster, dyn, controller, kubel
     assert kubelet.errors == []
     assert kubelet.wait_idle() == [], "backends still running after the run deleted their Deployments"
     assert labelled_namespaces(dyn) == []
+    assert labelled_cluster_trust_bundles(dyn) == []
 
 
 def test_conditions_come_from_the_api_server(cluster, dyn, controller):
     """What the waits read was written by the controller, through the status subresource."""
     target = KubernetesTarget(gateway_class="refgateway", kubeconfig=str(cluster.kubeconfig),
-                              backend_mode="local-process")
+                              backend_mode="local-process", process_host=TestHost(run_id=uuid.uuid4().hex[:8]))
     try:
         namespace = f"mtls-status-{uuid.uuid4().hex[:6]}"
         target.create_namespace(namespace)
@@ -511,7 +452,7 @@ def test_kubectl_shows_the_conditions_a_paused_scenario_read(cluster, dyn, contr
 
 def test_echo_deployments_are_valid_manifests(cluster, dyn):
     """--backend-mode=deployment cannot run here (no kubelet): the API server checks the manifests."""
-    from fixtures.echo import ServerTLS
+    from mtls_conformance.fixtures.echo import ServerTLS
 
     namespace = f"t-{uuid.uuid4().hex[:8]}"
     apply(dyn, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
@@ -558,7 +499,8 @@ def test_echo_deployments_are_valid_manifests(cluster, dyn):
 @pytest.fixture
 def target(cluster, controller):
     target = KubernetesTarget(gateway_class="refgateway", kubeconfig=str(cluster.kubeconfig),
-                              backend_mode="local-process", address_mode="port-forward")
+                              backend_mode="local-process", address_mode="port-forward",
+                              process_host=TestHost(run_id=uuid.uuid4().hex[:8]))
     try:
         yield target
     finally:
@@ -577,16 +519,24 @@ def test_api_server_refusals_are_target_errors_with_its_message(target):
     assert "protocol" in str(info.value)
 
 
-def test_port_forward_needs_kubectl_and_a_service_of_the_gateway(target, monkeypatch, tmp_path):
+def test_port_forward_needs_kubectl_and_a_service_of_the_gateway(target, dyn, monkeypatch, tmp_path):
+    """Without a Service labelled with the Gateway's name, the harness forwards to whatever owns
+    the Gateway's reported address (a shared data plane's Service or pod); here nothing does."""
     namespace = f"mtls-forward-{uuid.uuid4().hex[:6]}"
     target.create_namespace(namespace)
+    apply(dyn, {"apiVersion": f"{GROUP}/v1", "kind": "Gateway", "metadata": {"name": "g", "namespace": namespace},
+                "spec": {"gatewayClassName": "nobody-controls-this",
+                         "listeners": [{"name": "h", "port": 80, "protocol": "HTTP"}]}})
+    dyn.request("patch", f"/apis/{GROUP}/v1/namespaces/{namespace}/gateways/g/status",
+                content_type="application/merge-patch+json",
+                body={"status": {"addresses": [{"type": "IPAddress", "value": "192.0.2.7"}]}})
     gateway = ObjectRef("Gateway", "g", namespace)
     with pytest.raises(TargetError) as info:
         target.listener_address(gateway, 443)
     assert str(info.value) == (
         f"--gateway-address-mode=port-forward: no Service in namespace {namespace} carries label "
-        "gateway.networking.k8s.io/gateway-name=g, so there is nothing to forward to; use "
-        "--gateway-address-mode=status")
+        "gateway.networking.k8s.io/gateway-name=g, and no Service or running pod owns the Gateway's address "
+        "192.0.2.7, so there is nothing to forward to; use --gateway-address-mode=status")
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(TargetError) as info:
         target.listener_address(gateway, 443)
@@ -646,7 +596,8 @@ def test_deployment_backends_wait_for_a_ready_endpoint(cluster, dyn, controller)
 # --------------------------------------------------------------------------- interrupted runs
 
 
-def test_sigint_during_a_wait_leaves_nothing_behind(cluster, dyn, links_before):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_during_a_wait_leaves_nothing_behind(cluster, dyn, links_before, sig):
     # A class that is Accepted but has no controller: the Gateway never gets a condition,
     # so the run sits in a watch with a namespace, a backend process and a test host made.
     gateway_class(dyn, "stalled", "example.com/stalled", accepted="True")
@@ -661,7 +612,7 @@ def test_sigint_during_a_wait_leaves_nothing_behind(cluster, dyn, links_before):
         listening = subprocess.run(["ip", "netns", "exec", hosts[0], "ss", "-ltnH"], capture_output=True,
                                    text=True).stdout
         assert listening.strip(), "the backend should be listening in the test host by now"
-        os.killpg(child.proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        os.killpg(child.proc.pid, sig)  # what Ctrl-C in a terminal does, or CI's `timeout`
         child.wait(timeout=60)
     finally:
         if child.proc.poll() is None:
@@ -670,3 +621,33 @@ def test_sigint_during_a_wait_leaves_nothing_behind(cluster, dyn, links_before):
     assert child.returncode == 2, child.output  # pytest's "interrupted"
     assert "KeyboardInterrupt" in child.output
     assert_nothing_left(child, dyn, links_before)
+
+
+def test_keep_objects_failed_keeps_the_namespace_of_a_failing_module_only(cluster, dyn, controller, tmp_path):
+    """--keep-objects=failed: the objects of a failed module stay for a look by hand, the rest go."""
+    for name, body in (("test_keep_fails.py", "assert False, 'on purpose'"), ("test_keep_passes.py", "pass")):
+        (tmp_path / name).write_text(
+            "def test_it(mtls_target, mtls_namespace):\n"
+            "    mtls_target.apply({'apiVersion': 'v1', 'kind': 'ConfigMap',\n"
+            "                       'metadata': {'name': 'look-at-me', 'namespace': mtls_namespace}})\n"
+            f"    {body}\n")
+    before = set(labelled_namespaces(dyn))
+    child = Child(str(tmp_path), "--gateway-class=refgateway", f"--kubeconfig={cluster.kubeconfig}",
+                  "--keep-objects=failed", "-p", "no:xdist", cwd=tmp_path).wait()
+    kept = sorted(set(labelled_namespaces(dyn)) - before)
+    try:
+        assert child.returncode == 1, child.output
+        assert len(kept) == 1 and "keep-fails" in kept[0], (kept, child.output)
+        assert f"[mtls] kept namespace {kept[0]} (--keep-objects=failed): kubectl get" in child.output
+        configmaps = dyn.resources.get(api_version="v1", kind="ConfigMap")
+        assert configmaps.get(name="look-at-me", namespace=kept[0]).metadata.name == "look-at-me"
+    finally:
+        # As the harness deletes them (this API server has no namespace controller).
+        target = KubernetesTarget(gateway_class="refgateway", kubeconfig=str(cluster.kubeconfig))
+        try:
+            for name in kept:
+                target._namespaces.append(name)
+                target.delete_namespace(name)
+        finally:
+            target.close()
+        assert not set(labelled_namespaces(dyn)) - before

@@ -31,8 +31,8 @@ import pytest
 import trustme
 import yaml
 
-from conformance import testcluster
-from conformance.testcluster import TestCluster
+import testcluster  # beside this file (rootdir import mode)
+from testcluster import TestCluster
 
 if not testcluster.go_available() and not testcluster._complete(testcluster.cache_dir()):
     pytest.skip(f"kube-apiserver/etcd are not built and Go is not installed ({testcluster.BUILD_COMMAND})",
@@ -338,8 +338,15 @@ def test_mtls_gateway_end_to_end(api, cluster, controller, backend, pki, ns):
                   what="GatewayClass refgateway Accepted")
     assert cond(gc["status"]["conditions"], "Accepted")["observedGeneration"] == gc["metadata"]["generation"]
     assert {"name": "GatewayFrontendClientCertificateValidation"} in gc["status"]["supportedFeatures"]
+    # The tier serves ClusterTrustBundles and rbac.yaml lets the ServiceAccount list and watch them.
+    assert {"name": "ClusterTrustBundle"} in gc["status"]["supportedFeatures"]
 
-    gw = programmed_gateway(api, ns)
+    programmed_gateway(api, ns)
+    # The Gateway is created before its HTTPRoute, so the controller may program it (and
+    # write attachedRoutes 0) before the route's event arrives: wait for the route to count.
+    gw = wait_for(lambda: (lambda g: g if [ls.get("attachedRoutes") for ls in g["status"]["listeners"]] == [1]
+                           else None)(get(api, "gateways", "mtls", ns)),
+                  what=f"Gateway {ns}/mtls listener attachedRoutes 1")
     st = gw["status"]
     assert cond(st["conditions"], "Accepted") | {"lastTransitionTime": None} == {
         "type": "Accepted", "status": "True", "reason": "Accepted", "message": "gateway is accepted",
@@ -487,6 +494,75 @@ def test_busy_port_is_reported_and_sigterm_stops_cleanly(cluster, api, backend, 
         socket.create_connection(("127.0.0.1", free_port), timeout=2)
 
 
+def test_in_cluster_mode_gives_each_gateway_a_service_of_its_own(cluster, api, sa_kubeconfig, backend, pki, ns,
+                                                                   tmp_path):
+    """deploy/refgateway's mode (--service-namespace), as its ServiceAccount: two Gateways
+    on port 443 are both programmed, each reporting the ClusterIP of its own Service in
+    the controller's namespace (GEP-1762's gateway-name label), which sends 443 to the
+    internal port serving that Gateway. A restart keeps the Services as they are; a
+    Gateway's Service goes with it, also when it went while the controller was down."""
+    controller_name = "mtls-conformance.dev/refgateway-services"
+    selector = "app.kubernetes.io/name=refgateway-services-test"
+    co, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+    co.create_cluster_custom_object(GROUP, "v1", "gatewayclasses", {
+        "apiVersion": f"{GROUP}/v1", "kind": "GatewayClass", "metadata": {"name": "refgateway-services"},
+        "spec": {"controllerName": controller_name}})
+    args = ("--controller-name", controller_name, "--listen-address", "127.0.0.1",
+            "--service-namespace", "refgateway-system", "--service-selector", selector)
+
+    def services() -> dict[str, dict]:
+        items = core.list_namespaced_service("refgateway-system", label_selector=(
+            f"app.kubernetes.io/managed-by=refgateway,refgateway.mtls-conformance.dev/gateway-namespace={ns}"))
+        return {s.metadata.labels["gateway.networking.k8s.io/gateway-name"]: api.sanitize_for_serialization(s)
+                for s in items.items}
+
+    create_site(api, ns, pki, backend, gw_name=None)
+    for name in ("a", "b"):
+        gw = gateway_body(name)
+        gw["spec"]["gatewayClassName"] = "refgateway-services"
+        co.create_namespaced_custom_object(GROUP, "v1", ns, "gateways", gw)
+        co.create_namespaced_custom_object(GROUP, "v1", ns, "httproutes", {
+            "apiVersion": f"{GROUP}/v1", "kind": "HTTPRoute", "metadata": {"name": f"echo-{name}"},
+            "spec": {"parentRefs": [{"name": name}], "hostnames": [HOST],
+                     "rules": [{"backendRefs": [{"name": "echo", "port": 8080}]}]}})
+    c = Controller(sa_kubeconfig, tmp_path / "controller.log", *args)
+    try:
+        gateways = {name: programmed_gateway(api, ns, name) for name in ("a", "b")}
+        svcs = services()
+        assert sorted(svcs) == ["a", "b"]
+        targets = {}
+        for name, gw in gateways.items():
+            svc = svcs[name]
+            assert gw["status"]["addresses"] == [{"type": "IPAddress", "value": svc["spec"]["clusterIP"]}]
+            assert svc["spec"]["selector"] == {"app.kubernetes.io/name": "refgateway-services-test"}
+            (port,) = svc["spec"]["ports"]
+            assert port["port"] == 443
+            targets[name] = port["targetPort"]
+        assert len({gw["status"]["addresses"][0]["value"] for gw in gateways.values()}) == 2
+        assert sorted(c.listening()) == sorted(f"127.0.0.1:{t}" for t in targets.values())
+        for name, target in targets.items():
+            status, body = https_get(pki, "127.0.0.1", target)
+            assert status == 200 and body["path"] == "/hello", (name, body)
+        c.stop()
+        c = Controller(sa_kubeconfig, tmp_path / "controller-2.log", *args)
+        wait_for(lambda: sorted(c.listening()) == sorted(f"127.0.0.1:{t}" for t in targets.values()),
+                 what="the restarted controller on the same internal ports")
+        assert {n: s["spec"]["ports"][0]["targetPort"] for n, s in services().items()} == targets
+        assert {n: s["spec"]["clusterIP"] for n, s in services().items()} == {
+            n: gw["status"]["addresses"][0]["value"] for n, gw in gateways.items()}
+        co.delete_namespaced_custom_object(GROUP, "v1", ns, "gateways", "b")
+        wait_for(lambda: sorted(services()) == ["a"], what="Gateway b's Service deleted with it")
+        c.stop()
+        co.delete_namespaced_custom_object(GROUP, "v1", ns, "gateways", "a")
+        c = Controller(sa_kubeconfig, tmp_path / "controller-3.log", *args)
+        wait_for(lambda: services() == {}, what="the Service of Gateway a, deleted while the controller was down")
+    finally:
+        c.stop()
+        co.delete_cluster_custom_object(GROUP, "v1", "gatewayclasses", "refgateway-services")
+    for log in tmp_path.glob("controller*.log"):
+        assert "HTTP 403" not in log.read_text(), log.read_text()
+
+
 def test_reflector_follows_changes_across_watch_reconnects(cluster, api, ns, monkeypatch):
     """The server ends every watch after timeoutSeconds; the reflector resumes without losing events."""
     from refgateway import _kube
@@ -628,3 +704,44 @@ def test_reflector_lists_again_after_410_gone(monkeypatch, caplog):
             r.join(5)
             kube.close()
         assert not r.is_alive(), "the reflector thread did not stop"
+
+
+def test_without_the_cluster_trust_bundle_api_the_feature_is_not_advertised(pki, tmp_path):
+    """GEP-5075 "API Availability": where certificates.k8s.io serves no ClusterTrustBundle,
+    the controller runs on, does not claim the feature, and a ref to one is an invalid kind."""
+    off = "--runtime-config=certificates.k8s.io/v1beta1/clustertrustbundles=false"
+    with TestCluster(extra_apiserver_args=[off]) as bare:
+        assert bare.request("/apis/certificates.k8s.io/v1beta1/clustertrustbundles")[0] == 404
+        api = bare.api_client()
+        core, co = client.CoreV1Api(api), client.CustomObjectsApi(api)
+        co.create_cluster_custom_object(GROUP, "v1", "gatewayclasses", {
+            "apiVersion": f"{GROUP}/v1", "kind": "GatewayClass", "metadata": {"name": "refgateway"},
+            "spec": {"controllerName": CONTROLLER}})
+        ns = f"rgw-{uuid.uuid4().hex[:8]}"
+        core.create_namespace({"metadata": {"name": ns}})
+        server = pki["server"]
+        core.create_namespaced_secret(ns, {
+            "metadata": {"name": "server-cert"}, "type": "kubernetes.io/tls",
+            "data": {"tls.crt": b64(b"".join(b.bytes() for b in server.cert_chain_pems)),
+                     "tls.key": b64(server.private_key_pem.bytes())}})
+        body = gateway_body("ctb", port=8443)
+        body["spec"]["tls"]["frontend"]["default"]["validation"]["caCertificateRefs"] = [
+            {"group": "certificates.k8s.io", "kind": "ClusterTrustBundle", "name": "corporate-roots"}]
+        co.create_namespaced_custom_object(GROUP, "v1", ns, "gateways", body)
+        ctl = Controller(Path(bare.kubeconfig), tmp_path / "controller.log")
+        try:
+            def listener_conditions():
+                gw = get(api, "gateways", "ctb", ns)
+                for ls in (gw.get("status") or {}).get("listeners") or []:
+                    conds = {c["type"]: (c["status"], c["reason"]) for c in ls["conditions"]}
+                    if conds.get("ResolvedRefs", ("", ""))[0] == "False":
+                        return conds
+                return None
+            conds = wait_for(listener_conditions, what="listener ResolvedRefs=False")
+            assert conds["ResolvedRefs"] == ("False", "InvalidCACertificateKind")
+            assert conds["Accepted"] == ("False", "NoValidCACertificate")
+            gc = get(api, "gatewayclasses", "refgateway")
+            names = {f["name"] for f in gc["status"]["supportedFeatures"]}
+            assert "GatewayFrontendClientCertificateValidation" in names and "ClusterTrustBundle" not in names
+        finally:
+            ctl.stop()

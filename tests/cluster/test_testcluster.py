@@ -1,4 +1,4 @@
-"""Tests of conformance.testcluster: a real kube-apiserver + etcd with the Gateway API CRDs.
+"""Tests of tests/cluster/testcluster.py: a real kube-apiserver + etcd with the Gateway API CRDs.
 
 The first run builds kube-apiserver and etcd (tools/apiserver/build.sh, many minutes on
 a cold Go cache). These tests skip only when the binaries are not built and Go is not
@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 
-from conformance import testcluster
-from conformance.testcluster import TestCluster, port_open
+import testcluster  # beside this file (rootdir import mode)
+from testcluster import TestCluster, port_open
 
 if not testcluster.go_available() and not testcluster._complete(testcluster.cache_dir()):
     pytest.skip(
@@ -88,6 +89,9 @@ def test_gateway_api_crds_established(cluster):
         conds = {c["type"]: c["status"] for c in crds[name]["status"]["conditions"]}
         assert conds.get("Established") == "True", (name, conds)
         assert crds[name]["metadata"]["annotations"]["gateway.networking.k8s.io/channel"] == "standard"
+        # The version build.sh fetches, from its own folder of the cache dir.
+        assert crds[name]["metadata"]["annotations"]["gateway.networking.k8s.io/bundle-version"] == \
+            testcluster.gateway_api_version() == "v1.7.0"
     btls = crds["backendtlspolicies.gateway.networking.k8s.io"]["spec"]["versions"]
     assert {v["name"]: (v["served"], v["storage"]) for v in btls}["v1"] == (True, True)
     # Every served version is in discovery, as kubectl would see it.
@@ -95,6 +99,20 @@ def test_gateway_api_crds_established(cluster):
     names = {r["name"] for r in json.loads(body)["resources"]}
     assert {"gateways", "gateways/status", "gatewayclasses", "httproutes", "referencegrants",
             "backendtlspolicies"} <= names
+
+
+def test_crds_are_kept_per_gateway_api_version(cluster, monkeypatch):
+    """A cache dir built for another Gateway API version is not taken for this one's."""
+    assert cluster.crd_dir == testcluster.cache_dir() / "crds" / testcluster.gateway_api_version()
+    monkeypatch.setenv("GATEWAY_API_VERSION", "v1.6.3")
+    assert testcluster.crd_dir(Path("/cache")) == Path("/cache/crds/v1.6.3")
+
+
+def test_cluster_trust_bundle_api_is_served(cluster):
+    """GEP-5075 caCertificateRefs name ClusterTrustBundles: v1beta1 in Kubernetes v1.35."""
+    status, body = cluster.request("/apis/certificates.k8s.io/v1beta1")
+    assert status == 200, body
+    assert "clustertrustbundles" in {r["name"] for r in json.loads(body)["resources"]}
 
 
 def test_safe_upgrades_policy_installed_or_reported(cluster):

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from conformance.probe import Response
+from mtls_conformance.probe import Response
 from tests.selfcheck.runner import FAST, ROOT, parse_junit
 
 MODULE = ROOT / "scenarios" / "test_backend_tls_external.py"

@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from conformance.probe import probe
-from fixtures.backends import free_port
-from fixtures.nginx import NGINX, POD_NGINX_PORT, nginx_manifests, parse_access_log
+from mtls_conformance.probe import probe
+from mtls_conformance.fixtures.backends import free_port
+from mtls_conformance.fixtures.nginx import NGINX, POD_NGINX_PORT, nginx_manifests, parse_access_log
 
 pytestmark = pytest.mark.skipif(not NGINX.exists(), reason=f"needs Debian's nginx ({NGINX})")
 

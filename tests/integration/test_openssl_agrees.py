@@ -17,11 +17,11 @@ import subprocess
 
 import pytest
 
-from conformance import manifests as m
-from conformance import probe
-from conformance.local import LocalTarget
-from conformance.target import ObjectRef
-from fixtures.pki import PKI
+from mtls_conformance import manifests as m
+from mtls_conformance import probe
+from mtls_conformance.local import LocalTarget
+from mtls_conformance.target import ObjectRef
+from mtls_conformance.fixtures.pki import PKI
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl binary")
 

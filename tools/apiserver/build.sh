@@ -12,7 +12,10 @@
 #
 # Environment:
 #   MTLS_APISERVER_CACHE   cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/mtls-conformance)
-#   GATEWAY_API_VERSION    sigs.k8s.io/gateway-api version for the CRDs (default below)
+#   GATEWAY_API_VERSION    sigs.k8s.io/gateway-api version for the CRDs (default below;
+#                          conformance/testcluster.py reads the default from this file)
+#   CRD_GOTOOLCHAIN        Go toolchain for downloading the CRD module (default below:
+#                          sigs.k8s.io/gateway-api v1.7.0 needs go >= 1.27.0)
 #   BUILD_KUBECTL=0        skip kubectl (it is only for humans)
 #   BUILD_NICE             nice level for the Go build (default 10)
 #
@@ -21,7 +24,8 @@
 # Kubernetes release pins).
 set -euo pipefail
 
-GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-v1.6.3}"
+GATEWAY_API_VERSION="${GATEWAY_API_VERSION:-v1.7.0}"
+CRD_GOTOOLCHAIN="${CRD_GOTOOLCHAIN:-go1.27.3}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 MODE="${1:-build}"
 
@@ -42,7 +46,9 @@ ETCD_VERSION="$(modver go.etcd.io/etcd/server/v3)"
 CACHE_ROOT="${MTLS_APISERVER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mtls-conformance}"
 OUT="$CACHE_ROOT/apiserver-${K8S_VERSION}-etcd-${ETCD_VERSION}"
 BIN="$OUT/bin"
-CRDS="$OUT/crds"
+# One folder per Gateway API version: a cache dir built for another version gets this
+# version's CRDs added next to the old ones, never reused in their place.
+CRDS="$OUT/crds/$GATEWAY_API_VERSION"
 
 want_bins=(kube-apiserver etcd)
 if [[ "${BUILD_KUBECTL:-1}" != 0 ]]; then want_bins+=(kubectl); fi
@@ -50,7 +56,6 @@ if [[ "${BUILD_KUBECTL:-1}" != 0 ]]; then want_bins+=(kubectl); fi
 complete() {
     local b
     for b in "${want_bins[@]}"; do [[ -x "$BIN/$b" ]] || return 1; done
-    [[ -f "$CRDS/VERSION" && "$(cat "$CRDS/VERSION")" == "$GATEWAY_API_VERSION" ]] || return 1
     [[ -d "$CRDS/standard" && -d "$CRDS/experimental" ]] || return 1
 }
 
@@ -98,23 +103,24 @@ if [[ "${BUILD_KUBECTL:-1}" != 0 ]]; then
     build_one kubectl k8s.io/kubernetes/cmd/kubectl
 fi
 
-if ! [[ -f "$CRDS/VERSION" && "$(cat "$CRDS/VERSION")" == "$GATEWAY_API_VERSION" ]]; then
+if ! [[ -d "$CRDS/standard" && -d "$CRDS/experimental" ]]; then
     log "fetching Gateway API CRDs sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION"
-    GWDIR="$(cd "${TMPDIR:-/tmp}" && GOFLAGS= go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" \
+    GWDIR="$(cd "${TMPDIR:-/tmp}" && GOFLAGS= GOTOOLCHAIN="$CRD_GOTOOLCHAIN" \
+        go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" \
         | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')"
     if [[ -z "$GWDIR" || ! -d "$GWDIR/config/crd/standard" ]]; then
-        log "could not download sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION"
+        log "could not download sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION (with GOTOOLCHAIN=$CRD_GOTOOLCHAIN)"
         exit 1
     fi
-    rm -rf "$OUT/.crds.tmp"
-    mkdir -p "$OUT/.crds.tmp/standard" "$OUT/.crds.tmp/experimental"
-    cp "$GWDIR"/config/crd/standard/*.yaml "$OUT/.crds.tmp/standard/"
-    cp "$GWDIR"/config/crd/experimental/*.yaml "$OUT/.crds.tmp/experimental/"
-    rm -f "$OUT"/.crds.tmp/*/kustomization.yaml
-    chmod -R u+w "$OUT/.crds.tmp"
-    echo "$GATEWAY_API_VERSION" >"$OUT/.crds.tmp/VERSION"
+    TMP="$OUT/crds/.$GATEWAY_API_VERSION.tmp"
+    rm -rf "$TMP"
+    mkdir -p "$TMP/standard" "$TMP/experimental"
+    cp "$GWDIR"/config/crd/standard/*.yaml "$TMP/standard/"
+    cp "$GWDIR"/config/crd/experimental/*.yaml "$TMP/experimental/"
+    rm -f "$TMP"/*/kustomization.yaml
+    chmod -R u+w "$TMP"
     rm -rf "$CRDS"
-    mv "$OUT/.crds.tmp" "$CRDS"
+    mv "$TMP" "$CRDS"
 fi
 
 log "done in $(( $(date +%s) - T0 ))s: $OUT"

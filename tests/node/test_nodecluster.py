@@ -1,0 +1,235 @@
+"""The one-node tier itself (tests/node/nodecluster.py): a real kubelet and containerd.
+
+Pods run from images built here (tools/images/build.sh), get addresses on the node's
+CNI bridge that the host reaches, carry working ServiceAccount tokens, stream through
+the kubelet (logs, port-forward), and stopping the tier leaves nothing behind, also
+when it is stopped with Ctrl-C.
+
+Skipped, saying why, on a machine that cannot run a node (not root, a package missing);
+the first run builds the Kubernetes components and the images (tens of minutes cold).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.node import nodecluster
+from tests.node.nodecluster import NODE_NAME
+
+if nodecluster.prerequisites():
+    pytest.skip("this machine cannot run a node: it lacks " + "; ".join(nodecluster.prerequisites()),
+                allow_module_level=True)
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.xdist_group("node")
+
+
+def leftovers(state: dict) -> list[str]:
+    """What a stopped node cluster left behind: processes, mounts, network, files."""
+    found = []
+    run_dir = state["dir"]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if run_dir.encode() in cmdline or state["netns"].encode() in cmdline:
+                command = cmdline.replace(b"\0", b" ").decode(errors="replace")[:200]
+                found.append(f"process {entry.name}: {command}")
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4]
+        if point.startswith((run_dir, state["containerd_root"], "/run/netns/cni-")):
+            found.append(f"mount {point}")
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    found += [f"netns {n}" for n in re.findall(r"^(\S+)", netns, re.M)
+              if n == state["netns"] or n.startswith("cni-")]
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    if re.search(rf"\b{state['host_if']}@", links):
+        found.append(f"link {state['host_if']}")
+    routes = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True).stdout
+    if state["pod_cidr"] in routes:
+        found.append(f"route {state['pod_cidr']}")
+    if os.path.exists(run_dir):
+        found.append(f"directory {run_dir}")
+    found += [f"log link {p}" for p in Path("/var/log/containers").glob("*")
+              if run_dir in os.path.realpath(p)] if Path("/var/log/containers").is_dir() else []
+    return found
+
+
+def test_ctrl_c_stops_everything_it_started(tmp_path):
+    """Started as a human does (python -m tests.node.nodecluster up), with a pod running,
+    then Ctrl-C: no process, mount, pod network namespace, link, route or directory left."""
+    proc = subprocess.Popen([sys.executable, "-m", "tests.node.nodecluster", "up", "--state", str(tmp_path / "s.json")],
+                            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    output = ""
+    try:
+        deadline = time.monotonic() + 900  # includes the builds on a cold machine
+        fd = proc.stdout.fileno()  # os.read, not readline: select() does not see Python's buffer
+        while "Ctrl-C to stop" not in output:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"no 'Ctrl-C to stop' within 900 s:\n{output}"
+            chunk = os.read(fd, 65536).decode(errors="replace")
+            assert chunk, f"it exited before it was up:\n{output}"
+            output += chunk
+        state = json.loads((tmp_path / "s.json").read_text())
+        kubectl = [str(Path(state["bin_dir"]) / "kubectl"), "--kubeconfig", state["kubeconfig"]]
+        pod = subprocess.run([*kubectl, "run", "echo", "--image", state["images"]["echo-basic"],
+                              "--restart=Never"], capture_output=True, text=True)
+        assert pod.returncode == 0, pod.stderr
+        wait = subprocess.run([*kubectl, "wait", "--for=condition=Ready", "pod/echo", "--timeout=120s"],
+                              capture_output=True, text=True)
+        assert wait.returncode == 0, wait.stderr + output
+        assert [m for m in Path("/proc/self/mountinfo").read_text().split() if m.startswith(state["dir"])], \
+            "a running pod should have mounts under the run's directory (else this test proves nothing)"
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, _ = proc.communicate(timeout=300)
+        output += rest
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, output
+    assert leftovers(state) == [], output
+
+
+def test_a_second_node_fails_fast_naming_who_holds_the_lock(tmp_path, monkeypatch):
+    """One node per machine: a start that finds the lock held waits LOCK_WAIT, not ten
+    minutes, and says which process holds it (CI once sat out a whole run on it)."""
+    monkeypatch.setattr(nodecluster, "LOCK_FILE", tmp_path / "node.lock")
+    monkeypatch.setattr(nodecluster, "LOCK_HOLDER", tmp_path / "node.lock.holder")
+    monkeypatch.setattr(nodecluster, "LOCK_WAIT", 0.5)
+    script = ("import json, os, sys, time\n"
+              "from filelock import FileLock\n"
+              "lock = FileLock(sys.argv[1]); lock.acquire()\n"
+              "open(sys.argv[2], 'w').write(json.dumps({'pid': os.getpid(), 'command': 'holder-of-the-node-lock',"
+              " 'since': time.time()}))\n"
+              "print('held', flush=True); time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "node.lock"),
+                               str(tmp_path / "node.lock.holder")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with pytest.raises(nodecluster.ClusterStartError) as exc:
+            nodecluster.NodeCluster().start()
+        assert time.monotonic() - t0 < 10
+        message = str(exc.value)
+        assert f"pid {holder.pid} (holder-of-the-node-lock)" in message, message
+        assert "One node cluster runs on a machine at a time" in message
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def kubectl(node, *args, check=True, input=None):
+    proc = node.kubectl(*args, check=False, input=input)
+    if check:
+        assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
+    return proc
+
+
+@pytest.fixture
+def ns(node):
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kubectl(node, "create", "namespace", name)
+    return name
+
+
+def test_the_node_is_ready_with_the_same_kubernetes_version(node):
+    nodes = json.loads(kubectl(node, "get", "nodes", "-o", "json").stdout)["items"]
+    assert [n["metadata"]["name"] for n in nodes] == [NODE_NAME]
+    info = nodes[0]["status"]["nodeInfo"]
+    version = kubectl(node, "version", "-o", "json").stdout
+    assert info["kubeletVersion"] == json.loads(version)["serverVersion"]["gitVersion"]
+    assert info["containerRuntimeVersion"].startswith("containerd://")
+    addresses = {a["type"]: a["address"] for a in nodes[0]["status"]["addresses"]}
+    assert addresses["InternalIP"] == node.node_ip and not addresses["InternalIP"].startswith("127.")
+
+
+def run_pod(node, ns, name, image, *, args=(), command=None, env=None, service_account=None) -> dict:
+    container = {"name": name, "image": image, "imagePullPolicy": "Never", "args": list(args)}
+    if command:
+        container["command"] = command
+    if env:
+        container["env"] = [{"name": k, "value": v} for k, v in env.items()]
+    spec = {"containers": [container], "restartPolicy": "Never"}
+    if service_account:
+        spec["serviceAccountName"] = service_account
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns}, "spec": spec}
+    kubectl(node, "apply", "-f", "-", input=json.dumps(pod))
+    return pod
+
+
+def test_a_pod_answers_the_host_on_its_bridge_address_and_streams_through_the_kubelet(node, ns):
+    image = node.import_image("echo-basic")
+    run_pod(node, ns, "echo", image, env={"POD_NAME": "echo", "NAMESPACE": ns})
+    kubectl(node, "-n", ns, "wait", "--for=condition=Ready", "pod/echo", "--timeout=120s")
+    pod = json.loads(kubectl(node, "-n", ns, "get", "pod", "echo", "-o", "json").stdout)
+    ip = pod["status"]["podIP"]
+    import ipaddress
+
+    assert ipaddress.ip_address(ip) in node.pod_cidr
+    with urllib.request.urlopen(f"http://{ip}:3000/hello", timeout=10) as r:
+        answer = json.loads(r.read())
+    assert answer["path"] == "/hello" and answer["pod"] == "echo"
+    # Logs come from the kubelet, through the API server.
+    logs = kubectl(node, "-n", ns, "logs", "echo").stdout
+    assert "/hello" in logs or "Echoing" in logs or logs, logs
+    # port-forward: a real kubelet stream.
+    forward = subprocess.Popen([str(node.kubectl_path), "--kubeconfig", str(node.kubeconfig), "-n", ns,
+                                "port-forward", "pod/echo", ":3000"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        ready, _, _ = select.select([forward.stdout], [], [], 30)
+        first = forward.stdout.readline() if ready else ""
+        port = re.search(r"127\.0\.0\.1:(\d+)", first)
+        assert port, first
+        with urllib.request.urlopen(f"http://127.0.0.1:{port.group(1)}/forwarded", timeout=10) as r:
+            assert json.loads(r.read())["path"] == "/forwarded"
+    finally:
+        forward.terminate()
+        forward.wait(timeout=10)
+
+
+def test_a_pod_calls_the_api_server_with_its_service_account_token(node, ns):
+    """The token volume (ServiceAccount admission + TokenRequest), kube-root-ca.crt
+    (controller-manager), the kubernetes Service (kube-proxy to the API server)."""
+    image = node.import_image("refgateway")
+    kubectl(node, "-n", ns, "create", "serviceaccount", "probe")
+    script = (
+        "import json, os, ssl, urllib.request\n"
+        "d = '/var/run/secrets/kubernetes.io/serviceaccount'\n"
+        "token = open(d + '/token').read()\n"
+        "url = 'https://%s:%s/apis/authentication.k8s.io/v1/selfsubjectreviews' % ("
+        "os.environ['KUBERNETES_SERVICE_HOST'], os.environ['KUBERNETES_SERVICE_PORT'])\n"
+        "req = urllib.request.Request(url, method='POST', headers={'Authorization': 'Bearer ' + token, "
+        "'Content-Type': 'application/json'}, data=json.dumps({'apiVersion': 'authentication.k8s.io/v1', "
+        "'kind': 'SelfSubjectReview'}).encode())\n"
+        "ctx = ssl.create_default_context(cafile=d + '/ca.crt')\n"
+        "print(json.loads(urllib.request.urlopen(req, context=ctx, timeout=20).read())['status']['userInfo']"
+        "['username'])\n"
+    )
+    run_pod(node, ns, "whoami", image, command=["python", "-c", script], service_account="probe")
+    deadline = time.monotonic() + 120
+    while True:
+        pod = json.loads(kubectl(node, "-n", ns, "get", "pod", "whoami", "-o", "json").stdout)
+        if pod["status"].get("phase") in ("Succeeded", "Failed"):
+            break
+        assert time.monotonic() < deadline, pod["status"]
+        time.sleep(0.5)
+    logs = kubectl(node, "-n", ns, "logs", "whoami").stdout
+    assert pod["status"]["phase"] == "Succeeded", logs
+    assert logs.strip() == f"system:serviceaccount:{ns}:probe"

@@ -1,0 +1,314 @@
+"""refgateway as users deploy it (deploy/refgateway), on a real node, and the whole suite against it.
+
+- refgateway runs as a pod of deploy/refgateway's Deployment with its ServiceAccount's
+  token and nothing else: the least-privilege ClusterRole of deploy/refgateway/rbac.yaml;
+- the scenario suite runs through the kubernetes target with --backend-mode=deployment
+  (backends are Deployments of upstream's echo-basic and of Debian's nginx, built here),
+  --gateway-address-mode=port-forward (every probe streams through the kubelet);
+- the RBAC is sufficient (that run passes) and least-privilege: without any one rule
+  the controller says which permission it lacks.
+
+Skipped, saying why, on a machine that cannot run a node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.node import nodecluster
+
+if nodecluster.prerequisites():
+    pytest.skip("this machine cannot run a node: it lacks " + "; ".join(nodecluster.prerequisites()),
+                allow_module_level=True)
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy" / "refgateway"
+pytestmark = pytest.mark.xdist_group("node")
+
+#: Why a scenario that passes against the local refgateway may skip on this node. Each is
+#: a fact about where the gateway runs, not about the harness.
+NODE_SKIPS = {
+    # The gateway's system trust store is a file in its pod's image, which the harness
+    # cannot write: the wellKnownCACertificates: System checks need --system-ca-bundle.
+    "cannot add roots to the gateway's system trust store": "system roots",
+    # echo-basic verifies a client certificate only if one is sent; the backend that must
+    # demand one is nginx alone (conformance/kubernetes.py says so in the skip).
+    "which the echo image cannot": "echo-basic does not demand client certificates",
+    # Opt-in checks against a real public host: this machine has no internet (they skip
+    # the same way against the local refgateway).
+    "needs --external-backend-host": "no public host",
+}
+
+
+def kubectl(node, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = node.kubectl(*args, input=input, check=False)
+    if check:
+        assert proc.returncode == 0, f"kubectl {' '.join(args)}:\n{proc.stdout}{proc.stderr}"
+    return proc
+
+
+def deploy_refgateway(node, rbac: str | None = None) -> None:
+    """kubectl apply deploy/refgateway as a user would (rbac: replacement for rbac.yaml)."""
+    kubectl(node, "apply", "-f", "-", input=rbac if rbac is not None else (DEPLOY / "rbac.yaml").read_text())
+    kubectl(node, "apply", "-f", str(DEPLOY / "gatewayclass.yaml"), "-f", str(DEPLOY / "deployment.yaml"))
+
+
+def refgateway_pod(node) -> dict:
+    pods = json.loads(kubectl(node, "-n", "refgateway-system", "get", "pods", "-l",
+                              "app.kubernetes.io/name=refgateway", "-o", "json").stdout)["items"]
+    return next(p for p in pods if not p["metadata"].get("deletionTimestamp"))
+
+
+@pytest.fixture(scope="module")
+def refgateway(node):
+    deploy_refgateway(node)
+    kubectl(node, "-n", "refgateway-system", "rollout", "status", "deployment/refgateway", "--timeout=180s")
+    kubectl(node, "wait", "--for=condition=Accepted", "gatewayclass/refgateway", "--timeout=60s")
+    return refgateway_pod(node)
+
+
+def outcomes(junit: Path) -> dict[str, tuple[str, str]]:
+    """test id (module::name) -> (passed|skipped|failure|error, message)."""
+    found = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        outcome, message = "passed", ""
+        for kind in ("skipped", "failure", "error"):
+            element = case.find(kind)
+            if element is not None:
+                outcome, message = kind, element.get("message") or ""
+        found[f"{case.get('classname')}::{case.get('name')}"] = (outcome, message)
+    return found
+
+
+def run_suite(node, tmp_path: Path, *options: str, timeout: float = 1800) -> tuple[subprocess.CompletedProcess, dict]:
+    """The scenarios as a user runs them; the run and outcomes()."""
+    junit = tmp_path / "node.xml"
+    assert node.bin_dir is not None
+    env = {**os.environ, "PATH": f"{node.bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", "--durations=15", "scenarios",
+                           "--gateway-class=refgateway", f"--kubeconfig={node.kubeconfig}", *options,
+                           f"--junitxml={junit}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    return proc, (outcomes(junit) if junit.exists() else {})
+
+
+def test_refgateway_runs_as_its_service_account(node, refgateway):
+    spec = refgateway["spec"]
+    assert spec["serviceAccountName"] == "refgateway"
+    assert refgateway["status"]["phase"] == "Running"
+    assert any(v.get("projected") for v in spec.get("volumes") or []), "no ServiceAccount token volume"
+    # It answered for the GatewayClass with that token (the fixture waited for Accepted).
+    logs = kubectl(node, "-n", "refgateway-system", "logs", refgateway["metadata"]["name"]).stdout
+    assert "HTTP 403" not in logs, logs
+
+
+def managed_services(node) -> list[dict]:
+    """The Services refgateway made for Gateways (one each)."""
+    return json.loads(kubectl(node, "-n", "refgateway-system", "get", "services", "-l",
+                              "app.kubernetes.io/managed-by=refgateway", "-o", "json").stdout)["items"]
+
+
+def wait_until(what: str, condition, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, f"not within {timeout:.0f} s: {what}"
+        time.sleep(0.5)
+    return result
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_gateways_on_one_port_each_get_a_service_of_their_own(node, refgateway):
+    """What one pod serving every Gateway on its one address could not do: two Gateways
+    listening on port 80 at once are both programmed, each on the ClusterIP of a Service
+    of its own (labelled with its name, GEP-1762), which sends the port to the pod; the
+    Service goes with its Gateway."""
+    ns = f"two-{uuid.uuid4().hex[:6]}"
+    kubectl(node, "create", "namespace", ns)
+    gateways = [{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                 "metadata": {"name": name, "namespace": ns},
+                 "spec": {"gatewayClassName": "refgateway",
+                          "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}} for name in ("a", "b")]
+    kubectl(node, "apply", "-f", "-", input=yaml.safe_dump_all(gateways))
+    try:
+        kubectl(node, "-n", ns, "wait", "--for=condition=Programmed", "gateway/a", "gateway/b", "--timeout=60s")
+        addresses = {}
+        for name in ("a", "b"):
+            gw = json.loads(kubectl(node, "-n", ns, "get", "gateway", name, "-o", "json").stdout)
+            addresses[name] = [a["value"] for a in gw["status"]["addresses"]]
+        assert addresses["a"] != addresses["b"] and all(len(v) == 1 for v in addresses.values()), addresses
+        services = {s["spec"]["clusterIP"]: s for s in managed_services(node)}
+        pod_ip = refgateway_pod(node)["status"]["podIP"]
+        for name in ("a", "b"):
+            svc = services[addresses[name][0]]
+            assert svc["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"] == name
+            assert svc["spec"]["selector"] == {"app.kubernetes.io/name": "refgateway"}
+            (port,) = svc["spec"]["ports"]
+            assert port["port"] == 80 and port["targetPort"] != 80
+            # The internal port is the Gateway's listener: with no route attached, refgateway's 404.
+            assert http_status(f"http://{pod_ip}:{port['targetPort']}/") == 404, name
+    finally:
+        kubectl(node, "-n", ns, "delete", "gateway/a")
+    wait_until("gateway a's Service deleted with it", lambda: [
+        s for s in managed_services(node)
+        if s["metadata"]["labels"].get("gateway.networking.k8s.io/gateway-name") == "a"] == [])
+    kubectl(node, "delete", "namespace", ns, "--wait=false")
+
+
+def test_the_suite_with_deployment_backends_and_port_forward_passes(node, refgateway, tmp_path):
+    """README command 2's run on a real node: echo-basic and nginx backends built here,
+    every probe through `kubectl port-forward` (a kubelet stream) to the Service that
+    refgateway gives each Gateway. Everything passes; what does not run is skipped for a
+    fact about the node (NODE_SKIPS)."""
+    echo = node.import_image("echo-basic")
+    nginx = node.import_image("nginx")
+    proc, results = run_suite(node, tmp_path, "--backend-mode=deployment", f"--echo-image={echo}",
+                              f"--nginx-image={nginx}", "--gateway-address-mode=port-forward")
+    assert results, proc.stdout[-20000:] + proc.stderr[-5000:]
+    passed = [t for t, (outcome, _) in results.items() if outcome == "passed"]
+    assert len(passed) > 100, proc.stdout[-5000:]
+    unexplained_skips = {t: why for t, (outcome, why) in results.items()
+                         if outcome == "skipped" and not any(fact in why for fact in NODE_SKIPS)}
+    assert not unexplained_skips, "skipped on the node for no fact about the node:\n" + "\n".join(
+        f"{t}: {w}" for t, w in sorted(unexplained_skips.items()))
+    failed = {t: why for t, (outcome, why) in results.items() if outcome in ("failure", "error")}
+    assert not failed, "failed on the node:\n" + "\n".join(
+        f"{t}: {w[:500]}" for t, w in sorted(failed.items())) + "\n" + proc.stdout[-20000:]
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    print(f"{len(passed)} passed, {len(results) - len(passed)} skipped; the slowest:")
+    print(proc.stdout[proc.stdout.find("slowest"):][:3000])
+    # Nothing of the run is left on the node: its namespaces go, and with their
+    # Gateways the Services refgateway made for them.
+    leftover = json.loads(kubectl(node, "get", "namespaces", "-l", "mtls-conformance.dev/managed=true", "-o",
+                                  "json").stdout)["items"]
+    assert all(n["status"].get("phase") == "Terminating" for n in leftover), [n["metadata"]["name"] for n in leftover]
+    log = kubectl(node, "-n", "refgateway-system", "logs", refgateway["metadata"]["name"]).stdout
+    assert "Address already in use" not in log, log[-5000:]
+    wait_until("refgateway deletes the Services of the run's Gateways", lambda: not [
+        s for s in managed_services(node)
+        if s["metadata"]["labels"]["refgateway.mtls-conformance.dev/gateway-namespace"].startswith("mtls-")],
+        timeout=180)
+    assert refgateway_pod(node)["metadata"]["name"] == refgateway["metadata"]["name"], "refgateway restarted"
+
+
+def rbac_without(kind: str, rule_index: int) -> tuple[str, dict]:
+    """deploy/refgateway/rbac.yaml with one rule of its ClusterRole or Role removed; (yaml, the rule)."""
+    docs = list(yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text()))
+    role = next(d for d in docs if d["kind"] == kind)
+    rule = role["rules"].pop(rule_index)
+    return yaml.safe_dump_all(docs), rule
+
+
+def restart_refgateway(node, previous: str) -> str:
+    kubectl(node, "-n", "refgateway-system", "delete", "pod", previous, "--wait=false")
+    deadline = time.monotonic() + 120
+    while True:
+        pod = refgateway_pod(node)
+        if pod["metadata"]["name"] != previous and pod["status"].get("phase") == "Running" and \
+                all(c.get("ready") for c in pod["status"].get("containerStatuses") or [{}]):
+            return pod["metadata"]["name"]
+        assert time.monotonic() < deadline, f"refgateway did not come back after deleting {previous}"
+        time.sleep(0.5)
+
+
+@pytest.mark.skipif(not os.environ.get("MTLS_NODE_FULL"),
+                    reason="ten controller restarts (minutes): runs in `tox -e node` (MTLS_NODE_FULL=1), "
+                           "the scheduled run, to keep README command 2 inside its time budget")
+def test_each_rbac_rule_is_needed_and_its_absence_is_a_clear_error(node, refgateway):
+    """Least privilege: remove any one rule of deploy/refgateway's ClusterRole or Role and
+    the controller, restarted, logs the API server's refusal naming the verb and resource
+    it lacks. The GatewayClass, a Gateway and an attached HTTPRoute are made anew each time
+    (after the restart), so that every status write happens, not only the changed ones;
+    then the Gateway gets a second listener (its Service's ports change) and is deleted
+    (its Service goes), so that every write to Services happens too."""
+    ns = f"rbac-{uuid.uuid4().hex[:6]}"
+    kubectl(node, "create", "namespace", ns)
+
+    def gateway(*ports: int) -> dict:
+        return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                "metadata": {"name": "g", "namespace": ns},
+                "spec": {"gatewayClassName": "refgateway", "listeners": [
+                    {"name": f"http-{p}", "port": p, "protocol": "HTTP"} for p in ports]}}
+
+    objects = yaml.safe_dump_all([gateway(80), {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "r", "namespace": ns},
+        "spec": {"parentRefs": [{"name": "g"}], "rules": [{"backendRefs": [{"name": "none", "port": 80}]}]}}])
+    docs = list(yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text()))
+    rules = [(d["kind"], i) for d in docs if d["kind"] in ("ClusterRole", "Role") for i in range(len(d["rules"]))]
+    user = "system:serviceaccount:refgateway-system:refgateway"
+    pod = refgateway["metadata"]["name"]
+    unclear = []
+
+    def fresh_objects(rbac: str | None) -> None:
+        nonlocal pod
+        kubectl(node, "-n", ns, "delete", "httproute/r", "gateway/g", "--ignore-not-found", "--wait=true")
+        kubectl(node, "delete", "gatewayclass/refgateway", "--ignore-not-found", "--wait=true")
+        deploy_refgateway(node, rbac=rbac)  # the (reduced) RBAC and the GatewayClass again
+        pod = restart_refgateway(node, pod)
+        kubectl(node, "apply", "-f", "-", input=objects)
+
+    def service_ports() -> list[int] | None:
+        found = [s for s in managed_services(node)
+                 if s["metadata"]["labels"]["refgateway.mtls-conformance.dev/gateway-namespace"] == ns]
+        return sorted(p["port"] for p in found[0]["spec"]["ports"]) if found else None
+
+    try:
+        for kind, index in rules:
+            reduced, rule = rbac_without(kind, index)
+            fresh_objects(reduced)
+            wanted = re.compile(
+                rf'HTTP 403: .*User "{re.escape(user)}" cannot ({"|".join(rule["verbs"])}) resource '
+                rf'"({"|".join(re.escape(r) for r in rule["resources"])})"')
+            logs = ""
+
+            def refused_or(condition) -> bool:
+                nonlocal logs
+                logs = kubectl(node, "-n", "refgateway-system", "logs", pod, check=False).stdout
+                return bool(wanted.search(logs)) or condition()
+
+            # The Service's create, patch and delete, each once the one before is done (or
+            # refused: then the refusal is what this rule's check looks for).
+            steps = [(lambda: service_ports() == [80], lambda: kubectl(
+                         node, "apply", "-f", "-", input=yaml.safe_dump(gateway(80, 8080)))),
+                     (lambda: service_ports() == [80, 8080], lambda: kubectl(node, "-n", ns, "delete", "gateway/g")),
+                     (lambda: service_ports() is None, lambda: None)]
+            for done, then in steps:
+                deadline = time.monotonic() + 30
+                while not refused_or(done) and time.monotonic() < deadline:
+                    time.sleep(1)
+                if wanted.search(logs):
+                    break
+                then()
+            deadline = time.monotonic() + 30
+            while not wanted.search(logs) and time.monotonic() < deadline:
+                time.sleep(1)
+                refused_or(lambda: False)
+            if not wanted.search(logs):
+                unclear.append(f"without {kind} rule {rule}: no refusal naming it; log:\n{logs[-3000:]}")
+    finally:
+        fresh_objects(None)
+    assert not unclear, "\n\n".join(unclear)
+    # With every rule back, the controller does its job and says nothing of permissions.
+    kubectl(node, "-n", ns, "wait", "--for=condition=Programmed", "gateway/g", "--timeout=60s")
+    kubectl(node, "wait", "--for=condition=Accepted", "gatewayclass/refgateway", "--timeout=60s")
+    assert "HTTP 403" not in kubectl(node, "-n", "refgateway-system", "logs", pod).stdout
