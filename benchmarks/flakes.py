@@ -1,0 +1,126 @@
+"""Run the scenario suite several times and list every test whose result changed.
+
+    python benchmarks/flakes.py --runs 20 --tier both --output benchmarks/flakes-YYYY-MM-DD.md
+
+Each run is the whole suite at ``-n 2``, as CI and users run it: against the bundled
+gateway on the local target, and/or through the kubernetes target on the API server tier
+(a real kube-apiserver + etcd, refgateway as its controller, backends as local processes
+in a network namespace; needs root and the build of tools/apiserver). A test is a flake
+when its outcome (passed, failed, skipped) is not the same in every run; a run that
+collects nothing, or ends with an error of the run itself, stops the script. The exit
+status is 1 when anything changed, so CI can run a small number of rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import datetime
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.selfcheck.runner import parse_junit  # noqa: E402
+
+REFGATEWAY_CONTROLLER = "mtls-conformance.dev/refgateway"
+
+
+def run_suite(workdir: Path, tier_args: list[str], extra: list[str], index: int) -> dict[str, str]:
+    junit = workdir / f"run-{index}.xml"
+    argv = [sys.executable, "-m", "pytest", "scenarios", "-q", "-p", "no:cacheprovider", "-n", "2",
+            f"--junitxml={junit}", *tier_args, *extra]
+    start = time.monotonic()
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    outcomes = parse_junit(junit)[0] if junit.exists() else {}
+    if not outcomes or proc.returncode not in (0, 1):
+        sys.exit(f"run {index} ended with exit status {proc.returncode} and {len(outcomes)} results:\n"
+                 f"{(proc.stdout + proc.stderr)[-3000:]}")
+    print(f"  run {index}: {collections.Counter(outcomes.values())} in {time.monotonic() - start:.0f} s",
+          flush=True)
+    return outcomes
+
+
+@contextlib.contextmanager
+def local_tier(workdir: Path) -> Iterator[list[str]]:
+    yield []
+
+
+@contextlib.contextmanager
+def apiserver_tier(workdir: Path) -> Iterator[list[str]]:
+    """A fresh API server with refgateway as its controller, for all the rounds."""
+    from tests.cluster.testcluster import TestCluster
+    from kubernetes import dynamic
+
+    with TestCluster() as cluster:
+        system_ca_bundle = workdir / "system-ca-bundle.pem"
+        log = open(workdir / "controller.log", "wb")
+        controller = subprocess.Popen(
+            [sys.executable, "-m", "refgateway", "controller", "--kubeconfig", str(cluster.kubeconfig),
+             "--log-level", "WARNING", "--system-ca-bundle", str(system_ca_bundle)],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            dyn = dynamic.DynamicClient(cluster.api_client())
+            dyn.resources.get(api_version="gateway.networking.k8s.io/v1", kind="GatewayClass").server_side_apply(
+                {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+                 "metadata": {"name": "refgateway"}, "spec": {"controllerName": REFGATEWAY_CONTROLLER}},
+                field_manager="flakes")
+            yield ["-p", "tests.cluster.testhost", "--gateway-class=refgateway", f"--kubeconfig={cluster.kubeconfig}",
+                   "--backend-mode=local-process", f"--system-ca-bundle={system_ca_bundle}"]
+        finally:
+            controller.terminate()
+            controller.wait(timeout=10)
+            log.close()
+
+
+TIERS = {"local": local_tier, "apiserver": apiserver_tier}
+
+
+def changed(runs: list[dict[str, str]]) -> dict[str, list[str]]:
+    """Tests whose outcome differs between runs (missing from a run counts as 'absent')."""
+    nodeids = sorted(set().union(*runs))
+    return {n: [r.get(n, "absent") for r in runs] for n in nodeids if len({r.get(n, "absent") for r in runs}) > 1}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tier", choices=[*TIERS, "both"], default="local")
+    parser.add_argument("--output", type=Path, help="also write the result as Markdown to this file")
+    parser.add_argument("extra", nargs="*", help="extra pytest arguments (after --)")
+    args = parser.parse_args(argv)
+    if args.runs < 2:
+        parser.error("--runs must be at least 2: a flake is a difference between runs")
+    lines = [f"# Flake check, {datetime.date.today().isoformat()}", "",
+             f"`python benchmarks/flakes.py {shlex.join(sys.argv[1:] if argv is None else argv)}`", ""]
+    flaky = False
+    for tier in (TIERS if args.tier == "both" else [args.tier]):
+        print(f"{tier}: {args.runs} runs of the scenario suite at -n 2", flush=True)
+        with tempfile.TemporaryDirectory(prefix="mtls-flakes-") as tmp, TIERS[tier](Path(tmp)) as tier_args:
+            runs = [run_suite(Path(tmp), tier_args, args.extra, i + 1) for i in range(args.runs)]
+        diff = changed(runs)
+        flaky |= bool(diff)
+        totals = collections.Counter(runs[0].values())
+        summary = (f"{tier}: {args.runs} runs, {len(runs[0])} tests each "
+                   f"({', '.join(f'{v} {k}' for k, v in sorted(totals.items()))} in the first), "
+                   f"{len(diff)} changed")
+        print(summary)
+        lines += [f"## {tier}", "", summary + ".", ""]
+        for nodeid, outcomes in diff.items():
+            print(f"  {nodeid}: {' '.join(outcomes)}")
+            lines.append(f"- `{nodeid}`: {' '.join(outcomes)}")
+        lines.append("")
+    if args.output:
+        args.output.write_text("\n".join(lines))
+    return 1 if flaky else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
