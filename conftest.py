@@ -1,3 +1,2 @@
-# The fixtures in fixtures/ are plugins of this checkout: the harness (conformance/) is
-# installed and loaded through its pytest11 entry point, the fixtures come with the repo.
-pytest_plugins = ["fixtures.pki", "fixtures.echo", "fixtures.backends", "fixtures.nginx"]
+# Nothing here: the plugin (conformance/plugin.py, installed as mtls_conformance) registers
+# the fixtures. This file marks the rootdir of a clone for the project's own tests.

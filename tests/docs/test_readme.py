@@ -32,13 +32,43 @@ def test_ci_runs_readme_command_two_verbatim():
     assert '"$status" -eq 5' in ci, ".ci/run must not let pytest's 'no tests' exit code pass"
 
 
+def pytest_help() -> str:
+    return subprocess.run([sys.executable, "-m", "pytest", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def plugin_options(help_text: str) -> set[str]:
+    """The options of the plugin's own group in ``pytest --help``."""
+    section = re.search(r"^mTLS conformance of Gateway API implementations:\n(.*?)(?=^\S)", help_text, re.M | re.S)
+    assert section, "pytest --help has no mTLS conformance section"
+    return set(re.findall(r"^  (--[a-z][a-z-]+)", section.group(1), re.M))
+
+
+def section(title: str) -> str:
+    match = re.search(rf"^#+ {re.escape(title)}\n(.*?)(?=^#+ )", README, re.M | re.S)
+    assert match, f"README.md has no section {title!r}"
+    return match.group(1)
+
+
 def test_every_documented_option_exists():
-    help_text = subprocess.run([sys.executable, "-m", "pytest", "--help"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout
-    options = set(re.findall(r"`(--[a-z][a-z-]+)", README))
+    help_text = pytest_help()
+    # The left column of the upstream table names upstream's flags, not ours.
+    text = README
+    for line in section("Upstream flags").splitlines():
+        if line.startswith("| `"):
+            text = text.replace(line.split("|")[1], "")
+    options = set(re.findall(r"`(--[a-z][a-z-]+)", text))
     assert options, "no options documented"
     missing = sorted(o for o in options if o not in help_text)
     assert not missing, f"README documents options pytest does not know: {missing}"
+
+
+def test_every_plugin_option_is_in_the_options_table():
+    table = section("Options")
+    first_column = " ".join(line.split("|")[1] for line in table.splitlines() if line.startswith("| `"))
+    documented = set(re.findall(r"`(--[a-z][a-z-]+)", first_column))
+    missing = sorted(plugin_options(pytest_help()) - documented)
+    assert not missing, f"options of the plugin missing from README's Options table: {missing}"
 
 
 def test_every_documented_fixture_exists():
@@ -48,3 +78,12 @@ def test_every_documented_fixture_exists():
     assert fixtures
     missing = [f for f in fixtures if not re.search(rf"^{f}\b", out, re.M)]
     assert not missing, f"README documents fixtures that do not exist: {missing}"
+
+
+def test_no_example_count_is_hard_coded():
+    # Counts change with every scenario added: an example that says "33 passed" is wrong
+    # the day a test is added (it said 33 when the suite had 81).
+    docs = {"README.md": README, **{f"docs/{p.name}": p.read_text() for p in (ROOT / "docs").glob("*.md")}}
+    for name, text in docs.items():
+        counts = re.findall(r"\(\d+ (?:passed|failed|skipped)[^)]*\)|\b\d+ (?:tests|items) collected\b", text)
+        assert not counts, f"{name} hard-codes test counts {counts}; write N instead"

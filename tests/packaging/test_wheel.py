@@ -1,0 +1,140 @@
+"""The suite as a vendor gets it: a wheel, a fresh virtual environment, no clone anywhere.
+
+One test, in steps, because each step needs the one before (minutes, not seconds: the
+wheel is built once and installed once):
+
+1. ``python -m build`` makes an sdist and, from it, a wheel; nothing generic (fixtures,
+   scenarios, conformance, tests) is a top-level name in the wheel;
+2. the wheel goes into a fresh venv (pip may take the dependencies from its cache);
+3. from an empty directory holding a vendor's own ``fixtures/`` package and
+   ``conftest.py``, ``--pyargs mtls_conformance.scenarios`` collects exactly what a
+   clone collects, and a vendor test uses the plugin's fixtures;
+4. docs/self-certification.md's commands run there as written, against the bundled
+   reference gateway (without ``--gateway-class``): the suite passes and the report has
+   the implementation fields.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.xdist_group("wheel")
+
+#: The vendor's own package of fixtures, named like ours (spelled so that rename scripts
+#: over this repository leave it alone).
+VENDOR_PACKAGE = "fixtures"
+VENDOR_CONFTEST = f'''\
+# A vendor's own conftest, with its own "{VENDOR_PACKAGE}" package: it must not shadow the suite's.
+pytest_plugins = ["{VENDOR_PACKAGE}.vendor"]
+'''
+VENDOR_FIXTURE = '''\
+import pytest
+
+@pytest.fixture
+def vendor_thing():
+    return "ours"
+'''
+VENDOR_TEST = '''\
+from mtls_conformance.target import ObjectRef
+
+
+def test_the_suites_fixtures_work_in_a_vendor_test(vendor_thing, mtls_target, mtls_pki, mtls_namespace):
+    ca = mtls_pki.authority("vendor-ca")
+    mtls_target.apply_yaml(f"""
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: vendor-ca, namespace: {mtls_namespace}}}
+data: {{ca.crt: {ca.cert_pem.decode()!r}}}
+""")
+    assert vendor_thing == "ours"
+    assert mtls_target.get(ObjectRef("ConfigMap", "vendor-ca", mtls_namespace, api_version="v1"))
+'''
+
+
+def run(argv: list[str], *, cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, f"{shlex.join(argv)} exited {proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def collected_names(output: str) -> list[str]:
+    """``--collect-only -q`` node ids as module::test[params], wherever the files are."""
+    names = []
+    for line in output.splitlines():
+        if "::" in line:
+            path, _, rest = line.strip().partition("::")
+            names.append(f"{Path(path).stem}::{rest}")
+    return sorted(names)
+
+
+def self_certification_commands() -> list[str]:
+    doc = (ROOT / "docs" / "self-certification.md").read_text()
+    block = doc.split("## The commands", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [line for line in block.splitlines() if line.strip()]
+    assert 1 <= len(commands) <= 3, "from pip install to a report in at most three commands"
+    return commands
+
+
+def test_the_wheel_runs_the_suite_from_an_empty_directory(tmp_path):
+    # 1. the wheel and the sdist
+    dist = tmp_path / "dist"
+    run([sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)], cwd=tmp_path, timeout=600)
+    wheels, sdists = list(dist.glob("*.whl")), list(dist.glob("*.tar.gz"))
+    assert len(wheels) == 1 and len(sdists) == 1, list(dist.iterdir())
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        tops = {name.split("/")[0] for name in wheel.namelist()}
+    assert {t for t in tops if not t.endswith((".dist-info", ".data"))} == {"mtls_conformance", "refgateway"}, tops
+
+    # 2. a fresh venv with only the wheel (dependencies from PyPI or pip's cache)
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    run([str(python), "-m", "pip", "install", "-q", str(wheels[0])], cwd=tmp_path, timeout=900)
+
+    # 3. a vendor's directory: its own fixtures/ and conftest.py
+    vendor = tmp_path / "vendor"
+    (vendor / VENDOR_PACKAGE).mkdir(parents=True)
+    (vendor / VENDOR_PACKAGE / "__init__.py").write_text("")
+    (vendor / VENDOR_PACKAGE / "vendor.py").write_text(VENDOR_FIXTURE)
+    (vendor / "conftest.py").write_text(VENDOR_CONFTEST)
+    (vendor / "test_vendor.py").write_text(VENDOR_TEST)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_XDIST_WORKER", "PYTEST_ADDOPTS")}
+    env["PATH"] = f"{env_dir / 'bin'}{os.pathsep}{env['PATH']}"
+
+    from_wheel = run([str(python), "-m", "pytest", "--pyargs", "mtls_conformance.scenarios", "--collect-only", "-q"],
+                     cwd=vendor, env=env)
+    from_clone = run([sys.executable, "-m", "pytest", "--collect-only", "-q"], cwd=ROOT)
+    assert collected_names(from_wheel.stdout), from_wheel.stdout
+    assert collected_names(from_wheel.stdout) == collected_names(from_clone.stdout), \
+        "the wheel collects other scenarios than a clone"
+    own = run([str(python), "-m", "pytest", "-q", "test_vendor.py"], cwd=vendor, env=env)
+    assert "1 passed" in own.stdout, own.stdout
+
+    # 4. docs/self-certification.md, as written, against the bundled reference gateway
+    for command in self_certification_commands():
+        argv = shlex.split(command)
+        if argv[:2] == ["pip", "install"]:
+            argv = [str(python), "-m", "pip", "install", "-q", str(wheels[0])]
+        else:
+            assert argv[0] == "pytest", command
+            argv = [str(python), "-m", "pytest", *[a for a in argv[1:] if not a.startswith("--gateway-class")]]
+            argv[argv.index("-n") + 1] = "2"  # this machine's two cores
+        proc = run(argv, cwd=vendor, env=env, timeout=1200)
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert re.search(r"\b\d+ passed\b", summary) and not re.search(r"failed|error", summary), proc.stdout[-3000:]
+    assert "verdicts per feature" in proc.stdout
+    report = yaml.safe_load((vendor / "report.yaml").read_text())
+    assert report["implementation"] == {"organization": "ORG", "project": "PROJECT", "url": "URL",
+                                        "version": "VERSION", "contact": ["CONTACT"]}
