@@ -55,7 +55,9 @@ def _stop_shared() -> None:
 def node():
     from tests.node.nodecluster import NodeCluster
 
-    cluster = NodeCluster()
+    # A test run waits for a node another run (or this run's Ctrl-C test, should it ever
+    # run beside this tier) is stopping, as a human would, instead of failing after LOCK_WAIT.
+    cluster = NodeCluster(lock_wait=900)
     _shared["cluster"] = cluster
     try:
         cluster.start()

@@ -151,6 +151,9 @@ def lock_holder() -> str:
         pid, command, since = int(info["pid"]), str(info["command"]), float(info["since"])
     except (OSError, ValueError, KeyError, TypeError):
         return "a process that did not say who it is (no readable " + str(LOCK_HOLDER) + ")"
+    if pid == os.getpid():
+        return (f"this process (pid {pid}), since {datetime.datetime.fromtimestamp(since, datetime.timezone.utc)"
+                f".strftime('%H:%M:%S UTC')}: a second NodeCluster started before the first was stopped")
     alive = Path(f"/proc/{pid}").exists()
     started = datetime.datetime.fromtimestamp(since, datetime.timezone.utc).strftime("%H:%M:%S UTC")
     return (f"pid {pid} ({command[:200]}), since {started}, {time.time() - since:.0f} s ago"
@@ -179,12 +182,16 @@ class NodeCluster(TestCluster):
             ``pause`` always). Others can be imported later with import_image().
         node_timeout: seconds to wait for the Node to be Ready and the default
             ServiceAccount to exist.
+        lock_wait: seconds to wait for another node cluster on this machine to stop
+            (LOCK_WAIT by default) before failing with who holds the lock.
     """
 
     __test__ = False
 
-    def __init__(self, *, images: Sequence[str] = IMAGE_NAMES, node_timeout: float = 180.0, **kw) -> None:
+    def __init__(self, *, images: Sequence[str] = IMAGE_NAMES, node_timeout: float = 180.0,
+                 lock_wait: float | None = None, **kw) -> None:
         super().__init__(**kw)
+        self.lock_wait = lock_wait
         unknown = set(images) - set(IMAGE_NAMES)
         if unknown:
             raise ValueError(f"unknown images {sorted(unknown)}; known: {', '.join(IMAGE_NAMES)}")
@@ -228,12 +235,13 @@ class NodeCluster(TestCluster):
         from filelock import FileLock, Timeout
 
         self._lock = FileLock(str(LOCK_FILE))
+        lock_wait = LOCK_WAIT if self.lock_wait is None else self.lock_wait
         try:
-            self._lock.acquire(timeout=LOCK_WAIT)
+            self._lock.acquire(timeout=lock_wait)
         except Timeout:
             self._lock = None
             raise ClusterStartError(
-                f"another node cluster holds {LOCK_FILE} (waited {LOCK_WAIT:.0f} s): {lock_holder()}. One node "
+                f"another node cluster holds {LOCK_FILE} (waited {lock_wait:.0f} s): {lock_holder()}. One node "
                 "cluster runs on a machine at a time: let that one finish, or stop it (Ctrl-C, or kill -INT "
                 "its pid)") from None
         command = Path("/proc/self/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()

@@ -59,8 +59,10 @@ def leftovers(state: dict) -> list[str]:
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     if re.search(rf"\b{state['host_if']}@", links):
         found.append(f"link {state['host_if']}")
-    routes = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True).stdout
-    if state["pod_cidr"] in routes:
+    # Its own route (through its own link): another node cluster started since may route
+    # the same pod CIDR through its link.
+    routes = subprocess.run(["ip", "-4", "route", "show", state["pod_cidr"]], capture_output=True, text=True).stdout
+    if re.search(rf"\bdev {re.escape(state['host_if'])}\b", routes):
         found.append(f"route {state['pod_cidr']}")
     if os.path.exists(run_dir):
         found.append(f"directory {run_dir}")
