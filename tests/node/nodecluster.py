@@ -151,11 +151,10 @@ def lock_holder() -> str:
         pid, command, since = int(info["pid"]), str(info["command"]), float(info["since"])
     except (OSError, ValueError, KeyError, TypeError):
         return "a process that did not say who it is (no readable " + str(LOCK_HOLDER) + ")"
-    if pid == os.getpid():
-        return (f"this process (pid {pid}), since {datetime.datetime.fromtimestamp(since, datetime.timezone.utc)"
-                f".strftime('%H:%M:%S UTC')}: a second NodeCluster started before the first was stopped")
-    alive = Path(f"/proc/{pid}").exists()
     started = datetime.datetime.fromtimestamp(since, datetime.timezone.utc).strftime("%H:%M:%S UTC")
+    if pid == os.getpid():
+        return f"this process (pid {pid}), since {started}: a second NodeCluster started before the first stopped"
+    alive = Path(f"/proc/{pid}").exists()
     return (f"pid {pid} ({command[:200]}), since {started}, {time.time() - since:.0f} s ago"
             + ("" if alive else "; that pid is gone, so a child of it holds the lock now"))
 
