@@ -310,12 +310,15 @@ def skip_reasons(junit: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def local_passes() -> set[str]:
-    """The scenario tests that pass against the local refgateway: what each tier must match."""
-    local = Child("scenarios", "-rA").wait(timeout=300)
+def local_passes(tmp_path_factory) -> set[str]:
+    """The scenario tests that pass against the local refgateway: what each tier must match
+    (the self-check's run of the whole suite against a correct refgateway, shared)."""
+    from tests.selfcheck.runner import correct_run
+
+    local = correct_run(tmp_path_factory)
     assert local.returncode == 0, local.output
-    assert passed_tests(local.output), local.output
-    return passed_tests(local.output)
+    assert local.with_outcome("passed"), local.output
+    return {f"scenarios/{nodeid}" for nodeid in local.with_outcome("passed")}
 
 
 def run_on_the_tier(cluster, tmp_path, *options: str) -> tuple[Child, dict[str, str]]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 import re
 import shlex
 import subprocess
@@ -123,6 +125,26 @@ def run_suite(tmp_path: Path, *faults: str, args: list[str] = (), only: list[str
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     outcomes, messages = parse_junit(junit) if junit.exists() else ({}, {})
     return SuiteRun(proc.returncode, outcomes, messages, proc.stdout + proc.stderr)
+
+
+def correct_run(tmp_path_factory) -> SuiteRun:
+    """The whole suite against a correct refgateway, run once per session and shared by
+    the tests that need it (the self-check's baseline, the API server tier's comparison),
+    across xdist workers too: each whole-suite run costs a minute of README command 2."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this session's directory, which its workers share
+    cache = root / "correct-run"
+    with FileLock(str(root / "correct-run.lock")):
+        saved = cache / "run.json"
+        if saved.exists():
+            return SuiteRun(**json.loads(saved.read_text()))
+        cache.mkdir(exist_ok=True)
+        run = run_suite(cache)
+        saved.write_text(json.dumps(dataclasses.asdict(run)))
+        return run
 
 
 def parse_junit(path: Path) -> tuple[dict[str, str], dict[str, str]]:

@@ -21,7 +21,7 @@ import sys
 import pytest
 
 from .expected_failures import EXPECTED_FAILURES, NOT_YET_COVERED, OPT_IN
-from .runner import SCENARIOS, assign_tests, judge_fault_run, matches, run_suite
+from .runner import SCENARIOS, assign_tests, correct_run, judge_fault_run, matches, run_suite
 
 
 def refgateway_faults() -> list[str]:
@@ -54,8 +54,8 @@ def test_every_scenario_can_fail():
     assert never == [], "scenario tests that no refgateway fault makes fail:\n" + "\n".join(never)
 
 
-def test_suite_passes_against_a_correct_gateway(tmp_path):
-    run = run_suite(tmp_path)
+def test_suite_passes_against_a_correct_gateway(tmp_path_factory):
+    run = correct_run(tmp_path_factory)
     assert run.outcomes, f"the child run collected nothing:\n{run.output[-3000:]}"
     failed = sorted(run.with_outcome("failed"))
     skipped = sorted(n for n in run.with_outcome("skipped") if not any(matches(n, p) for p in OPT_IN))
