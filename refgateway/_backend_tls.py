@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from ._plan import (GW_GROUP, BackendTLS, _cond, _decode_secret, _gen, _Index, _is_bundle_ref,
-                    _load_ca_bundle, _load_trust_bundle, _meta, _missing_bundles_only, _valid_keypair)
+from ._plan import (GW_GROUP, BackendTLS, _cond, _decode_secret, _gen, _Index, _meta, _missing_bundles_only,
+                    _resolve_ca_ref, _valid_keypair)
 
 
 def _client_certificate(idx: _Index, gw: Mapping) -> tuple[tuple[bytes, bytes] | None, tuple[str, str] | None]:
@@ -70,25 +70,11 @@ def _policy_anchors(idx: _Index, ns: str, validation: Mapping) -> tuple[
         return (), False, [], ("Invalid", "validation needs caCertificateRefs or wellKnownCACertificates")
     good, bad = [], []
     for ref in refs:
-        group, kind, name = ref.get("group") or "", ref.get("kind") or "", ref.get("name") or ""
-        if _is_bundle_ref(ref):
-            pem, kind_problem, problem = _load_trust_bundle(idx, ref)
-            if kind_problem:
-                bad.append(("InvalidKind", kind_problem))
-            elif problem:
-                bad.append(("InvalidCACertificateRef", problem))
-            else:
-                good.append(pem)
-            continue
-        where = f"{kind or '<no kind>'} {ns}/{name}"
-        if group != "" or kind not in ("ConfigMap", "Secret"):
-            bad.append(("InvalidKind", f"caCertificateRef {where} (group {group!r}) is not a core ConfigMap or Secret"))
-            continue
-        pem, problem = _load_ca_bundle(idx, kind, ns, name, where)
+        pem, problem = _resolve_ca_ref(idx, ref, ns, "InvalidKind")
         if problem:
-            bad.append(("InvalidCACertificateRef", problem))
-            continue
-        good.append(pem)
+            bad.append(problem)
+        else:
+            good.append(pem)
     if not good:
         return (), False, bad, ("NoValidCACertificate", f"none of the {len(bad)} caCertificateRefs is usable")
     return tuple(good), False, bad, None

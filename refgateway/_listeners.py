@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import serialization
 
 from ._backend_tls import _client_certificate
 from ._plan import (ALLOW_INSECURE_FALLBACK, ALLOW_VALID_ONLY, GW_GROUP, OPTION_DOMAIN, PIN_HASH_KEYS,
-                    PIN_SAN_KEYS, Validation, _decode_secret, _Index, _is_bundle_ref, _load_ca_bundle,
-                    _load_trust_bundle, _meta, _missing_bundles_only, _parse_hash_pins, _valid_keypair)
+                    PIN_SAN_KEYS, Validation, _decode_secret, _Index, _meta, _missing_bundles_only,
+                    _parse_hash_pins, _resolve_ca_ref, _valid_keypair)
 
 
 @dataclass
@@ -54,35 +54,19 @@ class _ListenerState:
 
 def _resolve_ca_refs(idx: _Index, gw_ns: str, refs: list) -> tuple[list[bytes], list[tuple[str, str]]]:
     """Resolve validation.caCertificateRefs: (valid PEM bundles, [(reason, message)])."""
+    def not_permitted(kind: str, ns: str, name: str, where: str) -> str | None:
+        if ns != gw_ns and not idx.granted(GW_GROUP, "Gateway", gw_ns, "", kind, ns, name):
+            return f"caCertificateRef {where} is in another namespace and no ReferenceGrant allows it"
+        return None
+
     good, bad = [], []
     for ref in refs or []:
-        group = ref.get("group") or ""
-        kind = ref.get("kind") or ""
-        name = ref.get("name") or ""
-        if _is_bundle_ref(ref):
-            pem, kind_problem, problem = _load_trust_bundle(idx, ref)
-            if kind_problem:
-                bad.append(("InvalidCACertificateKind", kind_problem))
-            elif problem:
-                bad.append(("InvalidCACertificateRef", problem))
-            else:
-                good.append(pem)
-            continue
-        ns = ref.get("namespace") or gw_ns
-        where = f"{kind or '<no kind>'} {ns}/{name}"
-        if group != "" or kind not in ("ConfigMap", "Secret"):
-            bad.append(("InvalidCACertificateKind",
-                        f"caCertificateRef {where} (group {group!r}) is not a core ConfigMap or Secret"))
-            continue
-        if ns != gw_ns and not idx.granted(GW_GROUP, "Gateway", gw_ns, "", kind, ns, name):
-            bad.append(("RefNotPermitted",
-                        f"caCertificateRef {where} is in another namespace and no ReferenceGrant allows it"))
-            continue
-        pem, problem = _load_ca_bundle(idx, kind, ns, name, where)
+        pem, problem = _resolve_ca_ref(idx, ref, ref.get("namespace") or gw_ns, "InvalidCACertificateKind",
+                                       not_permitted)
         if problem:
-            bad.append(("InvalidCACertificateRef", problem))
-            continue
-        good.append(pem)
+            bad.append(problem)
+        else:
+            good.append(pem)
     return good, bad
 
 

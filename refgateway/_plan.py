@@ -275,6 +275,32 @@ def _load_ca_bundle(idx: _Index, kind: str, ns: str, name: str,
     return pem, None
 
 
+def _resolve_ca_ref(idx: _Index, ref: Mapping, ns: str, kind_reason: str,
+                    not_permitted=None) -> tuple[bytes | None, tuple[str, str] | None]:
+    """One caCertificateRef of a Gateway or a BackendTLSPolicy -> (PEM, None) or (None,
+    (reason, message)). ``kind_reason`` is the reason for a ref of the wrong kind, which the
+    two APIs name differently (InvalidCACertificateKind, InvalidKind); ``not_permitted(kind,
+    ns, name, where)`` says why a ref may not be followed (ReferenceGrant), or None."""
+    group, kind, name = ref.get("group") or "", ref.get("kind") or "", ref.get("name") or ""
+    if _is_bundle_ref(ref):
+        pem, kind_problem, problem = _load_trust_bundle(idx, ref)
+        if kind_problem:
+            return None, (kind_reason, kind_problem)
+        if problem:
+            return None, ("InvalidCACertificateRef", problem)
+        return pem, None
+    where = f"{kind or '<no kind>'} {ns}/{name}"
+    if group != "" or kind not in ("ConfigMap", "Secret"):
+        return None, (kind_reason, f"caCertificateRef {where} (group {group!r}) is not a core ConfigMap or Secret")
+    problem = not_permitted(kind, ns, name, where) if not_permitted else None
+    if problem:
+        return None, ("RefNotPermitted", problem)
+    pem, problem = _load_ca_bundle(idx, kind, ns, name, where)
+    if problem:
+        return None, ("InvalidCACertificateRef", problem)
+    return pem, None
+
+
 def _is_bundle_ref(ref: Mapping) -> bool:
     return (ref.get("group") or "") == CTB_GROUP and ref.get("kind") == CTB_KIND
 
