@@ -740,7 +740,9 @@ def test_without_the_cluster_trust_bundle_api_the_feature_is_not_advertised(pki,
             conds = wait_for(listener_conditions, what="listener ResolvedRefs=False")
             assert conds["ResolvedRefs"] == ("False", "InvalidCACertificateKind")
             assert conds["Accepted"] == ("False", "NoValidCACertificate")
-            gc = get(api, "gatewayclasses", "refgateway")
+            # The GatewayClass status is its own write, which may land after the Gateway's.
+            gc = wait_for(lambda: (lambda g: g if (g.get("status") or {}).get("supportedFeatures") else None)(
+                get(api, "gatewayclasses", "refgateway")), what="GatewayClass refgateway supportedFeatures")
             names = {f["name"] for f in gc["status"]["supportedFeatures"]}
             assert "GatewayFrontendClientCertificateValidation" in names and "ClusterTrustBundle" not in names
         finally:
