@@ -49,8 +49,8 @@ from cryptography import x509
 from OpenSSL import SSL, crypto
 
 from . import routing
-from ._tls import (ALERT_HANDSHAKE_FAILURE, leaf_identity, pin_mismatch, set_verify, short_reason, verify_mode,
-                   version_refusal)
+from ._tls import (ALERT_HANDSHAKE_FAILURE, leaf_identity, needs_verify_callback, pin_mismatch, set_verify,
+                   short_reason, verify_mode, version_refusal)
 from ._plan import ALLOW_INSECURE_FALLBACK, BackendTLS, Listener
 
 __all__ = ["EdgeCore", "ProxyRequest", "Linger", "Close", "on_sni", "on_verify", "HOP_BY_HOP", "LINGER"]
@@ -109,25 +109,33 @@ def _identity_headers(der: bytes) -> tuple[tuple[bytes, bytes], ...]:
             (b"x-refgateway-client-cert-subject", subject.encode("utf-8", "replace")))
 
 
-def _plain_keep_alive(req: h11.Request) -> bool:
-    """An HTTP/1.1 request, not HEAD, without ``Connection: close`` (h11's keep-alive rule)."""
+#: The client's h11 state once its whole request is read (MUST_CLOSE: it said Connection: close).
+_REQUEST_READ = (h11.DONE, h11.MUST_CLOSE)
+
+
+def _fast_path(req: h11.Request) -> str | None:
+    """How an answer to ``req`` may skip h11: "keep-alive" (an HTTP/1.1 request, not HEAD),
+    "close" (the same with ``Connection: close``), or None (h11 writes it: HTTP/1.0, HEAD)."""
     if req.http_version != b"1.1" or req.method == b"HEAD":
-        return False
+        return None
     for k, v in req.headers:
         if k == b"connection" and b"close" in [t.strip() for t in v.lower().split(b",")]:
-            return False
-    return True
+            return "close"
+    return "keep-alive"
 
 
-def response_bytes(status: int, headers: list, payload: bytes) -> bytes:
-    """An HTTP/1.1 response as h11 writes it: no reason phrase, Host first, then Content-Length.
+def response_bytes(status: int, headers: list, payload: bytes, close: bool = False) -> bytes:
+    """An HTTP/1.1 response as h11 writes it: no reason phrase, Host first, then
+    Content-Length, then (``close``: the client asked for it) ``Connection: close``.
 
-    ``headers`` are valid field lines (ours, or a backend's as refgateway._edge parsed them).
+    ``headers`` are valid field lines (ours, or a backend's as refgateway._edge parsed
+    them) without hop-by-hop ones.
     """
     lines = [b"HTTP/1.1 %d \r\n" % status]
     lines += [b"%s: %s\r\n" % (k, v) for k, v in headers if k.lower() == b"host"]
     lines += [b"%s: %s\r\n" % (k, v) for k, v in headers if k.lower() != b"host"]
-    lines.append(b"content-length: %d\r\n\r\n" % len(payload))
+    lines.append(b"content-length: %d\r\n" % len(payload))
+    lines.append(b"Connection: close\r\n\r\n" if close else b"\r\n")
     lines.append(payload)
     return b"".join(lines)
 
@@ -160,7 +168,7 @@ class EdgeCore:
         self._request: h11.Request | None = None  # HTTP/1.1 request whose body is arriving
         self._body = bytearray()
         self._waiting = False  # the HTTP/1.1 request is with the backend
-        self._fast = False  # the request in progress may be answered without h11 (_respond_and_cycle)
+        self._fast: str | None = None  # how the request in progress may skip h11 (_fast_path)
         self.answered = 0  # responses sent (the adapter's idle timer restarts on each)
         if self.port.protocol == "HTTPS":
             base = site.base_context
@@ -357,7 +365,13 @@ class EdgeCore:
         if refusal is not None:
             self.reject, self.reject_alert = True, refusal
             return
-        set_verify(conn, verify_mode(ls.validation, self.faults, version), on_verify, self.faults)
+        mode = verify_mode(ls.validation, self.faults, version)
+        if needs_verify_callback(ls.validation, self.faults):
+            set_verify(conn, mode, on_verify, self.faults)
+        else:
+            # OpenSSL's verdict stands (a callback kept from the base context returns it
+            # unchanged): a completed handshake with a certificate is a verified one.
+            conn.set_verify(mode)
 
     def verify(self, cert, errno: int, depth: int, ok: int) -> bool:
         v = self.listener.validation if self.listener else None
@@ -428,7 +442,7 @@ class EdgeCore:
                     return self.close()
                 req, body = self._request, bytes(self._body)
                 self._request, self._body = None, bytearray()
-                self._fast = _plain_keep_alive(req)
+                self._fast = _fast_path(req)
                 answer = self._handle(req, body, H11_REF)
                 if answer is None:
                     self._waiting = True
@@ -445,16 +459,21 @@ class EdgeCore:
     def _respond_and_cycle(self, status: int, headers: list, payload: bytes) -> None:
         """Answer the request, then get ready for the next one on the connection (or close it).
 
-        Fast path: a kept-alive HTTP/1.1 request that is not HEAD gets its answer written
-        here, byte for byte what h11 would write (tests/refgateway/test_core.py compares
-        them), and a fresh h11 machine takes over the bytes already received. On the
-        data plane's hot path h11's send() (events, state machine, header normalisation)
-        cost as much as everything else in a request; the answers it checks are ours.
+        Fast path: an HTTP/1.1 request that is not HEAD gets its answer written here, byte
+        for byte what h11 would write (tests/refgateway/test_core.py compares them); after
+        ``Connection: close`` the connection ends, as h11's would, otherwise a fresh h11
+        machine takes over the bytes already received. On the data plane's hot path
+        h11's send() (events, state machine, header normalisation) cost as much as
+        everything else in a request; the answers it checks are ours.
         """
-        if self._fast and self.h.our_state is h11.SEND_RESPONSE and self.h.their_state is h11.DONE \
+        if self._fast and self.h.our_state is h11.SEND_RESPONSE and self.h.their_state in _REQUEST_READ \
                 and 200 <= status and status not in (204, 304):
             self.answered += 1
-            data = response_bytes(status, [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP], payload)
+            data = response_bytes(status, [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP], payload,
+                                  close=self._fast == "close")
+            if self._fast == "close":
+                self.write(data)
+                return self.close()
             leftover, closed = self.h.trailing_data
             self.h = h11.Connection(h11.SERVER)
             if leftover:

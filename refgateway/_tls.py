@@ -37,7 +37,7 @@ from OpenSSL import SSL, crypto
 
 from ._plan import ALLOW_INSECURE_FALLBACK, BackendTLS, Listener, Validation
 
-__all__ = ["ContextCache", "set_verify", "verify_mode", "short_reason", "pin_mismatch", "leaf_identity", "ALERT_HANDSHAKE_FAILURE",
+__all__ = ["ContextCache", "set_verify", "verify_mode", "needs_verify_callback", "short_reason", "pin_mismatch", "leaf_identity", "ALERT_HANDSHAKE_FAILURE",
            "BackendContexts", "BackendIdentityError", "backend_identity_problem"]
 
 log = logging.getLogger("refgateway.tls")
@@ -154,6 +154,22 @@ def verify_mode(v: Validation | None, faults: frozenset[str], version: str | Non
     return SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
 
 
+#: Faults that make refgateway's verify callback overrule OpenSSL's verdict.
+_CALLBACK_FAULTS = frozenset({"accept-any-client-cert", "internal-error-for-bad-client-cert"})
+
+
+def needs_verify_callback(v: Validation | None, faults: frozenset[str]) -> bool:
+    """Whether a connection on a listener needs refgateway's verify callback.
+
+    Only AllowInsecureFallback (accept a bad certificate, remember why), pins (checked on
+    the leaf) and a few faults need it. Otherwise OpenSSL's own verification decides
+    alone: a handshake that completes with a client certificate verified it, and a
+    Python callback per certificate of the chain is a good part of a handshake's cost.
+    """
+    return v is not None and (v.mode == ALLOW_INSECURE_FALLBACK or bool(v.pin_hashes or v.pin_sans)
+                              or not _CALLBACK_FAULTS.isdisjoint(faults))
+
+
 class ContextCache:
     """Builds and memoises one server Context per distinct listener TLS configuration."""
 
@@ -223,7 +239,12 @@ class ContextCache:
                 ctx.set_verify_depth(self._max_chain_depth)
         # OpenSSL verifies client certificates for the purpose "sslclient" by default
         # on the server side, so a serverAuth-only certificate fails with bad-purpose.
-        set_verify(ctx, verify_mode(v, self._faults), self._verify, self._faults)
+        # A connection keeps the verify callback of the context it started on
+        # (SSL_set_verify cannot remove one), so only listeners that need it get one.
+        if needs_verify_callback(v, self._faults):
+            set_verify(ctx, verify_mode(v, self._faults), self._verify, self._faults)
+        else:
+            ctx.set_verify(verify_mode(v, self._faults))
         return ctx
 
 

@@ -296,24 +296,28 @@ def test_h2_frames_after_the_clients_goaway_are_ignored(pki):
     (502, [(b"Host", b"backend.example"), (b"x-b", b"")], b"backend unavailable\n"),
     (201, [(b"set-cookie", b"a=1"), (b"set-cookie", b"b=2")], b"x" * 70000),
 ])
-def test_fast_response_is_what_h11_writes(status, headers, payload):
-    from refgateway._core import response_bytes
+@pytest.mark.parametrize("connection", [b"", b"Connection: close\r\n", b"Connection: keep-alive, Close\r\n"])
+def test_fast_response_is_what_h11_writes(status, headers, payload, connection):
+    from refgateway._core import _fast_path, response_bytes
 
     h = h11.Connection(h11.SERVER)
-    h.receive_data(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
-    h.next_event(), h.next_event()
+    h.receive_data(b"GET / HTTP/1.1\r\nHost: example.com\r\n" + connection + b"\r\n")
+    request, _ = h.next_event(), h.next_event()
     expected = h.send(h11.Response(status_code=status, headers=headers + [(b"content-length", b"%d" % len(payload))]))
     expected += h.send(h11.Data(data=payload)) if payload else b""
     expected += h.send(h11.EndOfMessage())
-    assert response_bytes(status, headers, payload) == expected
+    close = _fast_path(request) == "close"
+    assert close == bool(connection) and (h.our_state is h11.MUST_CLOSE) == close
+    assert response_bytes(status, headers, payload, close=close) == expected
 
 
 @pytest.mark.parametrize("request_head", [
     b"GET / HTTP/1.0\r\nHost: strict.example.com\r\n\r\n",
+    # On the fast path since it writes Connection: close itself; the connection must end.
     b"GET / HTTP/1.1\r\nHost: strict.example.com\r\nConnection: keep-alive, Close\r\n\r\n",
     b"HEAD / HTTP/1.1\r\nHost: strict.example.com\r\n\r\n",
 ])
-def test_requests_off_the_fast_path_are_answered_by_h11(pki, request_head):
+def test_requests_that_end_or_skip_the_fast_path(pki, request_head):
     p = Pair(make_site(pki), client_context(pki))
     p.pump(request_head + b"GET / HTTP/1.1\r\nHost: strict.example.com\r\n\r\n")
     out = bytes(p.plain)
