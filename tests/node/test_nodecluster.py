@@ -36,8 +36,18 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.xdist_group("node")
 
 
-def leftovers(state: dict) -> list[str]:
-    """What a stopped node cluster left behind: processes, mounts, network, files."""
+def cni_netns() -> set[str]:
+    """The pod network namespaces on this machine, whoever made them."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {n for n in re.findall(r"^(\S+)", out, re.M) if n.startswith("cni-")}
+
+
+def leftovers(state: dict, others: set[str] = frozenset()) -> list[str]:
+    """What a stopped node cluster left behind: processes, mounts, network, files.
+
+    ``others``: pod network namespaces that were there before it started (a run killed
+    with SIGKILL leaves its own); they are not this cluster's.
+    """
     found = []
     run_dir = state["dir"]
     for entry in Path("/proc").iterdir():
@@ -51,11 +61,12 @@ def leftovers(state: dict) -> list[str]:
                 found.append(f"process {entry.name}: {command}")
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         point = line.split()[4]
-        if point.startswith((run_dir, state["containerd_root"], "/run/netns/cni-")):
+        if point.startswith((run_dir, state["containerd_root"], "/run/netns/cni-")) and \
+                Path(point).name not in others:
             found.append(f"mount {point}")
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     found += [f"netns {n}" for n in re.findall(r"^(\S+)", netns, re.M)
-              if n == state["netns"] or n.startswith("cni-")]
+              if n == state["netns"] or (n.startswith("cni-") and n not in others)]
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     if re.search(rf"\b{state['host_if']}@", links):
         found.append(f"link {state['host_if']}")
@@ -74,6 +85,7 @@ def leftovers(state: dict) -> list[str]:
 def test_ctrl_c_stops_everything_it_started(tmp_path):
     """Started as a human does (python -m tests.node.nodecluster up), with a pod running,
     then Ctrl-C: no process, mount, pod network namespace, link, route or directory left."""
+    others = cni_netns()
     proc = subprocess.Popen([sys.executable, "-m", "tests.node.nodecluster", "up", "--state", str(tmp_path / "s.json")],
                             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
@@ -105,7 +117,7 @@ def test_ctrl_c_stops_everything_it_started(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 0, output
-    assert leftovers(state) == [], output
+    assert leftovers(state, others) == [], output
 
 
 def test_a_second_node_fails_fast_naming_who_holds_the_lock(tmp_path, monkeypatch):
