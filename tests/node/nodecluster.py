@@ -350,10 +350,18 @@ class NodeCluster(TestCluster):
         files["key"].chmod(0o600)
         return files
 
-    def _in_node(self, argv: list[str]) -> list[str]:
+    def in_node(self, argv: list[str]) -> list[str]:
+        """``argv`` run in the node's network namespace, where kube-proxy's rules make
+        ClusterIPs reachable (the host has none of them); with ``node_kubeconfig``."""
         # Only the network namespace: the kubelet's volume mounts must be where
         # containerd (and runc) see them, in the host's mount namespace.
         return ["nsenter", f"--net=/run/netns/{self.netns}", "--", *argv]
+
+    @property
+    def node_kubeconfig(self) -> Path:
+        """The cluster's kubeconfig (same credentials) for programs run ``in_node``."""
+        assert self._node_kubeconfig is not None, "the node is not started"
+        return self._node_kubeconfig
 
     def _start_node(self) -> None:
         assert self.dir is not None and self.node_bin is not None and self.kubeconfig is not None
@@ -428,7 +436,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     bin_dir = "{CNI_DIR}"
     conf_dir = "{cni_conf}"
 """)
-        self._spawn("containerd", self._in_node(["containerd", "--config", str(base / "config.toml")]))
+        self._spawn("containerd", self.in_node(["containerd", "--config", str(base / "config.toml")]))
         self._wait_for("containerd", lambda: self._ctr("version", check=False).returncode == 0, 60)
         self._remove_containers()  # of a run that was killed before it could clean up
 
@@ -446,8 +454,18 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         return _run("ctr", "--address", str(self.containerd_socket), "--namespace", "k8s.io", *args,
                     check=check, timeout=timeout)
 
-    def import_image(self, name: str) -> str:
-        """Import an image of tools/images/build.sh into the node (as `kind load` does); its reference."""
+    def import_image(self, name: str, *aliases: str) -> str:
+        """Import an image of tools/images/build.sh into the node (as `kind load` does); its reference.
+
+        ``aliases``: more references for it, such as the ones a third party's manifests
+        name (the node has no registry to pull them from).
+        """
+        ref = self._import_image(name)
+        for alias in aliases:
+            self._ctr("images", "tag", "--force", normalized_ref(ref), alias)
+        return ref
+
+    def _import_image(self, name: str) -> str:
         if name in self.imported:
             return self.imported[name]
         ref, tarball = self.images[name]
@@ -493,7 +511,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     def _start_kube_proxy(self) -> None:
         assert self.dir is not None and self.node_bin is not None
-        self._spawn("kube-proxy", self._in_node([
+        self._spawn("kube-proxy", self.in_node([
             str(self.node_bin / "kube-proxy"),
             f"--kubeconfig={self._node_kubeconfig}",
             f"--hostname-override={NODE_NAME}",
@@ -542,7 +560,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
             "fileCheckFrequency": "20s",
         }
         (self.dir / "kubelet.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        self._spawn("kubelet", self._in_node([
+        self._spawn("kubelet", self.in_node([
             str(self.node_bin / "kubelet"),
             f"--config={self.dir / 'kubelet.yaml'}",
             f"--kubeconfig={self._node_kubeconfig}",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -209,6 +210,55 @@ def test_the_suite_with_deployment_backends_and_port_forward_passes(node, refgat
         if s["metadata"]["labels"]["refgateway.mtls-conformance.dev/gateway-namespace"].startswith("mtls-")],
         timeout=180)
     assert refgateway_pod(node)["metadata"]["name"] == refgateway["metadata"]["name"], "refgateway restarted"
+
+
+#: The echo-basic references in the upstream suite's v1.7.0 manifests (conformance/base and
+#: its tests' manifests); the node cannot pull them, so the echo-basic built here gets them.
+UPSTREAM_ECHO_REFS = ("registry.k8s.io/gateway-api/conformance/echo-basic:v0.1.0",
+                      "registry.k8s.io/gateway-api/conformance/echo-basic:v0.2.0")
+
+
+def upstream_tool():
+    """tools/upstream/run.py as a module, or a skip saying what is missing."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("upstream_run", ROOT / "tools" / "upstream" / "run.py")
+    run = sys.modules.setdefault("upstream_run", importlib.util.module_from_spec(spec))
+    if not hasattr(run, "run_suite"):
+        spec.loader.exec_module(run)
+    if subprocess.run(["bash", str(run.BUILD_SH), "--check"], capture_output=True).returncode != 0 \
+            and not shutil.which("go"):
+        pytest.skip("the upstream suite is not built and Go is not installed (bash tools/upstream/build.sh)")
+    return run
+
+
+def test_upstream_tls_tests_pass_against_refgateway_on_the_node(node, refgateway, tmp_path):
+    """The upstream Go conformance suite (v1.7.0, its 14 TLS tests: tools/upstream/run.py)
+    against refgateway deployed from deploy/refgateway, with the suite's echo-basic backends
+    as pods of the image built here. The suite runs in the node's network namespace: the
+    Gateways' addresses are their Services' ClusterIPs, which only kube-proxy's rules there
+    reach, as from a pod."""
+    run = upstream_tool()
+    cache = run.build()
+    node.import_image("echo-basic", *UPSTREAM_ECHO_REFS)
+    try:
+        result = run.run_suite(cache, node.node_kubeconfig, "refgateway", list(run.REFGATEWAY_FEATURES),
+                               tmp_path, prefix=tuple(node.in_node([])))
+        verdicts = {t: result.verdict(t) for t in result.requested}
+        assert set(result.requested) == set(run.TLS_TESTS)
+        assert result.ok, (f"{verdicts}\ndisagreements: {result.disagreements}\n"
+                           f"{Path(result.log).read_text(errors='replace')[-20000:]}")
+        # The backends were pods of the node, from the image built here.
+        pods = json.loads(kubectl(node, "-n", "gateway-conformance-infra", "get", "pods", "-o", "json").stdout)["items"]
+        images = {c["image"] for p in pods for c in p["spec"]["containers"]}
+        assert pods and images <= set(UPSTREAM_ECHO_REFS), images
+        assert all(p["status"].get("phase") == "Running" for p in pods), [p["metadata"]["name"] for p in pods]
+    finally:
+        # The run leaves its base resources for a look by hand (--cleanup-base-resources=false).
+        names = [n["metadata"]["name"] for n in json.loads(kubectl(node, "get", "namespaces", "-o", "json").stdout)["items"]
+                 if n["metadata"]["name"].startswith("gateway-conformance-")]
+        if names:
+            kubectl(node, "delete", "namespace", *names, "--wait=false")
 
 
 def rbac_without(kind: str, rule_index: int) -> tuple[str, dict]:

@@ -155,7 +155,9 @@ def passed_count(report: dict) -> int:
 
 def run_suite(cache: Path, kubeconfig: Path, gateway_class: str, features: list[str], out: Path,
               tests: list[str] | tuple[str, ...] = TLS_TESTS, timeout_overrides: str | None = None,
-              timeout: float = 3600, extra: tuple[str, ...] = ()) -> Result:
+              timeout: float = 3600, extra: tuple[str, ...] = (), prefix: tuple[str, ...] = ()) -> Result:
+    """``prefix``: what the suite's binary runs under, e.g. nsenter into the network namespace
+    of a node whose ClusterIPs only its own kube-proxy rules reach (tests/node)."""
     out.mkdir(parents=True, exist_ok=True)
     # Not "*-report.yaml": reports/ is searched for those (conformance/matrix.py), and this one
     # is upstream's, beside our own run's.
@@ -178,7 +180,7 @@ def run_suite(cache: Path, kubeconfig: Path, gateway_class: str, features: list[
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(argv) + "\n")
         log.flush()
-        proc = subprocess.run(argv, cwd=out, env=dict(os.environ, KUBECONFIG=str(kubeconfig)),
+        proc = subprocess.run([*prefix, *argv], cwd=out, env=dict(os.environ, KUBECONFIG=str(kubeconfig)),
                               stdout=log, stderr=subprocess.STDOUT, timeout=timeout + 120)
     seconds = time.monotonic() - t0
     output = log_path.read_text(errors="replace")
