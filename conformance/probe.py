@@ -366,6 +366,12 @@ def _build_context(
             raise ValueError(f"tls_version must be one of {sorted(_TLS_VERSIONS)} or None, got {tls_version!r}")
         context.minimum_version = context.maximum_version = _TLS_VERSIONS[tls_version]
     if client_cert is not None:
+        level = getattr(client_cert, "security_level", None)
+        if level is not None:
+            # Python's own level 2 refuses to send a chain with SHA-1 signatures or RSA-1024
+            # keys; whether they are refused is the gateway's verdict, never the probe's.
+            # Both halves of such a pair carry the same level (fixtures/chains.py).
+            context.set_ciphers(f"DEFAULT:@SECLEVEL={int(level)}")
         context.load_cert_chain(str(client_cert.chain_file), str(client_cert.key_file))
     context.set_alpn_protocols(["h2"] if http2 else ["http/1.1"])
     return context

@@ -58,6 +58,9 @@ class Profile:
     #: The most intermediate CAs between a client leaf and a trusted root that the
     #: implementation verifies (OpenSSL/nginx "verify depth"); None: not stated, not tested.
     max_chain_depth: int | None = None
+    #: Weak client-chain crypto the implementation states it refuses (its policy, not RFC
+    #: 5280): any of WEAK_CRYPTO. What is not listed is not tested.
+    refused_weak_crypto: frozenset[str] = frozenset()
     notes: str = ""
     #: ConformanceReport ``implementation`` defaults (the --implementation-* options win).
     version: str = ""
@@ -87,6 +90,7 @@ REFGATEWAY = Profile(
                     certificate_hash="refgateway.mtls-conformance.dev/verify-certificate-hash"),
     ca_in_secret=True,
     max_chain_depth=4,
+    refused_weak_crypto=frozenset({"sha1-signatures", "rsa-1024-keys"}),
     contact=("https://mtls-conformance.dev/refgateway/issues",),
 )
 
@@ -204,6 +208,10 @@ BUILTIN: dict[str, Profile] = {p.key: p for p in (
     GENERIC)}
 
 
+#: Profile.refused_weak_crypto values: SHA-1 signatures in the client chain, RSA keys under 2048 bits.
+WEAK_CRYPTO = frozenset({"sha1-signatures", "rsa-1024-keys"})
+
+
 class ProfileError(ValueError):
     pass
 
@@ -228,6 +236,10 @@ def load(path: Path) -> Profile:
     if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
         raise ProfileError(f"--profile {path}: max_chain_depth must be a whole number of intermediate CAs "
                            f"(0 or more), or left out when the implementation states none; got {depth!r}")
+    weak = data.get("refused_weak_crypto", ())
+    if not isinstance(weak, (list, tuple)) or set(weak) - WEAK_CRYPTO:
+        raise ProfileError(f"--profile {path}: refused_weak_crypto must be a list of {sorted(WEAK_CRYPTO)}; "
+                           f"got {weak!r}")
     for name in data.get("supported_features", ()):
         try:
             features.lookup(name)
@@ -243,6 +255,7 @@ def load(path: Path) -> Profile:
                "features_source": f"--profile {path}" if "supported_features" in data else "",
                "supported_features": frozenset(data.get("supported_features", ())),
                "rejection_statuses": frozenset(data.get("rejection_statuses", ())),
+               "refused_weak_crypto": frozenset(weak),
                "identity": IdentityForwarding(**data["identity"]) if data.get("identity") else None,
                "pinning": Pinning(**data["pinning"]) if data.get("pinning") else None})
     except TypeError as exc:

@@ -49,7 +49,7 @@ from cryptography import x509
 from OpenSSL import SSL, crypto
 
 from . import routing
-from ._tls import (ALERT_HANDSHAKE_FAILURE, leaf_identity, needs_verify_callback, pin_mismatch, set_verify,
+from ._tls import (ALERT_HANDSHAKE_FAILURE, leaf_identity, needs_verify_callback, overrules_rule, pin_mismatch, set_verify,
                    short_reason, verify_mode, version_refusal)
 from ._plan import ALLOW_INSECURE_FALLBACK, BackendTLS, Listener
 
@@ -375,6 +375,8 @@ class EdgeCore:
 
     def verify(self, cert, errno: int, depth: int, ok: int) -> bool:
         v = self.listener.validation if self.listener else None
+        if not ok and overrules_rule(self.faults, errno, depth, cert):
+            ok = 1
         if not ok:
             if self.verify_error is None:
                 self.verify_error = errno

@@ -37,7 +37,7 @@ from OpenSSL import SSL, crypto
 
 from ._plan import ALLOW_INSECURE_FALLBACK, BackendTLS, Listener, Validation
 
-__all__ = ["ContextCache", "set_verify", "verify_mode", "needs_verify_callback", "short_reason", "pin_mismatch", "leaf_identity", "ALERT_HANDSHAKE_FAILURE",
+__all__ = ["ContextCache", "set_verify", "verify_mode", "needs_verify_callback", "overrules_rule", "short_reason", "pin_mismatch", "leaf_identity", "ALERT_HANDSHAKE_FAILURE",
            "BackendContexts", "BackendIdentityError", "backend_identity_problem"]
 
 log = logging.getLogger("refgateway.tls")
@@ -55,6 +55,8 @@ MAX_CLIENT_CHAIN_DEPTH = 4
 _REASONS = {
     2: "unknown-ca", 19: "unknown-ca", 20: "unknown-ca", 21: "unknown-ca", 18: "self-signed",
     9: "not-yet-valid", 10: "expired", 7: "bad-signature", 24: "invalid-ca", 26: "bad-purpose",
+    25: "path-length-exceeded", 32: "no-cert-sign", 34: "unhandled-critical-extension",
+    47: "name-constraints", 48: "name-constraints", 66: "key-too-weak", 68: "digest-too-weak", 79: "invalid-ca",
 }
 
 
@@ -157,6 +159,52 @@ def verify_mode(v: Validation | None, faults: frozenset[str], version: str | Non
 #: Faults that make refgateway's verify callback overrule OpenSSL's verdict.
 _CALLBACK_FAULTS = frozenset({"accept-any-client-cert", "internal-error-for-bad-client-cert"})
 
+# X509_V_ERR_* numbers of OpenSSL 3 (x509_vfy.h; INVALID_CA was 24 before 3.0).
+_CERT_SIGNATURE_FAILURE, _CERT_NOT_YET_VALID, _CERT_HAS_EXPIRED = 7, 9, 10
+_PATH_LENGTH_EXCEEDED, _INVALID_PURPOSE, _KEYUSAGE_NO_CERTSIGN = 25, 26, 32
+_UNHANDLED_CRITICAL_EXTENSION, _PERMITTED_VIOLATION, _EXCLUDED_VIOLATION, _INVALID_CA = 34, 47, 48, 79
+
+#: Faults that overrule one RFC 5280 rule OpenSSL enforces: a verify callback that returns
+#: 1 for these errors (at depth > 0: on the intermediates only), as a gateway with its own
+#: callback ships it. fault -> (errors, intermediates only).
+_RULE_FAULTS: dict[str, tuple[frozenset[int], bool]] = {
+    # OpenSSL reports a non-CA intermediate as INVALID_CA and, for the sslclient purpose, INVALID_PURPOSE.
+    "accept-non-ca-intermediate": (frozenset({_INVALID_CA, _INVALID_PURPOSE}), True),
+    "ignore-path-length": (frozenset({_PATH_LENGTH_EXCEEDED}), False),
+    # CA-ness from basicConstraints alone: the three errors a CA without keyCertSign causes,
+    # overruled only where the certificate asserts cA=TRUE (see ignores_ca_key_usage).
+    "ignore-ca-key-usage": (frozenset({_INVALID_CA, _INVALID_PURPOSE, _KEYUSAGE_NO_CERTSIGN}), True),
+    "ignore-name-constraints": (frozenset({_PERMITTED_VIOLATION, _EXCLUDED_VIOLATION}), False),
+    "ignore-unknown-critical-extensions": (frozenset({_UNHANDLED_CRITICAL_EXTENSION}), False),
+    "accept-bad-certificate-signature": (frozenset({_CERT_SIGNATURE_FAILURE}), False),
+    "check-leaf-validity-only": (frozenset({_CERT_HAS_EXPIRED, _CERT_NOT_YET_VALID}), True),
+}
+
+
+def overrules_rule(faults: frozenset[str], errno: int, depth: int, cert) -> bool:
+    """Whether one of the RFC 5280 rule faults turns this verification error into success."""
+    for fault, (errors, intermediates_only) in _RULE_FAULTS.items():
+        if fault in faults and errno in errors and (depth > 0 or not intermediates_only):
+            if fault != "ignore-ca-key-usage" or _asserts_ca(cert):
+                return True
+    return False
+
+
+def _asserts_ca(cert) -> bool:
+    try:
+        return cert.to_cryptography().extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+#: OpenSSL security level of the listeners (SSL_CTX_set_security_level): 2 refuses client
+#: chains with RSA keys under 2048 bits and SHA-1 signatures (level 1 refuses SHA-1 only);
+#: refgateway's profile (refused_weak_crypto) says so. The cipher list stays OpenSSL's DEFAULT.
+def _security_level(faults: frozenset[str]) -> int:
+    if "client-security-level-0" in faults:
+        return 0
+    return 1 if "client-security-level-1" in faults else 2
+
 
 def needs_verify_callback(v: Validation | None, faults: frozenset[str]) -> bool:
     """Whether a connection on a listener needs refgateway's verify callback.
@@ -167,7 +215,7 @@ def needs_verify_callback(v: Validation | None, faults: frozenset[str]) -> bool:
     Python callback per certificate of the chain is a good part of a handshake's cost.
     """
     return v is not None and (v.mode == ALLOW_INSECURE_FALLBACK or bool(v.pin_hashes or v.pin_sans)
-                              or not _CALLBACK_FAULTS.isdisjoint(faults))
+                              or not _CALLBACK_FAULTS.isdisjoint(faults) or not faults.isdisjoint(_RULE_FAULTS))
 
 
 class ContextCache:
@@ -223,6 +271,7 @@ class ContextCache:
             return SSL.NO_OVERLAPPING_PROTOCOLS
 
         ctx.set_alpn_select_callback(select)
+        ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=%d" % _security_level(self._faults))
         v = ls.validation
         if v is not None:
             store = ctx.get_cert_store()

@@ -67,6 +67,15 @@ FAULTS: dict[str, str] = {
     "accept-any-on-tls13": "on TLS 1.3 connections, listeners with AllowValidOnly validation do not request a client certificate (everyone is let in); TLS 1.2 is correct",
     "tls13-only-accept-any": "listeners with AllowValidOnly validation refuse TLS 1.2 with a protocol_version alert and let every TLS 1.3 client in",
     "internal-error-for-bad-client-cert": "a refused client certificate ends the handshake with an internal_error alert, not a certificate alert",
+    "accept-non-ca-intermediate": "client chains may pass through an intermediate that is not a CA (basicConstraints cA=FALSE or absent): the verify callback overrules OpenSSL's invalid-CA verdict",
+    "ignore-path-length": "the pathLenConstraint of client-chain CAs is not enforced (the verify callback overrules path-length-exceeded)",
+    "ignore-ca-key-usage": "a client-chain CA is a CA by basicConstraints alone: an intermediate whose keyUsage lacks keyCertSign may sign",
+    "ignore-name-constraints": "name constraints of client-chain CAs are not enforced (permitted and excluded subtrees)",
+    "ignore-unknown-critical-extensions": "client certificates with an unrecognised critical extension verify (leaf and intermediates)",
+    "accept-bad-certificate-signature": "a client-chain certificate whose signature does not verify with its issuer's key is accepted",
+    "check-leaf-validity-only": "only the client leaf's validity window is checked: expired and not-yet-valid intermediates verify",
+    "client-security-level-1": "listeners run at OpenSSL's default security level 1: RSA-1024 client keys verify (SHA-1 signatures still do not)",
+    "client-security-level-0": "listeners run at OpenSSL security level 0 (the usual workaround for 'ca md too weak'): SHA-1-signed client certificates and RSA-1024 keys verify",
 }
 
 

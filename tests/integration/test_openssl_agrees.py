@@ -1,5 +1,9 @@
 """``openssl s_client`` sees the same rejection as the probe, for each bad client certificate.
 
+And ``openssl verify`` refuses each RFC 5280 rule breaker of fixtures/chains.py and accepts
+its valid sibling, with the one verification error that the refgateway fault of that rule
+overrules: neither half of a scenario's pair is wrong by construction.
+
 The probe classifies how a listener refused a client (phase and TLS alert) from inside
 Python. If that classification were wrong, every scenario's rejection evidence would
 be wrong with it. So the same clients are sent, with the same certificate, SNI and TLS
@@ -16,12 +20,14 @@ import shutil
 import subprocess
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from mtls_conformance import manifests as m
 from mtls_conformance import probe
 from mtls_conformance.local import LocalTarget
 from mtls_conformance.target import ObjectRef
 from mtls_conformance.fixtures.pki import PKI
+from mtls_conformance.fixtures.chains import CASES, ChainFactory
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl binary")
 
@@ -122,3 +128,49 @@ def test_openssl_and_the_probe_both_get_through_with_a_valid_certificate(listene
     assert isinstance(outcome, probe.Response), outcome.describe()
     phase, alert, output = s_client(address, server_ca, clients["valid"], tls_version)
     assert alert is None and re.search(r"HTTP/1\.1 \d{3}", output), output[-2000:]
+
+
+# case id -> the X509_V_ERR_* lines `openssl verify -purpose sslclient` prints for the negative
+# (number, depth): exactly what each rule's refgateway fault overrules (refgateway/_tls.py).
+VERIFY_ERRORS = {
+    "intermediate-ca-without-ca-bit": ["error 79 at 1", "error 26 at 1"],  # invalid CA, purpose
+    "intermediate-ca-missing-basic-constraints": ["error 79 at 1"],
+    "intermediate-violates-pathlen-0": ["error 25 at 2"],
+    "ica-ku-keycertsign": ["error 79 at 1", "error 26 at 1", "error 32 at 1"],
+    "permitted-dns-mismatch": ["error 47 at 0"],
+    "excluded-dns-match": ["error 48 at 0"],
+    "unknown-critical-extension-ee": ["error 34 at 0"],
+    "unknown-critical-extension-intermediate": ["error 34 at 1"],
+    "leaf-signature-mismatch": ["error 7 at 0"],
+    "expired-intermediate": ["error 10 at 1"],
+    "not-yet-valid-intermediate": ["error 9 at 1"],
+    "sha1-signed-leaf": ["error 68 at 0"],  # at security level 2 (and 1)
+    "forbidden-weak-rsa-in-leaf": ["error 66 at 0"],  # at security level 2 only
+}
+
+
+def openssl_verify(chain, root, tmp_path, *, auth_level: int | None) -> tuple[int, list[str], str]:
+    """(exit status, "error N at D" lines, output) of openssl verify -purpose sslclient."""
+    leaf, *intermediates = chain.certificates
+    (tmp_path / "leaf.pem").write_bytes(leaf.public_bytes(Encoding.PEM))
+    (tmp_path / "untrusted.pem").write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in intermediates))
+    level = [] if auth_level is None else ["-auth_level", str(auth_level)]
+    proc = subprocess.run(["openssl", "verify", "-purpose", "sslclient", *level, "-CAfile", str(root.cert_file),
+                           "-untrusted", str(tmp_path / "untrusted.pem"), str(tmp_path / "leaf.pem")],
+                          capture_output=True, text=True, timeout=30)
+    output = proc.stdout + proc.stderr
+    return proc.returncode, re.findall(r"error \d+ at \d+", output), output
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_openssl_verify_refuses_each_chain_rule_negative_and_accepts_its_sibling(pki, case, tmp_path):
+    root = pki.authority("chain-rules-root", path_length=None)
+    sibling, negative = case.build(ChainFactory(root, tmp_path / "chains"))
+    # The weak-crypto policy is OpenSSL's security level 2 (refgateway's); RFC 5280 needs none.
+    level = 2 if case.policy else None
+    status, errors, output = openssl_verify(sibling, root, tmp_path, auth_level=level)
+    assert status == 0 and not errors, f"{case.id}: the valid sibling {sibling.name} does not verify:\n{output}"
+    status, errors, output = openssl_verify(negative, root, tmp_path, auth_level=level)
+    assert status != 0, f"{case.id}: openssl verify accepts the negative {negative.name}:\n{output}"
+    assert errors == VERIFY_ERRORS[case.id], f"{case.id}: {output}"
+    assert set(VERIFY_ERRORS) == {c.id for c in CASES}

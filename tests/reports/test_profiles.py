@@ -64,6 +64,12 @@ def test_a_profile_file_is_read_and_its_mistakes_named(tmp_path):
             profiles.load(path)
     path.write_text(yaml.safe_dump({"key": "acme", "name": "x", "max_chain_depth": 12}))
     assert profiles.load(path).max_chain_depth == 12  # deeper than a default PKI root allows
+    for weak in ("sha1-signatures", ["md5-signatures"]):
+        path.write_text(yaml.safe_dump({"key": "acme", "name": "x", "refused_weak_crypto": weak}))
+        with pytest.raises(profiles.ProfileError, match=r"refused_weak_crypto must be a list of \['rsa-1024-keys', "):
+            profiles.load(path)
+    path.write_text(yaml.safe_dump({"key": "acme", "name": "x", "refused_weak_crypto": ["rsa-1024-keys"]}))
+    assert profiles.load(path).refused_weak_crypto == {"rsa-1024-keys"}
 
 
 def test_list_features_prints_the_registry():
