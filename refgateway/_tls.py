@@ -166,7 +166,11 @@ _UNHANDLED_CRITICAL_EXTENSION, _PERMITTED_VIOLATION, _EXCLUDED_VIOLATION, _INVAL
 
 #: Faults that overrule one RFC 5280 rule OpenSSL enforces: a verify callback that returns
 #: 1 for these errors (at depth > 0: on the intermediates only), as a gateway with its own
-#: callback ships it. fault -> (errors, intermediates only).
+#: callback ships it. fault -> (errors, intermediates only). Real ones: CryptoAPI did not
+#: check intermediates' basicConstraints (CVE-2002-0862); BIND ignored EVP_VerifyFinal's
+#: result and so the chain's signatures (CVE-2009-0265); OpenLDAP and libsoup checked the
+#: validity of the end-entity certificate only (GNUTLS-SA-2009-3, CVE-2009-1417); wolfSSL
+#: parsed URI name constraints but did not enforce them (CVE-2026-5263).
 _RULE_FAULTS: dict[str, tuple[frozenset[int], bool]] = {
     # OpenSSL reports a non-CA intermediate as INVALID_CA and, for the sslclient purpose, INVALID_PURPOSE.
     "accept-non-ca-intermediate": (frozenset({_INVALID_CA, _INVALID_PURPOSE}), True),

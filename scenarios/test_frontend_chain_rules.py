@@ -76,7 +76,12 @@ def gw(mtls_namespace, mtls_gateway_class, mtls_backend, mtls_pki, deploy_gatewa
                           routes=[route])
 
 
-def _check(gw, chains, case):
+def _check(gw, chains, case, request):
+    # The case's section and family go into the JUnit properties as well as the message
+    # (user_properties, as the harness's own properties: record_property warns under xunit2).
+    request.node.user_properties.append(("rfc5280_section", case.rfc))
+    if case.family:
+        request.node.user_properties.append(("case_family", case.family))
     sibling, negative = case.build(chains)
     family = f" ({case.family})" if case.family else ""
     gw.expect_pair(PORT, sni=HOSTNAME, accepted=sibling, refused=negative,
@@ -85,17 +90,18 @@ def _check(gw, chains, case):
 
 
 @pytest.mark.parametrize("case", STRUCTURAL, ids=[c.id for c in STRUCTURAL])
-def test_chain_breaking_an_rfc5280_rule_is_rejected(gw, chains, case):
+def test_chain_breaking_an_rfc5280_rule_is_rejected(gw, chains, case, request):
     """RFC 5280 4.1.2.5, 4.2, 4.2.1.3, 4.2.1.9, 4.2.1.10 and 6.1.3-6.1.5 (each case names its
-    section): a chain that breaks one rule is refused, its valid sibling let in."""
-    _check(gw, chains, case)
+    section in fixtures/chains.py CASES, its failure message and its JUnit properties): a
+    chain that breaks one rule is refused, its valid sibling let in."""
+    _check(gw, chains, case, request)
 
 
 @pytest.mark.parametrize("case", POLICY, ids=[c.id for c in POLICY])
-def test_weak_crypto_the_profile_refuses_is_rejected(gw, chains, case, mtls_profile):
+def test_weak_crypto_the_profile_refuses_is_rejected(gw, chains, case, mtls_profile, request):
     """Not RFC 5280 (it permits SHA-1 and any RSA size): the implementation's stated policy,
     Profile.refused_weak_crypto. The sibling differs only in the digest or the key size."""
     if case.policy not in mtls_profile.refused_weak_crypto:
         pytest.skip(f"the implementation profile {mtls_profile.key!r} does not say it refuses "
                     f"{case.policy} (Profile.refused_weak_crypto)")
-    _check(gw, chains, case)
+    _check(gw, chains, case, request)
