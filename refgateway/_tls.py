@@ -176,7 +176,7 @@ _RULE_FAULTS: dict[str, tuple[frozenset[int], bool]] = {
     "accept-non-ca-intermediate": (frozenset({_INVALID_CA, _INVALID_PURPOSE}), True),
     "ignore-path-length": (frozenset({_PATH_LENGTH_EXCEEDED}), False),
     # CA-ness from basicConstraints alone: the three errors a CA without keyCertSign causes,
-    # overruled only where the certificate asserts cA=TRUE (see ignores_ca_key_usage).
+    # overruled only where the certificate asserts cA=TRUE (_asserts_ca).
     "ignore-ca-key-usage": (frozenset({_INVALID_CA, _INVALID_PURPOSE, _KEYUSAGE_NO_CERTSIGN}), True),
     "ignore-name-constraints": (frozenset({_PERMITTED_VIOLATION, _EXCLUDED_VIOLATION}), False),
     "ignore-unknown-critical-extensions": (frozenset({_UNHANDLED_CRITICAL_EXTENSION}), False),
