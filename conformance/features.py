@@ -35,7 +35,8 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
     Feature("ReferenceGrant", "cross-namespace references are allowed only by a ReferenceGrant",
             "core"),
     Feature("GatewayFrontendClientCertificateValidation",
-            "spec.tls.frontend default and perPort client certificate validation (AllowValidOnly)",
+            "spec.tls.frontend default and perPort client certificate validation (AllowValidOnly: "
+            "RFC 5280 path validation of the client chain, each rule checked on its own)",
             "extended"),
     Feature("GatewayFrontendClientCertificateValidationInsecureFallback",
             "validation mode AllowInsecureFallback: a certificate is requested, "
