@@ -67,6 +67,7 @@ FAULTS: dict[str, str] = {
     "accept-any-on-tls13": "on TLS 1.3 connections, listeners with AllowValidOnly validation do not request a client certificate (everyone is let in); TLS 1.2 is correct",
     "tls13-only-accept-any": "listeners with AllowValidOnly validation refuse TLS 1.2 with a protocol_version alert and let every TLS 1.3 client in",
     "internal-error-for-bad-client-cert": "a refused client certificate ends the handshake with an internal_error alert, not a certificate alert",
+    "refuse-after-proxying": "AllowValidOnly is enforced only once the backend has answered: the handshake lets any client certificate (or none) in, the request is forwarded, and a client that failed verification then gets the connection closed instead of the answer",
 }
 
 
