@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import secrets
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from . import probe as _probe
 from .expect import (ExpectationFailed, Timing, backend_saw_plaintext, backend_saw_tls, echo_header, eventually,
@@ -67,6 +70,79 @@ def _record_rejection(context: str, outcome: Outcome, *, strict: bool) -> None:
     properties.append((REJECTION_PROPERTY, f"{context}: {where_rejected(outcome)}"))
 
 
+#: The query parameter that carries each probe's id, unique per request. In the request
+#: target, not in a header: every request record the harness reads shows the target (our
+#: echo's JSON ``path``, upstream echo-basic's log line "Echoing back request made to
+#: <RequestURI> ...", nginx's ``$request_uri``), and echo-basic logs no header at all.
+#: Route matching ignores the query (a path match is on the path only).
+PROBE_ID_PARAMETER = "mtls-probe-id"
+
+
+def with_probe_id(path: str, probe_id: str) -> str:
+    """``path`` with the probe id added to its query."""
+    return f"{path}{'&' if '?' in path else '?'}{PROBE_ID_PARAMETER}={probe_id}"
+
+
+def probe_id_of(path: str | None) -> str | None:
+    """The probe id in a request target a backend recorded, or None."""
+    values = parse_qs(urlsplit(path or "").query).get(PROBE_ID_PARAMETER)
+    return values[0] if values else None
+
+
+@dataclasses.dataclass(frozen=True)
+class SentProbe:
+    """One request the client sent, by its id, and what came back."""
+
+    probe_id: str
+    outcome: Outcome
+
+
+def deciding_attempts(sent: Sequence[SentProbe], judge: Callable[[Outcome], str | None]) -> list[SentProbe]:
+    """The attempts that decided a converged check: the last run that ``judge`` accepts.
+
+    Attempts before it were made while the gateway was still converging; those may
+    legitimately have reached a backend.
+    """
+    run: list[SentProbe] = []
+    for attempt in reversed(sent):
+        if judge(attempt.outcome) is not None:
+            break
+        run.append(attempt)
+    return run[::-1]
+
+
+def received_by(backend: Any, probe_ids: Sequence[str] | set[str]) -> list[dict]:
+    """The requests ``backend`` recorded that carry one of ``probe_ids``.
+
+    ``read_requests()`` where the backend has it (a pod's log, read once), else ``requests``.
+    """
+    read = getattr(backend, "read_requests", None)
+    entries = read() if read is not None else backend.requests
+    wanted = set(probe_ids)
+    return [entry for entry in entries if probe_id_of(entry.get("path")) in wanted]
+
+
+def how_received(entry: dict) -> str:
+    """How a backend says it got a request: over TLS (with the SNI), in plaintext, or unknown."""
+    if entry.get("tls"):
+        return f"over TLS (SNI {entry['tls'].get('serverName')!r})"
+    # tls None: the backend's log does not say (echo-basic)
+    return "in plaintext" if "tls" not in entry else "(over TLS or not: its log does not say)"
+
+
+def describe_forwarded(hits: Sequence[tuple[SentProbe, Any, dict]], deciding: int) -> str:
+    """Why a refusal does not count: refused requests that had reached a backend anyway."""
+    attempt, backend, entry = hits[0]
+    method = entry.get("method")
+    request = f"{method} {entry.get('path', '')}" if method else f"request to {entry.get('path', '')}"
+    ids = sorted({hit[0].probe_id for hit in hits})
+    return (f"the client was refused ({attempt.outcome.describe()}), but backend "
+            f"{getattr(backend, 'namespace', '?')}/{getattr(backend, 'service', '?')} had received that request "
+            f"(probe id {attempt.probe_id}: {request} {how_received(entry)}); {len(ids)} of the {deciding} "
+            f"refused attempts that decided the check reached a backend (probe ids {', '.join(ids)}); "
+            f"expected none: a refused request must never reach a backend")
+
+
 @dataclasses.dataclass(frozen=True)
 class Pair:
     """What :meth:`GatewayClient.expect_pair` saw: the accepted client's answer, and how the
@@ -107,21 +183,32 @@ class GatewayClient:
         self.profile = profile
         self.settings = settings
         self.namespace = namespace or gateway.namespace
+        #: Collects every request sent while a negative is judged (expect_rejected).
+        self._sent: list[SentProbe] | None = None
 
     def address(self, port: int) -> tuple[str, int]:
         return self.target.listener_address(self.gateway, port)
 
     def request(self, port: int, *, sni: str | None, host: str | None = None, cert: Any = None,
                 path: str = "/", headers: Sequence[tuple[str, str]] = (),
+                method: str = "GET", body: bytes | None = None,
                 http2: bool = False, tls_version: str | None = None,
                 plaintext: bool = False, verify_server: bool = True) -> Outcome:
         """One probe. ``verify_server=False``: the probe does not check the listener's
         certificate (for listeners that must fail closed: one serving a throwaway
-        certificate to everyone must show up as letting the client in, not as a probe error)."""
-        return _probe.probe(self.address(port), sni=sni, host=host or sni, path=path,
-                            client_cert=cert, trust_pem=self.trust.cert_pem if verify_server else None,
-                            headers=headers, http2=http2, tls_version=tls_version, plaintext=plaintext,
-                            timeout=self.settings.timing.request_timeout)
+        certificate to everyone must show up as letting the client in, not as a probe error).
+
+        Every probe carries an id of its own in its query (PROBE_ID_PARAMETER), by which
+        a backend's request record shows whether that request reached it.
+        """
+        probe_id = secrets.token_hex(8)
+        outcome = _probe.probe(self.address(port), sni=sni, host=host or sni, path=with_probe_id(path, probe_id),
+                               client_cert=cert, trust_pem=self.trust.cert_pem if verify_server else None,
+                               headers=headers, method=method, body=body, http2=http2, tls_version=tls_version,
+                               plaintext=plaintext, timeout=self.settings.timing.request_timeout)
+        if self._sent is not None:
+            self._sent.append(SentProbe(probe_id, outcome))
+        return outcome
 
     def request_coalesced(self, port: int, *, sni: str, authorities: Sequence[str], cert: Any = None,
                           path: str = "/") -> list[Outcome]:
@@ -134,6 +221,9 @@ class GatewayClient:
         client = f"client certificate {cert.name!r}" if cert is not None else "no client certificate"
         extra = "".join(f", {k} {v}" for k, v in request.items()
                         if v and k in ("host", "path", "tls_version") and v != sni)
+        if request.get("method", "GET") != "GET" or request.get("body") is not None:
+            body = request.get("body")
+            extra += f", {request.get('method', 'GET')}" + (f" with a {len(body)}-byte body" if body is not None else "")
         if request.get("http2"):
             extra += ", HTTP/2"
         if request.get("verify_server") is False:
@@ -177,11 +267,52 @@ class GatewayClient:
                                   strict=self.settings.strict_rejection,
                                   listener_may_be_down=listener_may_be_down)
 
-        outcome = self._eventually(port, sni, cert, request, judge,
-                                   expected="the connection to be rejected", what=what)
+        sent: list[SentProbe] = []
+        self._sent = sent
+        try:
+            outcome = self._eventually(port, sni, cert, request, judge,
+                                       expected="the connection to be rejected", what=what)
+        finally:
+            self._sent = None
+        self._expect_not_forwarded(deciding_attempts(sent, judge), time.monotonic(), port=port, sni=sni,
+                                   cert=cert, request=request, what=what)
         _record_rejection(self._context(port, sni, cert, request), outcome,
                           strict=self.settings.strict_rejection)
         return outcome
+
+    def _expect_not_forwarded(self, deciding: list[SentProbe], decided_at: float, *, port: int,
+                              sni: str | None, cert: Any, request: dict, what: str) -> None:
+        """None of the refused requests that decided a negative reached any backend.
+
+        A gateway that forwards the request and only then refuses the client (a close, a
+        400) looks like a refusal to the client; for a POST the damage is done. Every
+        backend the target started (running_backends: whatever the Gateway's routes could
+        reach) is asked for the deciding attempts' probe ids. A backend whose record
+        trails its answers (a pod's log: ``log_lag``, measured) is read again until that
+        long after the check was decided; local backends record a request once they have
+        read it, before answering, and the earlier deciding attempts each had the later
+        attempts' round trips to arrive.
+        """
+        running = getattr(self.target, "running_backends", None)
+        backends = list(running()) if running is not None else []
+        if not deciding or not backends:
+            return
+        by_id = {attempt.probe_id: attempt for attempt in deciding}
+        deadline = decided_at + max(float(getattr(backend, "log_lag", 0.0)) for backend in backends)
+        while True:
+            last_read = time.monotonic() >= deadline
+            hits = [(by_id[probe_id_of(entry["path"])], backend, entry)
+                    for backend in backends for entry in received_by(backend, by_id)]
+            if hits or last_read:
+                break
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))  # a log has no watch
+        if hits:
+            what = what or testing.get()
+            raise ExpectationFailed(
+                f"{what + ': ' if what else ''}{self._context(port, sni, cert, request)}: "
+                f"{describe_forwarded(hits, len(deciding))}\n"
+                f"reproduce: {self._reproduce(port, sni, cert, request)}",
+                evidence=hits[0][0].outcome)
 
     def expect_pair(self, port: int, *, sni: str | None, accepted: Any, refused: Any, what: str,
                     accepted_what: str = "", service: str | None = None,
@@ -249,15 +380,11 @@ class GatewayClient:
         seen = list(backend.requests)[before:] if backend is not None else []
         if seen:
             first = seen[0]
-            if first.get("tls"):
-                how = f"over TLS (SNI {first['tls'].get('serverName')!r})"
-            else:  # tls None: the backend's log does not say
-                how = "in plaintext" if "tls" not in first else "(over TLS or not: its log does not say)"
             raise ExpectationFailed(
                 f"{what + ': ' if what else ''}{self._context(port, sni, cert, request)}: the gateway answered "
                 f"{outcome.describe()}, but {len(seen)} request(s) reached backend "
                 f"{getattr(backend, 'namespace', '?')}/{getattr(backend, 'service', '?')}, the first "
-                f"{first.get('method', '')} {first.get('path', '')} {how}; expected none",
+                f"{first.get('method', '')} {first.get('path', '')} {how_received(first)}; expected none",
                 evidence=outcome)
         assert isinstance(outcome, Response)
         return outcome

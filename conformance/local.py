@@ -177,6 +177,7 @@ class LocalTarget(Target):
         self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 
     def delete_namespace(self, name: str) -> None:
+        self._forget_backends(name)
         for ref in [r for r in self._objects if r.namespace == name]:
             del self._objects[ref]
         shutil.rmtree(self.config_dir / name, ignore_errors=True)

@@ -557,6 +557,7 @@ def probe(
     tls_version: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
     method: str = "GET",
+    body: bytes | None = None,
     http2: bool = False,
     plaintext: bool = False,
     timeout: float = 10.0,
@@ -564,6 +565,7 @@ def probe(
     """Send one request over a new TCP+TLS connection and classify what came back.
 
     ``plaintext=True`` speaks HTTP/1.1 over bare TCP instead (an HTTP listener).
+    ``body``: the request's content, sent with its Content-Length (e.g. a POST).
 
     ``timeout`` bounds each phase (connect, handshake, the whole response).
     ``trust_pem=None`` skips server verification; otherwise the chain is checked
@@ -584,9 +586,9 @@ def probe(
         if plaintext:
             plain = _PlainConnection(raw, timeout)
             plain.start_phase()
-            status, reason, resp_headers, body = _exchange_h11(
-                plain, method=method, authority=authority, path=path, headers=headers)
-            return Response(status, reason, resp_headers, body, None)
+            status, reason, resp_headers, content = _exchange_h11(
+                plain, method=method, authority=authority, path=path, headers=headers, body=body)
+            return Response(status, reason, resp_headers, content, None)
         try:
             conn = _TLSConnection(context, raw, sni, timeout)
             conn.start_phase()
@@ -603,14 +605,14 @@ def probe(
                     "handshake", "alpn",
                     f"the probe needs HTTP/2, but the listener did not select h2 via ALPN "
                     f"(selected {conn.tls.selected_alpn_protocol()!r})")
-            status, reason, resp_headers, body = _exchange_h2(
-                conn, method=method, authority=authority, path=path, headers=headers
+            status, reason, resp_headers, content = _exchange_h2(
+                conn, method=method, authority=authority, path=path, headers=headers, body=body
             )
         else:
-            status, reason, resp_headers, body = _exchange_h11(
-                conn, method=method, authority=authority, path=path, headers=headers
+            status, reason, resp_headers, content = _exchange_h11(
+                conn, method=method, authority=authority, path=path, headers=headers, body=body
             )
-        return Response(status, reason, resp_headers, body, observer.tls_info(conn.tls))
+        return Response(status, reason, resp_headers, content, observer.tls_info(conn.tls))
     except _Failure as failure:
         # The callback saw the alert's exact description; the reason code is the
         # fallback and covers builds without the hook.
@@ -656,21 +658,26 @@ def _exchange_h11(
     authority: str,
     path: str,
     headers: Sequence[tuple[str, str]],
+    body: bytes | None = None,
 ) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
     http = h11.Connection(our_role=h11.CLIENT)
     request_headers = list(headers)
     names = {name.lower() for name, _ in request_headers}
     if "host" not in names:
         request_headers.insert(0, ("Host", authority))
+    if body is not None and "content-length" not in names:
+        request_headers.append(("Content-Length", str(len(body))))
     if "connection" not in names:
         # Matches the upstream suite's transport with keep-alives disabled.
         request_headers.append(("Connection", "close"))
     data = http.send(h11.Request(method=method, target=path, headers=request_headers))
+    if body:
+        data += http.send(h11.Data(data=body))
     data += http.send(h11.EndOfMessage())
 
     http.receive_data(_send_then_read(conn, data))
     response: h11.Response | None = None
-    body = bytearray()
+    content = bytearray()
     try:
         while True:
             event = http.next_event()
@@ -679,7 +686,7 @@ def _exchange_h11(
             elif isinstance(event, h11.Response):
                 response = event
             elif isinstance(event, h11.Data):
-                body += event.data
+                content += event.data
             elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                 break
             # InformationalResponse (1xx) is skipped; the final response follows.
@@ -700,7 +707,7 @@ def _exchange_h11(
         response.status_code,
         response.reason.decode("latin-1"),
         tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers),
-        bytes(body),
+        bytes(content),
     )
 
 
@@ -711,8 +718,10 @@ def _exchange_h2(
     authority: str,
     path: str,
     headers: Sequence[tuple[str, str]],
+    body: bytes | None = None,
 ) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
-    return _h2_request(conn, _h2_client(), method=method, authority=authority, path=path, headers=headers)
+    return _h2_request(conn, _h2_client(), method=method, authority=authority, path=path, headers=headers,
+                       body=body)
 
 
 def _h2_client():
@@ -732,6 +741,7 @@ def _h2_request(
     authority: str,
     path: str,
     headers: Sequence[tuple[str, str]],
+    body: bytes | None = None,
 ) -> tuple[int, str, tuple[tuple[str, str], ...], bytes]:
     """One request on a new stream of an open HTTP/2 connection; returns when its stream ends."""
     import h2.events
@@ -740,12 +750,17 @@ def _h2_request(
     request_headers = [(":method", method), (":scheme", "https"), (":authority", authority), (":path", path)]
     # HTTP/2 forbids connection-specific headers; Host becomes :authority.
     request_headers += [(k.lower(), v) for k, v in headers if k.lower() not in ("host", "connection")]
-    h2conn.send_headers(stream_id, request_headers, end_stream=True)
+    if body is not None and not any(k.lower() == "content-length" for k, _ in headers):
+        request_headers.append(("content-length", str(len(body))))
+    h2conn.send_headers(stream_id, request_headers, end_stream=not body)
+    if body:
+        # Within the initial flow-control windows (64 KiB): a probe's body is small.
+        h2conn.send_data(stream_id, body, end_stream=True)
 
     chunk = _send_then_read(conn, h2conn.data_to_send())
     status: int | None = None
     resp_headers: tuple[tuple[str, str], ...] = ()
-    body = bytearray()
+    content = bytearray()
     try:
         while True:
             if not chunk:
@@ -758,13 +773,13 @@ def _h2_request(
                     status = int(dict(pairs)[":status"])
                     resp_headers = tuple((k, v) for k, v in pairs if not k.startswith(":"))
                 elif isinstance(event, h2.events.DataReceived) and event.stream_id == stream_id:
-                    body += event.data
+                    content += event.data
                     h2conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
                 elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id:
                     if status is None:
                         raise _probe_failure("first-read", "http", "the probe could not parse the HTTP/2 response: "
                                              "the stream ended without response headers")
-                    return status, _reason_phrase(status), resp_headers, bytes(body)
+                    return status, _reason_phrase(status), resp_headers, bytes(content)
                 elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream_id:
                     raise _Failure("first-read", "reset", f"HTTP/2 RST_STREAM with error code {event.error_code!r}")
                 elif isinstance(event, h2.events.ConnectionTerminated):
@@ -862,6 +877,7 @@ def curl_command(
     tls_version: str | None = None,
     headers: Sequence[tuple[str, str]] = (),
     method: str = "GET",
+    body: bytes | None = None,
     http2: bool = False,
     plaintext: bool = False,
 ) -> str:
@@ -879,6 +895,7 @@ def curl_command(
             argv += ["-X", method]
         for name, value in ([("Host", host)] if host else []) + list(headers):
             argv += ["-H", f"{name}: {value}"]
+        argv += _curl_body(body)
         argv.append(f"http://{_format_host(ip)}:{port}{path}")
         return shlex.join(argv)
     if sni is not None:
@@ -901,8 +918,14 @@ def curl_command(
         argv += ["-H", f"Host: {host}"]
     for name, value in headers:
         argv += ["-H", f"{name}: {value}"]
+    argv += _curl_body(body)
     argv.append(url)
     return shlex.join(argv)
+
+
+def _curl_body(body: bytes | None) -> list[str]:
+    # --data-binary sends the bytes as they are (no newline stripping, no urlencoding).
+    return [] if body is None else ["--data-binary", body.decode("utf-8", "backslashreplace")]
 
 
 def openssl_command(

@@ -187,6 +187,8 @@ class Target(abc.ABC):
 
     def __init__(self, *, progress: Progress | None = None) -> None:
         self._progress = progress or (lambda message: None)
+        #: The backends started through this target, per namespace (see running_backends).
+        self._started_backends: dict[str, list[Any]] = {}
 
     # -- lifecycle -------------------------------------------------------------------
     @abc.abstractmethod
@@ -244,6 +246,28 @@ class Target(abc.ABC):
     def publish_service(self, namespace: str, name: str, ports: list[ServicePort]) -> None:
         """Make a Service whose endpoints are processes that the harness runs."""
 
+    # -- backends --------------------------------------------------------------------
+    def record_backend(self, namespace: str, backend: Any) -> None:
+        """Count ``backend`` (anything with ``namespace``, ``service`` and ``requests``) among
+        the backends a Gateway's routes could reach, until its namespace is deleted.
+
+        start_backend, start_multiport_backend and deploy_workload record what they start;
+        a fixture that runs a backend of its own and publishes it (nginx) records it here.
+        """
+        self._started_backends.setdefault(namespace, []).append(backend)
+
+    def running_backends(self) -> list[Any]:
+        """Every backend recorded in a namespace that still exists, in the order started.
+
+        Whatever a Gateway's routes could reach, in its namespace or, through a
+        ReferenceGrant, in another: a refused request must have reached none of them.
+        """
+        return [backend for backends in self._started_backends.values() for backend in backends]
+
+    def _forget_backends(self, namespace: str) -> None:
+        """The namespace is gone: so are its backends (a pod's log can no longer be read)."""
+        self._started_backends.pop(namespace, None)
+
     def start_backend(self, *, namespace: str, service: str, port: int, tls: Any = None) -> Any:
         """Run an echo backend where the gateway can reach it and publish it as Service ``service``.
 
@@ -261,6 +285,7 @@ class Target(abc.ABC):
         except BaseException:
             server.stop()
             raise
+        self.record_backend(namespace, server)
         return server
 
     def start_multiport_backend(self, *, namespace: str, service: str,

@@ -247,10 +247,14 @@ class EdgeCore:
             if not self._waiting or self.closed:
                 return
             self._waiting = False
+            if self._refused_after_proxying():
+                return self.close()
             self._respond_and_cycle(status, headers, payload)
             self._serve()
         else:
             self.h2_inflight.discard(ref)
+            if self._refused_after_proxying():
+                return self.close()
             self._h2_respond(ref, status, headers, payload)
             self._serve()
 
@@ -387,9 +391,18 @@ class EdgeCore:
                 ok = 0
         if v is not None and v.mode == ALLOW_INSECURE_FALLBACK:
             return True
-        if "accept-any-client-cert" in self.faults:
-            return True
+        if "accept-any-client-cert" in self.faults or "refuse-after-proxying" in self.faults:
+            return True  # refuse-after-proxying: the verdict is applied to the backend's answer
         return bool(ok)
+
+    def _refused_after_proxying(self) -> bool:
+        """The refuse-after-proxying fault: an AllowValidOnly client that did not verify is
+        refused only now, when the backend's answer is back (as a gateway that checks the
+        client certificate in a filter on the response path, after the router, would)."""
+        v = self.listener.validation if self.listener else None
+        if "refuse-after-proxying" not in self.faults or v is None or v.mode == ALLOW_INSECURE_FALLBACK:
+            return False
+        return self.verify_error is not None or self.tls.get_peer_certificate() is None
 
     def _record_identity(self) -> None:
         v = self.listener.validation if self.listener else None

@@ -151,13 +151,14 @@ def verify_mode(v: Validation | None, faults: frozenset[str], version: str | Non
         return SSL.VERIFY_NONE
     if v.mode == ALLOW_INSECURE_FALLBACK:
         return SSL.VERIFY_NONE if "fallback-without-cert-request" in faults else SSL.VERIFY_PEER
-    if "accept-no-client-cert" in faults:
+    if "accept-no-client-cert" in faults or "refuse-after-proxying" in faults:
         return SSL.VERIFY_PEER
     return SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
 
 
 #: Faults that make refgateway's verify callback overrule OpenSSL's verdict.
-_CALLBACK_FAULTS = frozenset({"accept-any-client-cert", "internal-error-for-bad-client-cert"})
+_CALLBACK_FAULTS = frozenset({"accept-any-client-cert", "internal-error-for-bad-client-cert",
+                              "refuse-after-proxying"})
 
 # X509_V_ERR_* numbers of OpenSSL 3 (x509_vfy.h; INVALID_CA was 24 before 3.0).
 _CERT_SIGNATURE_FAILURE, _CERT_NOT_YET_VALID, _CERT_HAS_EXPIRED = 7, 9, 10

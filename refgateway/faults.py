@@ -76,6 +76,7 @@ FAULTS: dict[str, str] = {
     "check-leaf-validity-only": "only the client leaf's validity window is checked: expired and not-yet-valid intermediates verify",
     "client-security-level-1": "listeners run at OpenSSL's default security level 1: RSA-1024 client keys verify (SHA-1 signatures still do not)",
     "client-security-level-0": "listeners run at OpenSSL security level 0 (the usual workaround for 'ca md too weak'): SHA-1-signed client certificates and RSA-1024 keys verify",
+    "refuse-after-proxying": "AllowValidOnly is enforced only once the backend has answered: the handshake lets any client certificate (or none) in, the request is forwarded, and a client that failed verification then gets the connection closed instead of the answer",
 }
 
 

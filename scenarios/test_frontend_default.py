@@ -89,6 +89,19 @@ def test_expired_client_certificate_is_rejected(gw, port, valid_client, expired_
                    what="an expired certificate from the trusted CA is refused")
 
 
+#: An order a backend must not act on unless the client was let in.
+ORDER = b'{"order": "transfer", "amount": 100}'
+
+
+def test_refused_post_with_a_body_never_reaches_the_backend(gw, valid_client, untrusted_client):
+    # Every negative already checks that its refused requests reached no backend; a request
+    # with a body is where that matters most: a gateway that forwards, then refuses the
+    # client (a close, a 400), has let the backend act on it. Both halves send the same POST.
+    gw.expect_pair(8443, sni=HOSTNAME, accepted=valid_client, refused=(None, untrusted_client),
+                   method="POST", body=ORDER, headers=[("Content-Type", "application/json")],
+                   what="a refused POST with a body is not forwarded to the backend")
+
+
 @pytest.mark.features("FrontendClientIdentityForwarding")
 def test_backend_is_told_the_verified_identity(gw, valid_client, mtls_profile):
     identity = mtls_profile.identity

@@ -247,3 +247,37 @@ def test_a_pod_calls_the_api_server_with_its_service_account_token(node, ns):
     logs = kubectl(node, "-n", ns, "logs", "whoami").stdout
     assert pod["status"]["phase"] == "Succeeded", logs
     assert logs.strip() == f"system:serviceaccount:{ns}:probe"
+
+
+@pytest.mark.parametrize("image_name", ["echo-basic", "mtls-echo"])
+def test_a_request_is_in_the_pods_log_within_the_harness_bound(node, ns, image_name):
+    """The measurement behind ``_DeployedBackend.log_lag`` (conformance/kubernetes.py): how long
+    after a client has an echo pod's answer the request shows in the pod's log as the harness
+    reads it (read_namespaced_pod_log through the API server, the kubelet, containerd's log
+    file). Each sample is printed; every one must be within the bound the check that a
+    refused request reached no backend waits."""
+    from kubernetes import client, config
+
+    from mtls_conformance.client import probe_id_of, with_probe_id
+    from mtls_conformance.kubernetes import _DeployedBackend, parse_echo_log
+
+    image = node.import_image(image_name)
+    run_pod(node, ns, "echo", image, env={"POD_NAME": "echo", "NAMESPACE": ns})
+    kubectl(node, "-n", ns, "wait", "--for=condition=Ready", "pod/echo", "--timeout=120s")
+    ip = json.loads(kubectl(node, "-n", ns, "get", "pod", "echo", "-o", "json").stdout)["status"]["podIP"]
+    api = client.CoreV1Api(config.new_client_from_config(config_file=str(node.kubeconfig)))
+    samples = []
+    for n in range(30):
+        probe_id = f"{n:016x}"
+        with urllib.request.urlopen(f"http://{ip}:3000{with_probe_id('/lag', probe_id)}", timeout=10) as r:
+            r.read()
+        answered = time.monotonic()
+        while probe_id not in {probe_id_of(e["path"]) for e in parse_echo_log(api.read_namespaced_pod_log("echo", ns))}:
+            assert time.monotonic() - answered < 30, f"request {probe_id} not in the pod's log after 30 s"
+            time.sleep(0.01)
+        samples.append(time.monotonic() - answered)
+    samples.sort()
+    print(f"{image_name}: pod log lag over {len(samples)} requests: min {samples[0] * 1000:.0f} ms, "
+          f"median {samples[len(samples) // 2] * 1000:.0f} ms, max {samples[-1] * 1000:.0f} ms; "
+          f"bound {_DeployedBackend.log_lag:g} s")
+    assert samples[-1] < _DeployedBackend.log_lag, samples

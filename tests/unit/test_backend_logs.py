@@ -79,3 +79,24 @@ def test_only_a_missing_capability_is_a_skip():
     from mtls_conformance.target import SystemRootsUnavailable, TargetCannot, TargetError
 
     assert issubclass(TargetCannot, TargetError) and issubclass(SystemRootsUnavailable, TargetCannot)
+
+
+def test_the_probe_id_is_in_both_echo_log_formats():
+    """The id rides in the request target, the one thing both logs show (echo-basic logs
+    ``r.RequestURI`` and no header; our echo image logs its whole answer)."""
+    import json
+
+    from mtls_conformance.client import probe_id_of, with_probe_id
+    from mtls_conformance.echo import EchoServer
+    from mtls_conformance.probe import probe
+
+    target = with_probe_id("/orders?dry=1", "0123456789abcdef")
+    assert target == "/orders?dry=1&mtls-probe-id=0123456789abcdef"
+    with EchoServer(namespace="ns", service="echo", pod="echo-0") as server:
+        probe(server.address, sni=None, host="h", path=target, plaintext=True, method="POST", body=b"{}")
+        answer = server.requests[0]
+    ours = parse_echo_log("Starting server, listening on port 3000 (http)\n" + json.dumps({"request": answer}) + "\n")
+    basic = parse_echo_log(f"Echoing back request made to {target} to client (10.244.0.5:51234)\n")
+    assert [probe_id_of(e["path"]) for e in ours + basic] == ["0123456789abcdef"] * 2
+    assert ours[0]["method"] == "POST"
+    assert probe_id_of("/orders?dry=1") is None and probe_id_of(None) is None

@@ -475,3 +475,83 @@ def test_a_response_says_who_requested_the_client_certificate():
     why = judge_rejected(response)
     assert why == ("the backend answered HTTP 200 OK over TLSv1.3, the listener requested no client "
                    "certificate: the request was let through")
+
+
+# -- a refused request reaches no backend --------------------------------------------------
+
+
+def forward_then(backend, *, close_after: int | None = None) -> Callable[[socket.socket], None]:
+    """A gateway that forwards each request to ``backend`` (an EchoServer) and then closes the
+    client's connection without an answer; with ``close_after``, one that lets the first
+    ``close_after`` requests through (answered) and closes the later ones without forwarding."""
+    import http.client
+
+    seen = [0]
+
+    def answer(sock: socket.socket) -> None:
+        head = read_head(sock)
+        method, target = head.split(b" ")[:2]
+        seen[0] += 1
+        if close_after is not None and seen[0] > close_after:
+            return  # refused before anything was forwarded
+        upstream = http.client.HTTPConnection(*backend.address, timeout=5)
+        upstream.request(method.decode(), target.decode())
+        payload = upstream.getresponse().read()
+        upstream.close()
+        if close_after is not None:
+            sock.sendall(f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+                         f"Connection: close\r\n\r\n".encode() + payload)
+
+    return answer
+
+
+@pytest.fixture
+def backend():
+    from mtls_conformance.echo import EchoServer
+
+    with EchoServer(namespace="ns", service="orders", pod="orders-0") as server:
+        yield server
+
+
+def test_a_refused_request_that_reached_a_backend_fails_the_negative(serve, server_ca, server_cred, backend,
+                                                                     untrusted_client):
+    server = serve(tls_context(server_cred), forward_then(backend))
+    gw = client_for({443: server.address}, server_ca)
+    # The target knows its backends; the client asks every one of them.
+    gw.target.running_backends = lambda: [backend]
+    with pytest.raises(ExpectationFailed) as failed:
+        gw.expect_rejected(443, sni=HOST, cert=untrusted_client, what="untrusted CA")
+    message = str(failed.value)
+    probe_id = backend.requests[-1]["path"].rsplit("=", 1)[1]
+    assert message.startswith(f"untrusted CA: listener port 443 (SNI {HOST}) with client certificate 'untrusted': "
+                              f"the client was refused (connection closed without a response on first read")
+    assert (f"but backend ns/orders had received that request (probe id {probe_id}: "
+            f"GET /?mtls-probe-id={probe_id} in plaintext); 1 of the 1 refused attempts that decided the check "
+            f"reached a backend") in message
+    assert "\nreproduce: curl " in message
+    # Without the backend's record, the same gateway passes: only the response was judged.
+    gw.target.running_backends = lambda: []
+    gw.expect_rejected(443, sni=HOST, cert=untrusted_client, what="untrusted CA")
+
+
+def test_requests_forwarded_while_the_gateway_converged_do_not_count(serve, server_ca, server_cred, backend,
+                                                                      untrusted_client):
+    server = serve(tls_context(server_cred), forward_then(backend, close_after=2))
+    settings = Settings(timing=Timing(max_time_to_consistency=5, required_consecutive=2, request_timeout=2))
+    gw = GatewayClient(StubTarget({443: server.address}), types.SimpleNamespace(namespace="ns"), trust=server_ca,
+                       profile=types.SimpleNamespace(rejection_statuses=frozenset(), identity=None),
+                       settings=settings)
+    gw.target.running_backends = lambda: [backend]
+    outcome = gw.expect_rejected(443, sni=HOST, cert=untrusted_client, what="untrusted CA")
+    assert isinstance(outcome, Rejection) and outcome.kind == "closed", outcome.describe()
+    assert len(backend.requests) == 2  # the two let through before the gateway converged
+
+
+def test_the_deciding_attempts_are_the_last_accepted_run():
+    from mtls_conformance.client import SentProbe, deciding_attempts
+
+    ok = Response(200, "OK", (("content-type", "application/json"),), json.dumps(ECHO).encode(), None)
+    closed = Rejection(phase="first-read", kind="closed", alert=None, detail="", tls=None)
+    sent = [SentProbe("a", closed), SentProbe("b", ok), SentProbe("c", closed), SentProbe("d", closed)]
+    assert [p.probe_id for p in deciding_attempts(sent, judge_rejected)] == ["c", "d"]
+    assert deciding_attempts([], judge_rejected) == []

@@ -509,3 +509,36 @@ def test_ctrl_c_during_a_probe_ends_it(serve, server_cred, monkeypatch, phase) -
         monkeypatch.setattr(ssl.SSLObject, "read", interrupted)
     with pytest.raises(KeyboardInterrupt):
         probe(server.address, sni=HOST)
+
+
+def test_a_body_is_sent_with_its_content_length(serve, server_cred) -> None:
+    seen: list[bytes] = []
+    context = server_context(server_cred)
+
+    def behaviour(sock: socket.socket) -> None:
+        with context.wrap_socket(sock, server_side=True) as tls:
+            data = read_request_head(tls)
+            while len(data) < data.index(b"\r\n\r\n") + 4 + 9:
+                data += tls.recv(65536)
+            seen.append(data)
+            tls.sendall(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+
+    server = serve(behaviour)
+    outcome = probe(server.address, sni=HOST, path="/orders", method="POST", body=b'{"n": 1}\n')
+    assert isinstance(outcome, Response), outcome.describe()
+    head, _, body = seen[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /orders HTTP/1.1\r\n")
+    assert b"content-length: 9\r\n" in head.lower() + b"\r\n"
+    assert body == b'{"n": 1}\n'
+
+
+def test_curl_command_sends_the_same_body() -> None:
+    with EchoServer(namespace="ns", service="echo", pod="echo-0") as server:
+        command = curl_command(server.address, sni=None, host="h.example", path="/p", plaintext=True,
+                               method="POST", body=b'{"order": 1}')
+        assert command.endswith(f"-X POST -H 'Host: h.example' --data-binary '{{\"order\": 1}}' "
+                                f"http://127.0.0.1:{server.port}/p")
+        done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert server.requests[-1]["method"] == "POST"
+        assert server.requests[-1]["headers"]["Content-Length"] == ["12"]
