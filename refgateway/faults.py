@@ -67,6 +67,9 @@ FAULTS: dict[str, str] = {
     "accept-any-on-tls13": "on TLS 1.3 connections, listeners with AllowValidOnly validation do not request a client certificate (everyone is let in); TLS 1.2 is correct",
     "tls13-only-accept-any": "listeners with AllowValidOnly validation refuse TLS 1.2 with a protocol_version alert and let every TLS 1.3 client in",
     "internal-error-for-bad-client-cert": "a refused client certificate ends the handshake with an internal_error alert, not a certificate alert",
+    "sessions-across-listeners": "one session cache and ticket key for every listener and port: a session resumes wherever it is offered, whatever validation made it (nginx CVE-2014-3616, CVE-2025-23419)",
+    "sessions-survive-ca-change": "a listener's sessions keep the scope of its first validation: sessions made before a CA bundle change still resume after it (Go CVE-2025-68121, golang/go#77113)",
+    "resumption-checks-leaf-expiry-only": "a resumed session is refused when the client's leaf has expired, but not when another certificate of its verified chain has (Go CVE-2025-68121, golang/go#77217)",
 }
 
 
