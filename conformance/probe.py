@@ -400,10 +400,11 @@ class Resumption:
                 self.context.options |= ssl.OP_NO_TICKET
         return self.context
 
-    def _taken(self, tls: ssl.SSLObject | None) -> None:
-        done = tls is not None and tls.version() is not None
-        self.reused = tls.session_reused if done else None
-        if done and tls.session is not None:
+    def _handshaken(self, tls: ssl.SSLObject) -> None:
+        self.reused = tls.session_reused
+
+    def _taken(self, tls: ssl.SSLObject) -> None:
+        if self.reused is not None and tls.session is not None:
             self.session = tls.session
 
     @property
@@ -642,6 +643,8 @@ def probe(
             if failure.kind == "closed" and conn is not None and conn.peer_eof:
                 failure = _Failure("handshake", "closed", f"server closed the connection during the handshake ({failure.detail})")
             raise failure from exc
+        if resumption is not None:
+            resumption._handshaken(conn.tls)
         conn.start_phase()
         if http2:
             if conn.tls.selected_alpn_protocol() != "h2":
