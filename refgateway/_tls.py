@@ -215,6 +215,10 @@ def session_scope(v: Validation | None, faults: frozenset[str], max_chain_depth:
     return h.digest()
 
 
+def _leaf_key(leaf: crypto.X509) -> bytes:
+    return hashlib.sha256(crypto.dump_certificate(crypto.FILETYPE_ASN1, leaf)).digest()
+
+
 def _now_generalized() -> bytes:
     return time.strftime("%Y%m%d%H%M%SZ", time.gmtime()).encode()
 
@@ -222,11 +226,13 @@ def _now_generalized() -> bytes:
 class SessionMemory:
     """What a full handshake verified, for the resumptions of its sessions.
 
-    Keyed by (listener scope, the client leaf's DER, b"" for none): the earliest notAfter
-    of the verified chain (GeneralizedTime bytes, which order like the times they name)
-    and the verification error (AllowInsecureFallback lets a failed one in). A session
-    whose entry is missing (evicted, or made under another scope) is not served.
-    Bounded: the oldest entries go first.
+    Keyed by (listener scope, SHA-256 of the client leaf's DER, b"" for none): the
+    earliest notAfter of the verified chain (GeneralizedTime bytes, which order like the
+    times they name) and the verification error (AllowInsecureFallback lets a failed one
+    in). A session whose entry is missing (made under another scope, or evicted) is not
+    served: the client's connection is refused and its next one is a full handshake.
+    Bounded: the entries least recently recorded go first (65536 of them, a few MB,
+    cover that many distinct clients within a session's lifetime).
     """
 
     def __init__(self, faults: frozenset[str], limit: int = 65536):
@@ -241,25 +247,24 @@ class SessionMemory:
             key, not_after = (scope, b""), b"99991231235959Z"
         else:
             chain = conn.get_verified_chain() or [leaf]  # None: not verified (fallback)
-            key = (scope, crypto.dump_certificate(crypto.FILETYPE_ASN1, leaf))
+            key = (scope, _leaf_key(leaf))
             not_after = min(c.get_notAfter() or b"" for c in chain)
         self._entries[key] = (not_after, verify_error)
         self._entries.move_to_end(key)
         while len(self._entries) > self._limit:
             self._entries.popitem(last=False)
 
-    def resumable(self, scope: bytes, conn: SSL.Connection) -> tuple[bool, int | str | None]:
-        """In the SNI callback of a resumed session: (may this listener serve it, the
-        verification error its full handshake recorded)."""
+    def resumable(self, scope: bytes, conn: SSL.Connection) -> tuple[str | None, int | str | None]:
+        """In the SNI callback of a resumed session: (why this listener may not serve it,
+        "unknown" or "expired", or None; the verification error its full handshake recorded)."""
         leaf = conn.get_peer_certificate()
-        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, leaf) if leaf is not None else b""
-        entry = self._entries.get((scope, der))
+        entry = self._entries.get((scope, _leaf_key(leaf) if leaf is not None else b""))
         if entry is None:
-            return False, None
+            return "unknown", None
         not_after, error = entry
         if "resumption-checks-leaf-expiry-only" in self._faults and leaf is not None:
             not_after = leaf.get_notAfter() or b""  # Go CVE-2025-68121 (#77217): the leaf only
-        return _now_generalized() < not_after, error
+        return (None if _now_generalized() < not_after else "expired"), error
 
 
 class ContextCache:
