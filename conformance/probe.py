@@ -868,10 +868,7 @@ def probe_coalesced(
         except Exception as exc:
             raise _classify(exc, "connect", timeout) from exc
         try:
-            offer = resumption.session if resumption is not None else None
-            if resumption is not None:
-                resumption.offered, resumption.reused = offer is not None, None
-            conn = _TLSConnection(context, raw, sni, timeout, session=offer)
+            conn = _TLSConnection(context, raw, sni, timeout)
             conn.start_phase()
             conn.handshake()
         except Exception as exc:

@@ -324,6 +324,10 @@ class ContextCache:
             ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
             ctx.set_timeout(SESSION_LIFETIME)
             ctx.set_tlsext_servername_callback(self._sni)
+            # A connection keeps the verify parameters of the context it started on (the
+            # SNI switch does not copy them): the verify depth must be set here.
+            if "ignore-chain-depth" not in self._faults:
+                ctx.set_verify_depth(self._max_chain_depth)
         return ctx
 
     def retain(self, listeners: list[Listener], session_contexts: list[SSL.Context] = ()) -> None:
