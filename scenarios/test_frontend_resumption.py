@@ -200,7 +200,8 @@ def test_session_from_before_a_ca_rotation_is_not_served(mtls_namespace, mtls_ga
                                                          mtls_backend, deploy_gateway, guide_tls_objects, variant,
                                                          request):
     """(c) the bundle held CA 1 and CA 2; CA 1 is removed; CA 1's session must not be served."""
-    ns, name = mtls_namespace, f"resumption-rotation-{request.node.callspec.id.lower()}"
+    # No dots: implementations name Services (DNS labels) after the Gateway.
+    ns, name = mtls_namespace, f"resumption-rotation-{request.node.callspec.id.lower().replace('.', '')}"
     kept, removed = mtls_pki.authority("resumption-kept-ca"), mtls_pki.authority("resumption-removed-ca")
     kept_client = kept.issue_client("resumption-kept-client", dns_names=[HOSTNAME])
     removed_client = removed.issue_client("resumption-removed-client", dns_names=[HOSTNAME])
