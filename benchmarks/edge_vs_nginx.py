@@ -4,22 +4,28 @@
 
 Both gateways serve the same listener: the same server certificate, the same client
 CA, client certificates required and verified (refgateway: a Gateway with
-``frontend.default.validation`` AllowValidOnly; nginx: ``ssl_verify_client on``), no
-session resumption (nginx: ``ssl_session_cache off; ssl_session_tickets off``), one
+``frontend.default.validation`` AllowValidOnly; nginx: ``ssl_verify_client on``), one
 process each (nginx: one worker), TLS 1.2 and 1.3 enabled (the client negotiates 1.3).
+For full handshakes nginx serves without session resumption (``ssl_session_cache off;
+ssl_session_tickets off``); for resumed ones the same server on a second port with
+``ssl_session_cache shared:SSL:10m; ssl_session_tickets on``. refgateway always resumes
+(scoped to the validation, docs/refgateway.md), one port for both.
 Both proxy every request over HTTP/1.1 to the same backend, a third nginx answering
 ``200 ok`` (so that neither gateway waits on a slow backend), and pass the client
 verification result to it as a header.
 
 One client for both, ``benchmarks/loadclient`` (Go, built on first use into
 ~/.cache/mtls-conformance): ``handshake`` opens a fresh connection per request (full
-handshake with the client certificate, "Connection: close"); ``keepalive`` sends
+handshake with the client certificate, "Connection: close"); ``resumed`` does the same
+with a client session cache, so that every connection after the first resumes the
+session (TLS 1.3 ticket) the gateway gave before; ``keepalive`` sends
 request after request over kept-alive HTTP/1.1 connections. Rounds interleave the two
 gateways (alternating which goes first), so both see the same machine load; the
 medians, every round's value and the ratio of the medians are printed. Nothing is
 asserted: this is a measurement, not a test.
 
-Targets (issue 14): handshakes >= 0.8x nginx, kept-alive requests >= 0.25x nginx.
+Targets (issue 14): handshakes >= 0.8x nginx, kept-alive requests >= 0.25x nginx; resumed
+handshakes are measured (issue 21), with no target yet.
 """
 
 from __future__ import annotations
@@ -74,11 +80,16 @@ _BACKEND = """\
     }}
 """
 
-_GATEWAY = """\
+_UPSTREAM = """\
     upstream backend {{
         server 127.0.0.1:{backend};
         keepalive 64;
     }}
+"""
+
+#: One server block: without resumption on the port for full handshakes, with it on the
+#: port for resumed ones.
+_GATEWAY = """\
     server {{
         listen 127.0.0.1:{port} ssl backlog=4096;
         server_name {sni};
@@ -88,8 +99,8 @@ _GATEWAY = """\
         ssl_client_certificate {dir}/client-ca.crt;
         ssl_verify_client on;
         ssl_verify_depth 4;
-        ssl_session_cache off;
-        ssl_session_tickets off;
+        ssl_session_cache {session_cache};
+        ssl_session_tickets {tickets};
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -259,7 +270,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keepalive-conns", type=int, default=16)
     parser.add_argument("--sweep", metavar="N,N,...",
                         help="diagnosis: kept-alive requests/s and CPU at each number of connections, then exit")
-    parser.add_argument("--modes", default="handshake,keepalive", help="comma-separated: handshake, keepalive")
+    parser.add_argument("--modes", default="handshake,resumed,keepalive",
+                        help="comma-separated: handshake, resumed, keepalive")
     parser.add_argument("--profile", metavar="FILE",
                         help="run refgateway under cProfile and write its stats to FILE")
     args = parser.parse_args(argv)
@@ -277,8 +289,13 @@ def main(argv: list[str] | None = None) -> None:
             gw_dir.mkdir()
             for name in ("server.crt", "server.key", "client-ca.crt"):
                 shutil.copy(d / "pki" / name, gw_dir / name)
-            procs.append(nginx(gw_dir, _GATEWAY.format(port=nginx_port, backend=backend, sni=SNI, dir=gw_dir)))
+            resume_port = free_port()
+            servers = [_GATEWAY.format(port=p, sni=SNI, dir=gw_dir, session_cache=cache, tickets=tickets)
+                       for p, cache, tickets in ((nginx_port, "off", "off"),
+                                                 (resume_port, "shared:SSL:10m", "on"))]
+            procs.append(nginx(gw_dir, _UPSTREAM.format(backend=backend) + "".join(servers)))
             wait_port(nginx_port, procs[-1], "nginx")
+            wait_port(resume_port, procs[-1], "nginx")
             config, state = d / "config", d / "state"
             config.mkdir()
             refgateway_config(config, {k: (d / "pki" / k).read_bytes() for k in
@@ -297,11 +314,15 @@ def main(argv: list[str] | None = None) -> None:
             ref_port = yaml.safe_load(ports.read_text())[443]
             wait_port(ref_port, procs[-1], "refgateway")
             targets = {"nginx": nginx_port, "refgateway": ref_port}
+            resume_targets = {"nginx": resume_port, "refgateway": ref_port}
             pids = {"nginx": procs[1].pid, "refgateway": procs[2].pid}
-            modes = {m: {"handshake": args.handshake_conns, "keepalive": args.keepalive_conns}[m]
+            modes = {m: {"handshake": args.handshake_conns, "resumed": args.handshake_conns,
+                         "keepalive": args.keepalive_conns}[m]
                      for m in args.modes.split(",")}
             rates: dict[tuple[str, str], list[float]] = {(m, t): [] for m in modes for t in targets}
             errors: dict[tuple[str, str], int] = {k: 0 for k in rates}
+            resumed: dict[tuple[str, str], int] = {k: 0 for k in rates}
+            served: dict[tuple[str, str], int] = {k: 0 for k in rates}
             cpu: dict[tuple[str, str], list[float]] = {k: [] for k in rates}  # CPU ms per request
             if args.sweep:
                 for conns in map(int, args.sweep.split(",")):
@@ -317,7 +338,10 @@ def main(argv: list[str] | None = None) -> None:
                 for mode, conns in modes.items():
                     for name in order:
                         before = cpu_seconds(pids[name])
-                        res = measure(client, d / "pki", targets[name], mode, conns, args.seconds)
+                        port = (resume_targets if mode == "resumed" else targets)[name]
+                        res = measure(client, d / "pki", port, mode, conns, args.seconds)
+                        resumed[(mode, name)] += res.get("resumed", 0)
+                        served[(mode, name)] += res["ok"]
                         cpu[(mode, name)].append(1000 * (cpu_seconds(pids[name]) - before) / max(1, res["ok"]))
                         rates[(mode, name)].append(res["rate"])
                         errors[(mode, name)] += res["errors"]
@@ -330,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
             for p in reversed(procs):
                 stop(p)
     labels = {"handshake": ("full mTLS handshakes/s (fresh connection, 1 request each)", 0.8),
+              "resumed": ("resumed mTLS handshakes/s (fresh connection offering the session from before, "
+                          "1 request each)", None),
               "keepalive": ("requests/s on kept-alive HTTP/1.1 connections", 0.25)}
     print()
     for mode, (label, target) in labels.items():
@@ -338,13 +364,17 @@ def main(argv: list[str] | None = None) -> None:
         print(label)
         for name in targets:
             values = rates[(mode, name)]
+            share = ""
+            if mode == "resumed":  # a gateway that resumed nothing measured full handshakes
+                share = f"; resumed {resumed[(mode, name)]} of {served[(mode, name)]} connections"
             print(f"  {name:<11} median {statistics.median(values):8.0f}/s "
-                  f"(min {min(values):.0f}, max {max(values):.0f}; errors {errors[(mode, name)]}); "
+                  f"(min {min(values):.0f}, max {max(values):.0f}; errors {errors[(mode, name)]}{share}); "
                   f"CPU per request {statistics.median(cpu[(mode, name)]):.3f} ms")
         per_round = [a / b for a, b in zip(rates[(mode, "refgateway")], rates[(mode, "nginx")]) if b]
         ratio = statistics.median(rates[(mode, "refgateway")]) / statistics.median(rates[(mode, "nginx")])
+        verdict = "no target" if target is None else f"target >= {target}x: {'met' if ratio >= target else 'NOT met'}"
         print(f"  ratio refgateway/nginx: {ratio:.2f}x (per round {min(per_round):.2f}..{max(per_round):.2f}; "
-              f"target >= {target}x: {'met' if ratio >= target else 'NOT met'})")
+              f"{verdict})")
         cost = statistics.median(cpu[(mode, "nginx")]) / statistics.median(cpu[(mode, "refgateway")])
         print(f"  ratio of CPU per request nginx/refgateway: {cost:.2f}x (less sensitive to a busy machine)")
 

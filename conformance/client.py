@@ -17,8 +17,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from . import probe as _probe
 from .expect import (ExpectationFailed, Timing, backend_saw_plaintext, backend_saw_tls, echo_header, eventually,
-                     judge_backend_refused, judge_ok, judge_rejected)
-from .probe import Outcome, ProbeFailure, Rejection, Response
+                     judge_backend_refused, judge_ok, judge_rejected, reached_backend)
+from .probe import Outcome, ProbeFailure, Rejection, Response, Resumption
 from .profiles import Profile
 from .target import ObjectRef, Target
 
@@ -28,6 +28,10 @@ from .target import ObjectRef, Target
 #: handshake alert, a first-read alert, a close and an HTTP status are all "rejected".
 REJECTION_PROPERTY = "mtls_rejection"
 REJECTION_RULE_PROPERTY = "mtls_rejection_rule"
+#: What a resumption check saw (resumed or not, then how the client was answered).
+RESUMPTION_PROPERTY = "mtls_resumption"
+#: "FEATURE: sentence" for that feature's verdict line (e.g. "resumption not offered").
+VERDICT_NOTE_PROPERTY = "mtls_verdict_note"  # the same name as report.VERDICT_NOTE_PROPERTY
 
 #: The running test's user_properties list; the plugin sets it around each test call.
 recording: contextvars.ContextVar[list | None] = contextvars.ContextVar("mtls_recording", default=None)
@@ -43,6 +47,13 @@ def property_of(name: str) -> str:
     base, _, params = name.partition("[")
     words = base.removeprefix("test_").replace("_", " ")
     return f"{words} [{params}" if params else words
+
+
+def record(name: str, value: str) -> None:
+    """Add a user property to the running test (JUnit ``<property>``); outside a test, nothing."""
+    properties = recording.get()
+    if properties is not None and (name, value) not in properties:
+        properties.append((name, value))
 
 
 def _setup(what: str, step: str) -> str:
@@ -193,19 +204,22 @@ class GatewayClient:
                 path: str = "/", headers: Sequence[tuple[str, str]] = (),
                 method: str = "GET", body: bytes | None = None,
                 http2: bool = False, tls_version: str | None = None,
-                plaintext: bool = False, verify_server: bool = True) -> Outcome:
+                plaintext: bool = False, verify_server: bool = True,
+                resumption: Resumption | None = None) -> Outcome:
         """One probe. ``verify_server=False``: the probe does not check the listener's
         certificate (for listeners that must fail closed: one serving a throwaway
         certificate to everyone must show up as letting the client in, not as a probe error).
 
         Every probe carries an id of its own in its query (PROBE_ID_PARAMETER), by which
         a backend's request record shows whether that request reached it.
+        ``resumption``: the client's session to offer and keep (see probe.Resumption).
         """
         probe_id = secrets.token_hex(8)
         outcome = _probe.probe(self.address(port), sni=sni, host=host or sni, path=with_probe_id(path, probe_id),
                                client_cert=cert, trust_pem=self.trust.cert_pem if verify_server else None,
                                headers=headers, method=method, body=body, http2=http2, tls_version=tls_version,
-                               plaintext=plaintext, timeout=self.settings.timing.request_timeout)
+                               plaintext=plaintext, timeout=self.settings.timing.request_timeout,
+                               resumption=resumption)
         if self._sent is not None:
             self._sent.append(SentProbe(probe_id, outcome))
         return outcome
@@ -232,6 +246,7 @@ class GatewayClient:
 
     def _reproduce(self, port: int, sni: str | None, cert: Any, request: dict) -> str:
         request = dict(request)
+        request.pop("resumption", None)
         verify = request.pop("verify_server", True)
         try:
             return _probe.curl_command(self.address(port), sni=sni, client_cert=cert,
@@ -402,6 +417,69 @@ class GatewayClient:
                 f"{lead}{context}: expected {expected}, {exc}\n"
                 f"reproduce: {self._reproduce(port, sni, cert, request)}",
                 evidence=exc.evidence) from None
+
+    # ------------------------------------------------------------------ session resumption
+    def take_session(self, port: int, *, sni: str, cert: Any, resumption: Resumption, what: str,
+                     service: str | None = None, **request: Any) -> bool:
+        """Converge on HTTP 200 for ``cert`` with ``resumption``'s client, which then holds a
+        session of this listener (if the gateway gives any); return whether the gateway
+        resumed one of the client's sessions meanwhile (the first probe is a full handshake,
+        the next ones offer the session the one before received)."""
+        resumed = []
+
+        def judge(outcome: Outcome) -> str | None:
+            resumed.append(bool(resumption.reused))
+            return judge_ok(outcome, namespace=self.namespace, service=service)
+
+        self._eventually(port, sni, cert, {**request, "resumption": resumption}, judge,
+                         expected="HTTP 200 from the backend", what=what)
+        return any(resumed)
+
+    def expect_resumed_session_not_served(self, port: int, *, sni: str, cert: Any, resumption: Resumption,
+                                          what: str, **request: Any) -> Outcome:
+        """Offer ``resumption``'s session and converge on the request not being served.
+
+        Judged by what the client sees: where the gateway resumed the session, any answer
+        but one from a backend is a refusal (an alert, a close, a 421); where it did not
+        resume (or refused before the handshake completed), this is a full handshake with
+        ``cert`` and is judged as every rejection is. Recorded in ``mtls_resumption``.
+        """
+        if not resumption.resumable:
+            raise ValueError(f"{what}: the client holds no session to offer (take_session first)")
+        session = resumption.session
+
+        def attempt() -> Outcome:
+            resumption.session = session  # offer the session made before, every time
+            return self.request(port, sni=sni, cert=cert, resumption=resumption, **request)
+
+        def judge(outcome: Outcome) -> str | None:
+            if resumption.reused:
+                if isinstance(outcome, ProbeFailure):
+                    return f"got {outcome.describe()}; that is not the gateway's answer"
+                if reached_backend(outcome):
+                    return f"the gateway resumed the session and served the request: {outcome.describe()}"
+                return None
+            return judge_rejected(outcome, rejection_statuses=self.profile.rejection_statuses,
+                                  strict=self.settings.strict_rejection)
+
+        context = self._context(port, sni, cert, request)
+        try:
+            outcome = eventually(attempt, judge, timing=self.settings.timing, progress=self.target._progress,
+                                 what=f"{context}, offering a session made before: the request not to be served")
+        except ExpectationFailed as exc:
+            raise ExpectationFailed(
+                f"{what}: {context}, offering a session made before: expected the gateway to refuse to resume "
+                f"it or to refuse the connection, never to serve the request on it; {exc}\n"
+                f"reproduce: {self._reproduce(port, sni, cert, request)} (with the session saved by "
+                f"curl's --ssl-sessions, or openssl s_client -sess_out/-sess_in)", evidence=exc.evidence) from None
+        if resumption.reused:
+            how = f"resumed, then refused: {where_rejected(outcome)}"
+        elif resumption.reused is None:
+            how = f"refused before the handshake completed: {where_rejected(outcome)}"
+        else:
+            how = f"not resumed; the full handshake was refused: {where_rejected(outcome)}"
+        record(RESUMPTION_PROPERTY, f"{context}, offering a session made before: {how}")
+        return outcome
 
     def require_certificate_requested(self, response: Response, requested: bool, *, port: int,
                                       what: str) -> None:

@@ -77,6 +77,12 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
             "a changed CA bundle or listener certificate takes effect for new connections "
             "without restarting anything",
             "extended", upstream=False),
+    Feature("FrontendResumptionScopedToValidation",
+            "a resumed TLS session (TLS 1.3 ticket, TLS 1.2 session ID or ticket) is served only "
+            "under the client validation that made it: not by another listener or port, not "
+            "after a CA rotation removed the client's CA, not after its chain expired; a gateway "
+            "that never resumes passes, reported as \"resumption not offered\"",
+            "extended", upstream=False),
 )}
 
 

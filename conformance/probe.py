@@ -34,7 +34,10 @@ that hook is missing, the reason code of the ``SSLError`` (OpenSSL's
 ``*_ALERT_*`` reasons name only alerts *received* from the peer).
 
 Each call builds its own ``SSLContext``: no pooling and no session resumption,
-so one probe's SNI or client certificate can never leak into the next.
+so one probe's SNI or client certificate can never leak into the next. The one
+exception is explicit: a :class:`Resumption` passed to :func:`probe` carries one client
+context and the session it last received from probe to probe, for the checks about
+session resumption.
 
 This module must not import ``fixtures/``; the client certificate is any object
 with ``chain_file`` and ``key_file`` paths.
@@ -63,6 +66,7 @@ __all__ = [
     "ProbeFailure",
     "Rejection",
     "Response",
+    "Resumption",
     "TLSInfo",
     "alert_name",
     "curl_command",
@@ -377,6 +381,45 @@ def _build_context(
     return context
 
 
+class Resumption:
+    """One client's TLS sessions across probes (what a browser or curl's session cache does).
+
+    Python binds a session to the ``SSLContext`` that made it, so the first probe's context
+    is kept and used again. ``tickets=False`` asks for no session ticket (TLS 1.2: the
+    server's session-ID cache); TLS 1.3 always resumes with tickets. After each probe:
+    ``offered`` (whether a session was offered), ``reused`` (whether the server resumed
+    it, None when no handshake completed) and ``session`` (the one to offer next: a TLS
+    1.3 ticket arrives after the handshake, so it is taken after the response was read).
+    """
+
+    def __init__(self, *, tickets: bool = True) -> None:
+        self.tickets = tickets
+        self.context: ssl.SSLContext | None = None
+        self.session: ssl.SSLSession | None = None
+        self.offered = False
+        self.reused: bool | None = None
+
+    def _context(self, build) -> ssl.SSLContext:
+        if self.context is None:
+            self.context = build()
+            if not self.tickets:
+                self.context.options |= ssl.OP_NO_TICKET
+        return self.context
+
+    def _handshaken(self, tls: ssl.SSLObject) -> None:
+        self.reused = tls.session_reused
+
+    def _taken(self, tls: ssl.SSLObject) -> None:
+        if self.reused is not None and tls.session is not None:
+            self.session = tls.session
+
+    @property
+    def resumable(self) -> bool:
+        """Whether the server gave this client something to resume (a ticket or a session ID)."""
+        s = self.session
+        return s is not None and (s.has_ticket or bool(s.id))
+
+
 class _Failure(Exception):
     """kind: a Rejection kind, or "probe" with a ProbeFailure cause."""
 
@@ -496,11 +539,12 @@ class _TLSConnection(_PlainConnection):
     FIN) apart from the TLS-level one (alert, close_notify).
     """
 
-    def __init__(self, context: ssl.SSLContext, sock: socket.socket, sni: str | None, timeout: float) -> None:
+    def __init__(self, context: ssl.SSLContext, sock: socket.socket, sni: str | None, timeout: float,
+                 session: ssl.SSLSession | None = None) -> None:
         super().__init__(sock, timeout)
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
-        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=sni)
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=sni, session=session)
 
     def _flush(self) -> None:
         data = self.outgoing.read()
@@ -561,17 +605,23 @@ def probe(
     http2: bool = False,
     plaintext: bool = False,
     timeout: float = 10.0,
+    resumption: Resumption | None = None,
 ) -> Outcome:
     """Send one request over a new TCP+TLS connection and classify what came back.
 
     ``plaintext=True`` speaks HTTP/1.1 over bare TCP instead (an HTTP listener).
     ``body``: the request's content, sent with its Content-Length (e.g. a POST).
+    ``resumption``: offer its session (if any), and keep the one this connection ends with.
 
     ``timeout`` bounds each phase (connect, handshake, the whole response).
     ``trust_pem=None`` skips server verification; otherwise the chain is checked
     against it and the hostname against ``sni``.
     """
-    context = _build_context(sni=sni, client_cert=client_cert, trust_pem=trust_pem, tls_version=tls_version, http2=http2)
+    def build() -> ssl.SSLContext:
+        return _build_context(sni=sni, client_cert=client_cert, trust_pem=trust_pem, tls_version=tls_version,
+                              http2=http2)
+
+    context = build() if resumption is None else resumption._context(build)
     observer = _Observer()
     observer.install(context)
     authority = host or sni or _format_host(address[0])
@@ -590,7 +640,10 @@ def probe(
                 plain, method=method, authority=authority, path=path, headers=headers, body=body)
             return Response(status, reason, resp_headers, content, None)
         try:
-            conn = _TLSConnection(context, raw, sni, timeout)
+            offer = resumption.session if resumption is not None else None
+            if resumption is not None:
+                resumption.offered, resumption.reused = offer is not None, None
+            conn = _TLSConnection(context, raw, sni, timeout, session=offer)
             conn.start_phase()
             conn.handshake()
         except Exception as exc:
@@ -598,6 +651,8 @@ def probe(
             if failure.kind == "closed" and conn is not None and conn.peer_eof:
                 failure = _Failure("handshake", "closed", f"server closed the connection during the handshake ({failure.detail})")
             raise failure from exc
+        if resumption is not None:
+            resumption._handshaken(conn.tls)
         conn.start_phase()
         if http2:
             if conn.tls.selected_alpn_protocol() != "h2":
@@ -618,6 +673,8 @@ def probe(
         # fallback and covers builds without the hook.
         return _outcome_of(failure, observer, conn)
     finally:
+        if resumption is not None and conn is not None:
+            resumption._taken(conn.tls)
         if raw is not None:
             raw.close()
 

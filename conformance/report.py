@@ -42,6 +42,9 @@ VERDICTS = ("passed", "partial", "failed", "unsupported", "untested")
 UNSUPPORTED_PREFIX = "implementation does not support"
 #: The skip reason of a test that was collected but never run (deselected, not named).
 NOT_RUN_PREFIX = "not run: "
+#: A test's user property "FEATURE: sentence": the sentence joins that feature's verdict
+#: line (e.g. what a check could not exercise), see client.VERDICT_NOTE_PROPERTY.
+VERDICT_NOTE_PROPERTY = "mtls_verdict_note"
 
 
 def short_name(nodeid: str) -> str:
@@ -61,6 +64,7 @@ class TestResult:
     features: list[str]
     outcome: str | None = None  # "passed" | "failed" | "skipped"
     detail: str = ""
+    notes: list[str] = dataclasses.field(default_factory=list)  # VERDICT_NOTE_PROPERTY values
 
     @property
     def name(self) -> str:
@@ -95,6 +99,9 @@ class Results:
 
     def record(self, report, names: list[str]) -> None:
         result = self.tests.setdefault(report.nodeid, TestResult(report.nodeid, list(names)))
+        for key, value in report.user_properties:
+            if key == VERDICT_NOTE_PROPERTY and value not in result.notes:
+                result.notes.append(value)
         if report.failed:
             result.outcome = "failed"
             # The first line of the exception says what was expected and seen; the rest
@@ -202,6 +209,10 @@ def verdict_line(name: str, tests: list[TestResult], *, supported: bool = True) 
     lacking = _not_counted(tests, name)
     if lacking:
         summary += f"; {sum(lacking.values())} not run: need {', '.join(sorted(lacking))}"
+    notes = dict.fromkeys(n.partition(": ")[2] for t in tests if t.counts_for(name) and t.outcome == "passed"
+                          for n in t.notes if n.startswith(f"{name}: "))
+    if notes:
+        summary += "; " + "; ".join(notes)
     verdict = feature_verdict(tests, supported=supported, feature=name)
     return f"{name:60} {verdict.upper():11} ({summary})"
 

@@ -47,6 +47,7 @@ import h2.exceptions
 import h11
 from cryptography import x509
 from OpenSSL import SSL, crypto
+from OpenSSL._util import lib as _ssl_lib  # SSL_session_reused: pyOpenSSL has no wrapper
 
 from . import routing
 from ._tls import (ALERT_HANDSHAKE_FAILURE, leaf_identity, needs_verify_callback, overrules_rule, pin_mismatch, set_verify,
@@ -65,6 +66,7 @@ LINGER = 2.0
 #: The stream id of the HTTP/1.1 request in flight (h2 streams are odd numbers >= 1).
 H11_REF = 0
 _rng = random.Random()
+_X509_V_ERR_CERT_HAS_EXPIRED = 10
 
 
 @dataclass
@@ -145,6 +147,9 @@ class EdgeCore:
         self.site = site
         self.port = site.port  # TLS snapshot
         self.contexts = site.contexts
+        self.scopes = getattr(site, "scopes", {})  # snapshots, like port and contexts
+        self.sessions = getattr(site, "sessions", None)
+        self.resumed = False
         self.faults = site.faults
         self.tls: SSL.Connection | None = None
         self.listener: Listener | None = None
@@ -360,6 +365,9 @@ class EdgeCore:
         if not ls.servable or ctx is None:
             self.reject = True
             return
+        if _ssl_lib.SSL_session_reused(conn._ssl) and not self._may_resume(conn, ls):
+            self.reject = True  # a fatal alert; the client starts afresh on its next connection
+            return
         conn.set_context(ctx)
         if "no-sni-skips-client-validation" in self.faults and not name:
             conn.set_verify(SSL.VERIFY_NONE, on_verify)
@@ -376,6 +384,23 @@ class EdgeCore:
             # OpenSSL's verdict stands (a callback kept from the base context returns it
             # unchanged): a completed handshake with a certificate is a verified one.
             conn.set_verify(mode)
+
+    def _may_resume(self, conn: SSL.Connection, ls: Listener) -> bool:
+        """Whether this listener may serve the session the client resumed (see _tls's
+        theory of operation): one made under its own validation scope, whose verified
+        chain has not expired since. Nothing to carry without validation."""
+        self.resumed = True
+        if ls.validation is None:
+            return True
+        scope = self.scopes.get(ls.name)
+        if self.sessions is None or scope is None:
+            return False
+        why, self.verify_error = self.sessions.resumable(scope, conn)
+        if why == "expired" and ls.validation.mode == ALLOW_INSECURE_FALLBACK:
+            # Fallback lets an expired chain in, as the full handshake would, reported as such.
+            self.verify_error = self.verify_error or _X509_V_ERR_CERT_HAS_EXPIRED
+            return True
+        return why is None
 
     def verify(self, cert, errno: int, depth: int, ok: int) -> bool:
         v = self.listener.validation if self.listener else None
@@ -406,6 +431,10 @@ class EdgeCore:
 
     def _record_identity(self) -> None:
         v = self.listener.validation if self.listener else None
+        if not self.resumed and not self.reject and self.sessions is not None and self.listener is not None:
+            scope = self.scopes.get(self.listener.name)
+            if scope is not None:
+                self.sessions.record(scope, self.tls, self.verify_error)
         cert = self.tls.get_peer_certificate()
         if v is None or cert is None:
             verdict = "NONE"

@@ -32,7 +32,7 @@ from OpenSSL import SSL
 
 from . import translator
 from ._edge import Edge, Timeouts, on_sni, on_verify
-from ._tls import MAX_CLIENT_CHAIN_DEPTH, BackendContexts, ContextCache
+from ._tls import MAX_CLIENT_CHAIN_DEPTH, BackendContexts, ContextCache, SessionMemory
 
 log = logging.getLogger("refgateway")
 
@@ -178,7 +178,9 @@ class Site:
     port: translator.Port
     faults: frozenset[str]
     contexts: dict[str, SSL.Context] = field(default_factory=dict)
-    base_context: SSL.Context | None = None
+    base_context: SSL.Context | None = None  # the port's session context (ContextCache.session_context)
+    scopes: dict[str, bytes] = field(default_factory=dict)  # listener name -> session scope
+    sessions: SessionMemory | None = None
     server: asyncio.AbstractServer | None = None
     bound: int = 0
     edges: set = field(default_factory=set)
@@ -199,6 +201,8 @@ class Gateway:
         self.contexts = ContextCache(faults=faults, sni_callback=on_sni, verify_callback=on_verify,
                                      max_chain_depth=max_chain_depth)
         self.backend_contexts = BackendContexts(faults=faults, system_ca_bundle=system_ca_bundle)
+        self.sessions = SessionMemory(faults)
+        self.scope_memory: dict = {}  # fault sessions-survive-ca-change
         self.written_status: dict[tuple, dict] = {}
         self.written_ports: dict[tuple[str, str], dict] = {}
         self.ca_memory: dict = {}
@@ -239,28 +243,39 @@ class Gateway:
         log.info("reloaded: %d objects, %d ports, %d status documents, %d file errors",
                  len(objects), len(plan.ports), len(statuses), len(errors))
 
+    def _scope(self, key: tuple[str, str, int], ls) -> bytes:
+        scope = self.contexts.scope(ls)
+        if "sessions-survive-ca-change" in self.faults:
+            # The session scope of the listener's first configuration, kept across changes
+            # (Go CVE-2025-68121: resumption after ClientCAs changed).
+            scope = self.scope_memory.setdefault((key, ls.name), scope)
+        return scope
+
     async def _program(self, plan: translator.Plan) -> None:
-        all_listeners = []
+        all_listeners, session_contexts = [], []
         for key, port in plan.ports.items():
-            contexts = {}
+            contexts, scopes = {}, {}
             for ls in port.listeners:
                 if ls.servable and ls.protocol == "HTTPS":
                     try:
                         contexts[ls.name] = self.contexts.context(ls)
+                        scopes[ls.name] = self._scope(key, ls)
                         all_listeners.append(ls)
                     except (SSL.Error, ValueError) as exc:  # the translator validated; belt and braces
                         log.warning("cannot build TLS context for %s/%s %s: %s", key[0], key[1], ls.name, exc)
             site = self.sites.get(key)
             if site is None:
                 site = Site(port=port, faults=self.faults, backend_contexts=self.backend_contexts,
-                            timeouts=self.timeouts)
+                            timeouts=self.timeouts, sessions=self.sessions)
                 if not await self._listen(key, site):
                     continue  # controller mode: reported as not programmed, retried on the next reload
                 self.sites[key] = site
             # Swap in one step; connections already accepted keep their snapshot.
-            site.port, site.contexts = port, contexts
-            site.base_context = next(iter(contexts.values()), None)
-        self.contexts.retain(all_listeners)
+            base = self.contexts.session_context(list(scopes.values())) if contexts else None
+            site.port, site.contexts, site.scopes, site.base_context = port, contexts, scopes, base
+            if base is not None:
+                session_contexts.append(base)
+        self.contexts.retain(all_listeners, session_contexts)
         for key in [k for k in self.sites if k not in plan.ports]:
             site = self.sites.pop(key)
             site.server.close()  # stop accepting; established connections finish on their own

@@ -17,8 +17,21 @@ complete and never changed. ``ContextCache`` keeps them keyed by their content
 (certificate, key, validation): a configuration change that leaves a listener alone
 keeps its context, and a changed listener gets a brand-new one.
 
-Session resumption is disabled: a resumed session would skip client-certificate
-verification and could carry a verdict across listeners or CA rotations.
+Session resumption (TLS 1.3 tickets, TLS 1.2 session IDs and tickets) is on, scoped to
+the validation that made each session. OpenSSL looks a session up (session-ID cache,
+ticket decryption) on the connection's *initial* context, before the SNI callback, and
+``SSL_session_reused`` is already true inside that callback: the listener contexts'
+own session-ID contexts and caches never take part (checked with OpenSSL 3 and 4; this
+is the shape of nginx CVE-2025-23419). So a port starts every connection on a *session
+context* of its own (``ContextCache.session_context``): it carries only the session
+cache, the ticket keys and a session-ID context derived from the validations of the
+port's listeners, and is replaced (new ticket keys, empty cache) whenever one of them
+changes, e.g. a CA bundle. Within a port, ``SessionMemory`` decides in the SNI callback:
+a resumed session is served only by a listener whose validation scope made it, and only
+while the whole verified chain of its full handshake is still valid (the chain's earliest
+notAfter, recorded then; a resumed session carries the leaf but not the chain).
+In TLS 1.2 OpenSSL reports the session's original SNI to that callback, so a session
+offered under another name stays on its original listener (another Host then gets 421).
 """
 
 from __future__ import annotations
@@ -27,6 +40,8 @@ import hashlib
 import logging
 import os
 import ssl
+import time
+from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -38,7 +53,8 @@ from OpenSSL import SSL, crypto
 from ._plan import ALLOW_INSECURE_FALLBACK, BackendTLS, Listener, Validation
 
 __all__ = ["ContextCache", "set_verify", "verify_mode", "needs_verify_callback", "overrules_rule", "short_reason", "pin_mismatch", "leaf_identity", "ALERT_HANDSHAKE_FAILURE",
-           "BackendContexts", "BackendIdentityError", "backend_identity_problem"]
+           "BackendContexts", "BackendIdentityError", "backend_identity_problem",
+           "SessionMemory", "session_scope"]
 
 log = logging.getLogger("refgateway.tls")
 
@@ -46,6 +62,9 @@ log = logging.getLogger("refgateway.tls")
 ALERT_HANDSHAKE_FAILURE = b"\x15\x03\x03\x00\x02\x02\x28"
 
 _X509_V_FLAG_NO_CHECK_TIME = 0x200000  # not exported by pyOpenSSL
+
+#: Seconds a session (ticket or cache entry) may be resumed: nginx's ssl_session_timeout.
+SESSION_LIFETIME = 300
 
 #: Intermediate CAs allowed between a client leaf and a trusted root (OpenSSL verify
 #: depth), the same as NGINX Gateway Fabric's ssl_verify_depth.
@@ -223,8 +242,87 @@ def needs_verify_callback(v: Validation | None, faults: frozenset[str]) -> bool:
                               or not _CALLBACK_FAULTS.isdisjoint(faults) or not faults.isdisjoint(_RULE_FAULTS))
 
 
+# --------------------------------------------------------------------------- session resumption
+
+
+def session_scope(v: Validation | None, faults: frozenset[str], max_chain_depth: int) -> bytes:
+    """The session-ID context of a listener's client validation: 32 bytes that change with
+    anything the verdict on a client certificate depends on (mode, CA bundles, pins, verify
+    depth). Listeners with equal scopes would judge every client alike, so a session may
+    pass between them.
+
+    Fault ``sessions-across-listeners``: one scope for every listener (one session cache
+    and ticket key for the whole gateway, nginx CVE-2014-3616 / CVE-2025-23419).
+    """
+    if "sessions-across-listeners" in faults:
+        return hashlib.sha256(b"refgateway one session scope").digest()
+    h = hashlib.sha256(b"refgateway session scope v1\0")
+    if v is None:
+        h.update(b"no client validation")
+    else:
+        h.update(v.mode.encode() + b"\0" + str(max_chain_depth).encode() + b"\0")
+        for pem in sorted(v.ca_pems):
+            h.update(hashlib.sha256(pem).digest())
+        h.update(b"\0sans\0" + "\0".join(sorted(v.pin_sans)).encode())
+        h.update(b"\0hashes\0" + "\0".join(sorted(v.pin_hashes)).encode())
+    return h.digest()
+
+
+def _leaf_key(leaf: crypto.X509) -> bytes:
+    return hashlib.sha256(crypto.dump_certificate(crypto.FILETYPE_ASN1, leaf)).digest()
+
+
+def _now_generalized() -> bytes:
+    return time.strftime("%Y%m%d%H%M%SZ", time.gmtime()).encode()
+
+
+class SessionMemory:
+    """What a full handshake verified, for the resumptions of its sessions.
+
+    Keyed by (listener scope, SHA-256 of the client leaf's DER, b"" for none): the
+    earliest notAfter of the verified chain (GeneralizedTime bytes, which order like the
+    times they name) and the verification error (AllowInsecureFallback lets a failed one
+    in). A session whose entry is missing (made under another scope, or evicted) is not
+    served: the client's connection is refused and its next one is a full handshake.
+    Bounded: the entries least recently recorded go first (65536 of them, a few MB,
+    cover that many distinct clients within a session's lifetime).
+    """
+
+    def __init__(self, faults: frozenset[str], limit: int = 65536):
+        self._faults = faults
+        self._limit = limit
+        self._entries: OrderedDict[tuple[bytes, bytes], tuple[bytes, int | str | None]] = OrderedDict()
+
+    def record(self, scope: bytes, conn: SSL.Connection, verify_error: int | str | None) -> None:
+        """After a full handshake: remember what it verified."""
+        leaf = conn.get_peer_certificate()
+        if leaf is None:
+            key, not_after = (scope, b""), b"99991231235959Z"
+        else:
+            chain = conn.get_verified_chain() or [leaf]  # None: not verified (fallback)
+            key = (scope, _leaf_key(leaf))
+            not_after = min(c.get_notAfter() or b"" for c in chain)
+        self._entries[key] = (not_after, verify_error)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._limit:
+            self._entries.popitem(last=False)
+
+    def resumable(self, scope: bytes, conn: SSL.Connection) -> tuple[str | None, int | str | None]:
+        """In the SNI callback of a resumed session: (why this listener may not serve it,
+        "unknown" or "expired", or None; the verification error its full handshake recorded)."""
+        leaf = conn.get_peer_certificate()
+        entry = self._entries.get((scope, _leaf_key(leaf) if leaf is not None else b""))
+        if entry is None:
+            return "unknown", None
+        not_after, error = entry
+        if "resumption-checks-leaf-expiry-only" in self._faults and leaf is not None:
+            not_after = leaf.get_notAfter() or b""  # Go CVE-2025-68121 (#77217): the leaf only
+        return (None if _now_generalized() < not_after else "expired"), error
+
+
 class ContextCache:
-    """Builds and memoises one server Context per distinct listener TLS configuration."""
+    """Builds and memoises one server Context per distinct listener TLS configuration,
+    and one session context per distinct set of a port's validation scopes."""
 
     def __init__(self, *, faults: frozenset[str], sni_callback: Callable, verify_callback: Callable,
                  alpn: tuple[bytes, ...] = (b"h2", b"http/1.1"), max_chain_depth: int = MAX_CLIENT_CHAIN_DEPTH):
@@ -235,6 +333,8 @@ class ContextCache:
         self._alpn = alpn
         self._cache: dict[tuple, SSL.Context] = {}
         self._x509: dict[bytes, list[crypto.X509]] = {}
+        self._scopes: dict[Validation | None, bytes] = {}
+        self._sessions: dict[bytes, SSL.Context] = {}
 
     def _certs(self, pem: bytes) -> list[crypto.X509]:
         if pem not in self._x509:
@@ -248,18 +348,58 @@ class ContextCache:
             ctx = self._cache[key] = self._build(ls)
         return ctx
 
-    def retain(self, listeners: list[Listener]) -> None:
+    def scope(self, ls: Listener) -> bytes:
+        """The listener's session scope (``session_scope``)."""
+        scope = self._scopes.get(ls.validation)
+        if scope is None:
+            scope = self._scopes[ls.validation] = session_scope(ls.validation, self._faults, self._max_chain_depth)
+        return scope
+
+    def session_context(self, scopes: list[bytes]) -> SSL.Context:
+        """The context a port's connections start on: its session cache and ticket keys
+        are those of the set of validation scopes on the port, so a session never leaves
+        the ports that judge its client alike, and a changed validation (a new CA bundle)
+        starts a new context with new ticket keys and an empty cache: the sessions made
+        before are not resumed (the client gets a full handshake). It holds no
+        certificate: the SNI callback, which OpenSSL calls with or without SNI, switches
+        every connection to its listener's context.
+
+        Fault ``sessions-across-listeners``: one session context for the whole gateway.
+        """
+        key = hashlib.sha256(b"".join(sorted(set(scopes)))).digest()
+        if "sessions-across-listeners" in self._faults:
+            key = b"\0" * 32
+        ctx = self._sessions.get(key)
+        if ctx is None:
+            ctx = self._sessions[key] = SSL.Context(SSL.TLS_SERVER_METHOD)
+            ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+            ctx.set_session_id(key)
+            ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+            ctx.set_timeout(SESSION_LIFETIME)
+            ctx.set_tlsext_servername_callback(self._sni)
+            # A connection keeps the verify parameters of the context it started on (the
+            # SNI switch does not copy them): the verify depth must be set here.
+            if "ignore-chain-depth" not in self._faults:
+                ctx.set_verify_depth(self._max_chain_depth)
+        return ctx
+
+    def retain(self, listeners: list[Listener], session_contexts: list[SSL.Context] = ()) -> None:
         """Forget contexts no current listener uses (old ones stay alive in their connections)."""
         keep = {(ls.cert_pem, ls.key_pem, ls.validation) for ls in listeners}
         self._cache = {k: v for k, v in self._cache.items() if k in keep}
+        self._scopes = {k: v for k, v in self._scopes.items() if k in {ls.validation for ls in listeners}}
+        in_use = set(map(id, session_contexts))
+        self._sessions = {k: v for k, v in self._sessions.items() if id(v) in in_use}
         pems = {p for k in keep for p in ((k[2].ca_pems if k[2] else ()) + (k[0],)) if p}
         self._x509 = {k: v for k, v in self._x509.items() if k in pems}
 
     def _build(self, ls: Listener) -> SSL.Context:
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-        ctx.set_options(SSL.OP_NO_TICKET)
-        ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        # Sessions live in the port's session context (session_context). The cache mode of
+        # the context the SNI callback switches to still decides whether OpenSSL caches a
+        # TLS 1.2 session ID at all (SESS_CACHE_OFF here: none, while tickets still work),
+        # so it keeps OpenSSL's default.
         chain = self._certs(ls.cert_pem)
         ctx.use_certificate(chain[0])
         for extra in chain[1:]:

@@ -77,6 +77,9 @@ FAULTS: dict[str, str] = {
     "client-security-level-1": "listeners run at OpenSSL's default security level 1: RSA-1024 client keys verify (SHA-1 signatures still do not)",
     "client-security-level-0": "listeners run at OpenSSL security level 0 (the usual workaround for 'ca md too weak'): SHA-1-signed client certificates and RSA-1024 keys verify",
     "refuse-after-proxying": "AllowValidOnly is enforced only once the backend has answered: the handshake lets any client certificate (or none) in, the request is forwarded, and a client that failed verification then gets the connection closed instead of the answer",
+    "sessions-across-listeners": "one session cache and ticket key for every listener and port: a session resumes wherever it is offered, whatever validation made it (nginx CVE-2014-3616, CVE-2025-23419)",
+    "sessions-survive-ca-change": "a listener's sessions keep the scope of its first validation: sessions made before a CA bundle change still resume after it (Go CVE-2025-68121, golang/go#77113)",
+    "resumption-checks-leaf-expiry-only": "a resumed session is refused when the client's leaf has expired, but not when another certificate of its verified chain has (Go CVE-2025-68121, golang/go#77217)",
 }
 
 

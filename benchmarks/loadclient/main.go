@@ -1,13 +1,16 @@
 // loadclient: the one HTTPS client benchmarks/edge_vs_nginx.py points at both gateways.
 //
 //	loadclient -addr 127.0.0.1:PORT -sni example.com -ca ca.crt -cert c.crt -key c.key \
-//	    -mode handshake|keepalive -conns N -seconds S
+//	    -mode handshake|resumed|keepalive -conns N -seconds S
 //
 // handshake: every request on a fresh TCP+TLS connection with the client certificate,
 // no session cache (no resumption), "Connection: close"; the response proves the server
 // finished verifying the certificate (under TLS 1.3 the client's handshake ends before).
+// resumed: as handshake, but with a client session cache and tickets, so every
+// connection after the first offers the session (ticket) the server gave before;
+// "resumed" counts the connections the server resumed.
 // keepalive: N HTTP/1.1 connections, each sending request after request.
-// Prints one JSON line: {"ok": n, "errors": e, "seconds": s, "first_error": "..."}.
+// Prints one JSON line: {"ok": n, "errors": e, "resumed": r, "seconds": s, "first_error": "..."}.
 package main
 
 import (
@@ -50,10 +53,14 @@ func main() {
 	}
 	cfg := &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{pair}, ServerName: *sni,
 		NextProtos: []string{"http/1.1"}, SessionTicketsDisabled: true, ClientSessionCache: nil}
+	if *mode == "resumed" {
+		cfg.SessionTicketsDisabled = false
+		cfg.ClientSessionCache = tls.NewLRUClientSessionCache(64)
+	}
 	req := []byte(fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", *path, *sni))
 	closeReq := []byte(fmt.Sprintf("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", *path, *sni))
 
-	var ok, errs atomic.Int64
+	var ok, errs, resumed atomic.Int64
 	var firstErr atomic.Value
 	note := func(e error) {
 		errs.Add(1)
@@ -80,7 +87,7 @@ func main() {
 					r = bufio.NewReaderSize(c, 65536)
 				}
 				body := req
-				if *mode == "handshake" {
+				if *mode != "keepalive" {
 					body = closeReq
 				} else {
 					c.SetDeadline(time.Now().Add(30 * time.Second))
@@ -106,7 +113,10 @@ func main() {
 					continue
 				}
 				ok.Add(1)
-				if *mode == "handshake" || resp.Close {
+				if c.ConnectionState().DidResume {
+					resumed.Add(1)
+				}
+				if *mode != "keepalive" || resp.Close {
 					c.Close()
 					c = nil
 				}
@@ -117,7 +127,8 @@ func main() {
 		}()
 	}
 	wg.Wait()
-	out := map[string]any{"ok": ok.Load(), "errors": errs.Load(), "seconds": time.Since(start).Seconds()}
+	out := map[string]any{"ok": ok.Load(), "errors": errs.Load(), "resumed": resumed.Load(),
+		"seconds": time.Since(start).Seconds()}
 	if e := firstErr.Load(); e != nil {
 		out["first_error"] = e
 	}

@@ -212,3 +212,15 @@ def test_the_matrix_never_shows_passed_for_zero_executed_tests(tmp_path):
     assert columns["p"].cells[FE] == "passed"
     assert columns["q"].cells[FE] == "untested"
     assert columns["q"].cells[BTP] == "passed"
+
+
+def test_a_verdict_note_joins_its_own_features_line_only_from_passed_tests():
+    """E.g. "resumption not offered": a pass that exercised less than it could says so."""
+    feature = "FrontendResumptionScopedToValidation"
+    note = f"{feature}: TLS 1.3 ticket resumption not offered (the resumed path was not exercised)"
+    passed = r.TestResult("s/t.py::a", [feature, "GatewayFrontendClientCertificateValidation"], "passed",
+                          notes=[note])
+    failed = r.TestResult("s/t.py::b", [feature], "failed", notes=[f"{feature}: TLS 1.2 ticket resumed"])
+    line = r.verdict_line(feature, [passed, failed])
+    assert "TLS 1.3 ticket resumption not offered" in line and "TLS 1.2 ticket resumed" not in line
+    assert "not offered" not in r.verdict_line("GatewayFrontendClientCertificateValidation", [passed])

@@ -45,6 +45,10 @@ EXPECTED_FAILURES: dict[str, list[str]] = {
         "test_frontend_guide_steps.py::test_pinning[http1.1]",
         "test_frontend_invalid_ca.py::test_invalid_reference_is_reported_next_to_a_valid_one",
         "test_frontend_default.py::test_refused_post_with_a_body_never_reaches_the_backend",
+        "test_frontend_resumption.py::test_session_from_before_a_ca_rotation_is_not_served[*]",
+        "test_frontend_resumption.py::test_session_from_before_the_chain_expired_is_not_served[*]",
+        "test_frontend_resumption.py::test_session_of_another_listener_is_not_served_under_its_sni[*]",
+        "test_frontend_resumption.py::test_session_of_another_port_is_not_served[*]",
     ],
     "accept-no-client-cert": [
         "test_frontend_default.py::test_no_client_certificate_is_rejected[*]",
@@ -72,6 +76,7 @@ EXPECTED_FAILURES: dict[str, list[str]] = {
         "test_frontend_bad_client_certs.py::test_bad_client_certificate_is_rejected[not yet valid]",
         "test_frontend_guide_steps.py::test_allow_valid_only[h2]",
         "test_frontend_guide_steps.py::test_allow_valid_only[http1.1]",
+        "test_frontend_resumption.py::test_session_from_before_the_chain_expired_is_not_served[*]",
     ],
     "ignore-per-port": [
         "test_frontend_insecure_fallback.py::test_backend_is_told_what_was_verified[expired certificate]",
@@ -103,6 +108,7 @@ EXPECTED_FAILURES: dict[str, list[str]] = {
         "test_frontend_guide_steps.py::test_insecure_fallback[http1.1]",
         "test_frontend_guide_steps.py::test_listener_and_route_conditions_match_traffic[https-443]",
         "test_frontend_insecure_fallback.py::test_gateway_reports_insecure_frontend_validation_mode",
+        "test_frontend_resumption.py::test_session_of_another_port_is_not_served[*]",
     ],
     "reject-insecure-fallback": [
         "test_frontend_insecure_fallback.py::test_backend_is_told_what_was_verified[expired certificate]",
@@ -202,6 +208,11 @@ EXPECTED_FAILURES: dict[str, list[str]] = {
         "test_frontend_invalid_ca.py::test_listener_without_a_valid_ca_is_not_accepted[key-ca.crt-missing]",
         "test_frontend_invalid_ca.py::test_listener_without_a_valid_ca_is_not_accepted[wrong-kind]",
         "test_frontend_default.py::test_refused_post_with_a_body_never_reaches_the_backend",
+        "test_frontend_resumption.py::test_session_from_before_a_ca_rotation_is_not_served[*]",
+        "test_frontend_resumption.py::test_session_from_before_the_chain_expired_is_not_served[*]",
+        "test_frontend_resumption.py::test_session_of_another_listener_is_not_served_under_its_sni[*]",
+        "test_frontend_resumption.py::test_session_of_another_port_is_not_served[*]",
+        "test_frontend_resumption.py::test_the_gateway_resumes_on_the_same_listener[*]",
     ],
     "validate-http-listeners": [
         "test_frontend_per_port.py::test_http_listener_is_not_affected_by_frontend_validation",
@@ -237,6 +248,7 @@ EXPECTED_FAILURES: dict[str, list[str]] = {
     "ignore-ca-rotation": [
         "test_frontend_rotation.py::test_replacing_the_ca_bundle_takes_effect",
         "test_cluster_trust_bundle.py::test_frontend_rotation_through_the_bundle",
+        "test_frontend_resumption.py::test_session_from_before_a_ca_rotation_is_not_served[*]",
     ],
     "ignore-certificate-rotation": [
         "test_frontend_rotation.py::test_replacing_the_listener_certificate_takes_effect",
@@ -255,6 +267,8 @@ EXPECTED_FAILURES: dict[str, list[str]] = {
         "test_frontend_misdirected_upstream.py::test_hosts_on_a_connection_for_sni[second-example.org-http1.1]",
         "test_frontend_misdirected_upstream.py::test_hosts_on_a_connection_for_sni[third-example.wildcard.org-h2]",
         "test_frontend_misdirected_upstream.py::test_hosts_on_a_connection_for_sni[third-example.wildcard.org-http1.1]",
+        "test_frontend_resumption.py::test_session_of_another_listener_is_not_served_under_its_sni[TLSv1.2-session-id]",
+        "test_frontend_resumption.py::test_session_of_another_listener_is_not_served_under_its_sni[TLSv1.2-ticket]",
     ],
     "ignore-pinning": [
         "test_frontend_misdirected.py::test_coalesced_connection_cannot_reach_a_stricter_listener",
@@ -269,6 +283,7 @@ EXPECTED_FAILURES: dict[str, list[str]] = {
         # Pins on a port without client validation: refgateway refuses the listener; under
         # this fault it drops the pins and serves everyone (found by tools/mutants.py).
         "test_frontend_pinning_without_validation.py::test_pins_without_client_validation_do_not_open_the_listener",
+        "test_frontend_resumption.py::test_session_of_another_listener_is_not_served_under_its_sni[*]",
     ],
     # Backend TLS. A check that a backend is refused first shows its sibling getting
     # through, so a fault that breaks every verified connection fails the refusals too.
@@ -536,6 +551,14 @@ EXPECTED_FAILURES: dict[str, list[str]] = {
         "test_frontend_default.py::test_untrusted_client_certificate_is_rejected[https-8443-TLSv1.2]",
         "test_frontend_default.py::test_untrusted_client_certificate_is_rejected[https-8444-TLSv1.2]",
         "test_frontend_pinning.py::test_other_san_from_the_trusted_ca_is_rejected[TLSv1.2]",
+        "test_frontend_resumption.py::test_session_from_before_a_ca_rotation_is_not_served[TLSv1.2-session-id]",
+        "test_frontend_resumption.py::test_session_from_before_a_ca_rotation_is_not_served[TLSv1.2-ticket]",
+        "test_frontend_resumption.py::test_session_from_before_the_chain_expired_is_not_served[TLSv1.2-session-id]",
+        "test_frontend_resumption.py::test_session_from_before_the_chain_expired_is_not_served[TLSv1.2-ticket]",
+        "test_frontend_resumption.py::test_session_of_another_listener_is_not_served_under_its_sni[TLSv1.2-session-id]",
+        "test_frontend_resumption.py::test_session_of_another_listener_is_not_served_under_its_sni[TLSv1.2-ticket]",
+        "test_frontend_resumption.py::test_session_of_another_port_is_not_served[TLSv1.2-session-id]",
+        "test_frontend_resumption.py::test_session_of_another_port_is_not_served[TLSv1.2-ticket]",
     ],
     # Every unpinned probe negotiates TLS 1.3.
     "accept-any-on-tls13": [
@@ -591,6 +614,10 @@ EXPECTED_FAILURES: dict[str, list[str]] = {
         "test_frontend_insecure_fallback.py::test_gateway_reports_insecure_frontend_validation_mode",
         "test_frontend_invalid_ca.py::test_invalid_reference_is_reported_next_to_a_valid_one",
         "test_frontend_default.py::test_refused_post_with_a_body_never_reaches_the_backend",
+        "test_frontend_resumption.py::test_session_from_before_a_ca_rotation_is_not_served[TLSv1.3-ticket]",
+        "test_frontend_resumption.py::test_session_from_before_the_chain_expired_is_not_served[TLSv1.3-ticket]",
+        "test_frontend_resumption.py::test_session_of_another_listener_is_not_served_under_its_sni[TLSv1.3-ticket]",
+        "test_frontend_resumption.py::test_session_of_another_port_is_not_served[TLSv1.3-ticket]",
     ],
     # The TLS 1.2 negatives get a protocol_version alert, which is not a certificate rejection;
     # every other negative is let in over TLS 1.3.
@@ -650,6 +677,12 @@ EXPECTED_FAILURES: dict[str, list[str]] = {
         "test_frontend_insecure_fallback.py::test_gateway_reports_insecure_frontend_validation_mode",
         "test_frontend_invalid_ca.py::test_invalid_reference_is_reported_next_to_a_valid_one",
         "test_frontend_default.py::test_refused_post_with_a_body_never_reaches_the_backend",
+        "test_frontend_resumption.py::test_session_from_before_a_ca_rotation_is_not_served[*]",
+        "test_frontend_resumption.py::test_session_from_before_the_chain_expired_is_not_served[*]",
+        "test_frontend_resumption.py::test_session_of_another_listener_is_not_served_under_its_sni[*]",
+        "test_frontend_resumption.py::test_session_of_another_port_is_not_served[*]",
+        "test_frontend_resumption.py::test_the_gateway_resumes_on_the_same_listener[TLSv1.2-session-id]",
+        "test_frontend_resumption.py::test_the_gateway_resumes_on_the_same_listener[TLSv1.2-ticket]",
     ],
     # internal_error is not a certificate alert (RFC 8446: "unrelated to the peer"); a missing
     # certificate still gets OpenSSL's own certificate_required / handshake_failure.
@@ -750,6 +783,21 @@ EXPECTED_FAILURES: dict[str, list[str]] = {
         "test_frontend_pinning.py::test_pinning_with_per_port_validation",
         "test_frontend_rotation.py::test_replacing_the_ca_bundle_takes_effect",
         "test_frontend_rotation.py::test_replacing_the_listener_certificate_takes_effect",
+        "test_frontend_resumption.py::test_session_from_before_a_ca_rotation_is_not_served[*]",
+        "test_frontend_resumption.py::test_session_from_before_the_chain_expired_is_not_served[*]",
+        "test_frontend_resumption.py::test_session_of_another_listener_is_not_served_under_its_sni[*]",
+        "test_frontend_resumption.py::test_session_of_another_port_is_not_served[*]",
+    ],
+    "sessions-across-listeners": [
+        "test_frontend_resumption.py::test_session_from_before_a_ca_rotation_is_not_served[*]",
+        "test_frontend_resumption.py::test_session_of_another_listener_is_not_served_under_its_sni[TLSv1.3-ticket]",
+        "test_frontend_resumption.py::test_session_of_another_port_is_not_served[*]",
+    ],
+    "sessions-survive-ca-change": [
+        "test_frontend_resumption.py::test_session_from_before_a_ca_rotation_is_not_served[*]",
+    ],
+    "resumption-checks-leaf-expiry-only": [
+        "test_frontend_resumption.py::test_session_from_before_the_chain_expired_is_not_served[*]",
     ],
 }
 

@@ -23,7 +23,7 @@ import h2.connection
 import h2.events
 import pytest
 
-from mtls_conformance.probe import ProbeFailure, Rejection, Response, TLSInfo, alert_name, curl_command, openssl_command, probe
+from mtls_conformance.probe import ProbeFailure, Rejection, Response, Resumption, TLSInfo, alert_name, curl_command, openssl_command, probe
 from mtls_conformance.fixtures.echo import EchoServer, ServerTLS
 from mtls_conformance.fixtures.pki import PKI, Authority, Credential
 
@@ -542,3 +542,37 @@ def test_curl_command_sends_the_same_body() -> None:
         assert done.returncode == 0, done.stderr
         assert server.requests[-1]["method"] == "POST"
         assert server.requests[-1]["headers"]["Content-Length"] == ["12"]
+# -- session resumption ------------------------------------------------------------------
+
+
+def tls_answer_and_close_notify(context: ssl.SSLContext):
+    """tls_answer, then a close_notify: a server (OpenSSL) drops a TLS 1.2 session from
+    its cache when the connection ends without one."""
+    def behaviour(sock: socket.socket) -> None:
+        tls = context.wrap_socket(sock, server_side=True)
+        read_request_head(tls)
+        body = b'{"ok": true}'
+        tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                    + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+        try:
+            tls.unwrap()
+        except (OSError, ssl.SSLError):
+            pass  # the probe closed first
+
+    return behaviour
+
+
+@pytest.mark.parametrize("version,tickets", [("TLSv1.3", True), ("TLSv1.2", False), ("TLSv1.2", True)],
+                         ids=["TLSv1.3-ticket", "TLSv1.2-session-id", "TLSv1.2-ticket"])
+def test_resumption_offers_the_session_of_the_probe_before(serve, ca, server_cred, version, tickets) -> None:
+    context = server_context(server_cred)
+    client = Resumption(tickets=tickets)
+    seen = []
+    for _ in range(2):
+        server = serve(tls_answer_and_close_notify(context))
+        outcome = probe(server.address, sni=HOST, trust_pem=ca.cert_pem, tls_version=version, resumption=client)
+        assert isinstance(outcome, Response), outcome.describe()
+        seen.append((client.offered, client.reused))
+        assert client.resumable
+    assert seen == [(False, False), (True, True)]
+    assert client.session.has_ticket is tickets
