@@ -180,6 +180,7 @@ class LocalTarget(Target):
         for ref in [r for r in self._objects if r.namespace == name]:
             del self._objects[ref]
         shutil.rmtree(self.config_dir / name, ignore_errors=True)
+        self.changed()
         self.delete(ObjectRef("Namespace", name, api_version="v1"))
 
     def apply(self, *objects: Manifest) -> None:
@@ -208,12 +209,14 @@ class LocalTarget(Target):
                     data[key] = base64.b64encode(value.encode()).decode()
             self._objects[ref] = new
             _atomic_write(self._path(ref, self.config_dir), yaml.safe_dump(new, sort_keys=False))
+            self.changed()
 
     def delete(self, *objects: Manifest | ObjectRef) -> None:
         for obj in objects:
             ref = obj if isinstance(obj, ObjectRef) else ObjectRef.of(obj)
             self._objects.pop(ref, None)
             self._path(ref, self.config_dir).unlink(missing_ok=True)
+            self.changed()
 
     def get(self, ref: ObjectRef) -> dict | None:
         self._check_alive()
@@ -261,6 +264,7 @@ class LocalTarget(Target):
                 f"--gateway-command {self.command!r} takes no {{system_ca_bundle}}, so the harness cannot "
                 "give the gateway a system trust store (docs/local-target.md)")
         self._system_roots.add(ca_pem)  # the file goes with the target's directory at close()
+        self.changed()
 
     def listener_address(self, gateway: ObjectRef, port: int) -> tuple[str, int]:
         ports_file = self.state_dir / "ports" / (gateway.namespace or "") / f"{gateway.name}.yaml"

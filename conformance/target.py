@@ -187,6 +187,23 @@ class Target(abc.ABC):
 
     def __init__(self, *, progress: Progress | None = None) -> None:
         self._progress = progress or (lambda message: None)
+        self.last_change: float | None = None
+
+    # -- configuration changes ---------------------------------------------------------
+    #: When the harness last changed anything the gateway reads (``time.monotonic()``), or
+    #: None before its first change. A check's consistency window runs from here
+    #: (conformance/expect.py ``eventually``). Deliberately not per Gateway: a Gateway
+    #: depends on Routes, Secrets, ConfigMaps, Services and ReferenceGrants in any
+    #: namespace and on cluster-scoped objects (ClusterTrustBundles), and which of them the
+    #: gateway reads is its business, so the latest change the harness made anywhere
+    #: counts. Per process: xdist workers each have their own Target (and, locally, their
+    #: own gateway), and their scenarios share no objects.
+    last_change: float | None
+
+    def changed(self) -> None:
+        """Note a change the gateway must converge on; targets call it after every write
+        (apply, delete, a new trust store, a backend's endpoints becoming ready)."""
+        self.last_change = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------------------
     @abc.abstractmethod
