@@ -88,17 +88,19 @@ def main(argv: list[str] | None = None) -> int:
                    f"{broken / correct:.1f}x | {'yes' if within else '**no**'} | {before} | {'; '.join(notes)} |")
             rows.append(row)
             print(row, flush=True)
-    if args.output:
-        measured = len(rows)
-        text = [f"# Time to verdict per fault, {datetime.date.today().isoformat()}", "",
-                f"`python {' '.join(['benchmarks/fault_speed.py', *(argv if argv is not None else sys.argv[1:])])}`"
-                f" at nice 5, `-n 0`, default timing (window {WINDOW:g} s). Target: broken <= 2 x correct + "
-                f"{WINDOW:g} s.", "",
-                f"Measured {measured} of {len(EXPECTED_FAILURES)} faults "
-                f"({', '.join(faults) if measured < len(EXPECTED_FAILURES) else 'all'}).", "",
-                *header, *rows, ""]
-        args.output.write_text("\n".join(text))
+            if args.output:  # after every fault: an interrupted run still leaves what it measured
+                write(args.output, argv, header, rows, faults[:len(rows)])
     return 0
+
+
+def write(path: Path, argv: list[str] | None, header: list[str], rows: list[str], measured: list[str]) -> None:
+    command = " ".join(["benchmarks/fault_speed.py", *(argv if argv is not None else sys.argv[1:])])
+    text = [f"# Time to verdict per fault, {datetime.date.today().isoformat()}", "",
+            f"`python {command}` at nice 5, `-n 0`, default timing (window {WINDOW:g} s). Target: broken <= "
+            f"2 x correct + {WINDOW:g} s.", "",
+            f"Measured {len(measured)} of {len(EXPECTED_FAILURES)} faults: {', '.join(measured)}.", "",
+            *header, *rows, ""]
+    path.write_text("\n".join(text))
 
 
 if __name__ == "__main__":

@@ -8,14 +8,18 @@ shown exactly, without waiting. What is checked:
 - once the gateway has had a full window since the change, one answer decides, either
   way, and a failure says how long the gateway had and what it answered;
 - without a known change, the window runs from the start of the check (upstream's rule);
-- a change made while a check waits moves the end of its window.
+- a change made while a check waits moves the end of its window;
+- status waits (Target.wait_for) count their timeout from the last change too.
 """
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from mtls_conformance.expect import ExpectationFailed, Timing, eventually
+from mtls_conformance.target import ObjectRef, Target, WaitTimeout
 
 WINDOW = 30.0
 TIMING = Timing(max_time_to_consistency=WINDOW, required_consecutive=3)
@@ -149,3 +153,51 @@ def test_pauses_after_a_miss_start_short_and_stay_bounded():
     assert clock.pauses[0] <= 0.02
     assert max(clock.pauses) <= 0.2
     assert clock.pauses[1] > clock.pauses[0]  # backing off while the gateway converges
+
+
+# -- status waits: the same window rule (Target.wait_for) ------------------------------------
+
+
+class Recorded(Target):
+    """A Target whose objects never get the awaited status; it records each wait's deadline."""
+
+    kind = "recorded"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deadlines: list[float] = []
+
+    def close(self): ...
+    def create_namespace(self, name): ...
+    def delete_namespace(self, name): ...
+    def apply(self, *objects): self.changed()
+    def delete(self, *objects): self.changed()
+    def get(self, ref): return {"status": {}}
+    def publish_service(self, namespace, name, ports): ...
+    def listener_address(self, gateway, port): return ("127.0.0.1", port)
+
+    def _observe(self, ref, deadline):
+        self.deadlines.append(deadline)
+        while True:
+            yield self.get(ref)
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.01)
+
+
+def test_a_status_wait_long_after_the_last_change_is_decided_by_its_first_observation():
+    target = Recorded()
+    target.apply({})
+    target.last_change -= 100  # the change was 100 s ago
+    start = time.monotonic()
+    with pytest.raises(WaitTimeout, match=r"within 60 s of the harness's last configuration change \(100\.\d s"):
+        target.wait_for(ObjectRef("Gateway", "g", "ns"), lambda obj: "no condition", what="Programmed", timeout=60)
+    assert time.monotonic() - start < 1
+
+
+def test_a_status_wait_right_after_a_change_gets_its_whole_timeout_from_the_change():
+    target = Recorded()
+    target.apply({})
+    with pytest.raises(WaitTimeout):
+        target.wait_for(ObjectRef("Gateway", "g", "ns"), lambda obj: "no condition", what="Programmed", timeout=0.3)
+    assert target.deadlines == [pytest.approx(target.last_change + 0.3, abs=0.05)]
