@@ -66,6 +66,10 @@ def load() -> str:
     return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
 
+#: One line per run (outcomes, time, load), for the report.
+RUN_LINES: list[str] = []
+
+
 def run_suite(workdir: Path, tier_args: list[str], extra: list[str], index: int) -> dict[str, str]:
     junit = workdir / f"run-{index}.xml"
     argv = [sys.executable, "-m", "pytest", "scenarios", "-q", "-p", "no:cacheprovider", "-n", "2",
@@ -77,8 +81,10 @@ def run_suite(workdir: Path, tier_args: list[str], extra: list[str], index: int)
     if not outcomes or proc.returncode not in (0, 1):
         sys.exit(f"run {index} ended with exit status {proc.returncode} and {len(outcomes)} results:\n"
                  f"{(proc.stdout + proc.stderr)[-3000:]}")
-    print(f"  run {index}: {collections.Counter(outcomes.values())} in {time.monotonic() - start:.0f} s, "
-          f"load average (1/5/15 min) {load_before} at the start, {load()} at the end", flush=True)
+    line = (f"run {index}: {dict(collections.Counter(outcomes.values()))} in {time.monotonic() - start:.0f} s, "
+            f"load average (1/5/15 min) {load_before} at the start, {load()} at the end")
+    print(f"  {line}", flush=True)
+    RUN_LINES.append(line)
     return outcomes
 
 
@@ -154,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"({', '.join(f'{v} {k}' for k, v in sorted(totals.items()))} in the first), "
                    f"{len(diff)} changed")
         print(summary)
-        lines += [f"## {tier}", "", summary + ".", ""]
+        lines += [f"## {tier}", "", summary + ".", "", *(f"- {line}" for line in RUN_LINES), ""]
+        RUN_LINES.clear()
         for nodeid, outcomes in diff.items():
             print(f"  {nodeid}: {' '.join(outcomes)}")
             lines.append(f"- `{nodeid}`: {' '.join(outcomes)}")
