@@ -9,6 +9,11 @@ in a network namespace; needs root and the build of tools/apiserver). A test is 
 when its outcome (passed, failed, skipped) is not the same in every run; a run that
 collects nothing, or ends with an error of the run itself, stops the script. The exit
 status is 1 when anything changed, so CI can run a small number of rounds.
+
+``--load N`` runs the rounds on a loaded machine, as CI on a busy submitting machine
+does: N CPU burners (busy Python loops, one core each) run beside the suite from the
+first round to the last, each bounded by ``--load-seconds`` and stopped by this script.
+The report records the load average seen at each run's start and end.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import collections
 import contextlib
 import datetime
+import os
 import shlex
 import subprocess
 import sys
@@ -33,18 +39,52 @@ from tests.selfcheck.runner import parse_junit  # noqa: E402
 REFGATEWAY_CONTROLLER = "mtls-conformance.dev/refgateway"
 
 
+#: A CPU burner: busy for at most the given seconds, then it exits on its own (bounded even
+#: if this script is killed before it can stop it).
+BURNER = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n    pass\n"
+
+
+@contextlib.contextmanager
+def burners(count: int, seconds: float) -> Iterator[None]:
+    """``count`` CPU-bound processes beside the runs, stopped (by pid) when the block ends."""
+    procs = [subprocess.Popen([sys.executable, "-c", BURNER, str(seconds)], stdin=subprocess.DEVNULL)
+             for _ in range(count)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def load() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+#: One line per run (outcomes, time, load), for the report.
+RUN_LINES: list[str] = []
+
+
 def run_suite(workdir: Path, tier_args: list[str], extra: list[str], index: int) -> dict[str, str]:
     junit = workdir / f"run-{index}.xml"
     argv = [sys.executable, "-m", "pytest", "scenarios", "-q", "-p", "no:cacheprovider", "-n", "2",
             f"--junitxml={junit}", *tier_args, *extra]
     start = time.monotonic()
+    load_before = load()
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     outcomes = parse_junit(junit)[0] if junit.exists() else {}
     if not outcomes or proc.returncode not in (0, 1):
         sys.exit(f"run {index} ended with exit status {proc.returncode} and {len(outcomes)} results:\n"
                  f"{(proc.stdout + proc.stderr)[-3000:]}")
-    print(f"  run {index}: {collections.Counter(outcomes.values())} in {time.monotonic() - start:.0f} s",
-          flush=True)
+    line = (f"run {index}: {dict(collections.Counter(outcomes.values()))} in {time.monotonic() - start:.0f} s, "
+            f"load average (1/5/15 min) {load_before} at the start, {load()} at the end")
+    print(f"  {line}", flush=True)
+    RUN_LINES.append(line)
     return outcomes
 
 
@@ -94,25 +134,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--tier", choices=[*TIERS, "both"], default="local")
     parser.add_argument("--output", type=Path, help="also write the result as Markdown to this file")
+    parser.add_argument("--load", type=int, default=0, metavar="N",
+                        help="run N CPU burners beside the runs (a loaded machine; CI runs 2)")
+    parser.add_argument("--load-seconds", type=float, default=4 * 3600, metavar="S",
+                        help="each burner stops by itself after S seconds (default 4 h)")
     parser.add_argument("extra", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args(argv)
     if args.runs < 2:
         parser.error("--runs must be at least 2: a flake is a difference between runs")
     lines = [f"# Flake check, {datetime.date.today().isoformat()}", "",
              f"`python benchmarks/flakes.py {shlex.join(sys.argv[1:] if argv is None else argv)}`", ""]
+    if args.load < 0:
+        parser.error("--load must be 0 or more")
     flaky = False
+    loaded = f", {args.load} CPU burners beside them" if args.load else ""
     for tier in (TIERS if args.tier == "both" else [args.tier]):
-        print(f"{tier}: {args.runs} runs of the scenario suite at -n 2", flush=True)
-        with tempfile.TemporaryDirectory(prefix="mtls-flakes-") as tmp, TIERS[tier](Path(tmp)) as tier_args:
+        print(f"{tier}: {args.runs} runs of the scenario suite at -n 2{loaded}", flush=True)
+        with tempfile.TemporaryDirectory(prefix="mtls-flakes-") as tmp, TIERS[tier](Path(tmp)) as tier_args, \
+                burners(args.load, args.load_seconds):
             runs = [run_suite(Path(tmp), tier_args, args.extra, i + 1) for i in range(args.runs)]
         diff = changed(runs)
         flaky |= bool(diff)
         totals = collections.Counter(runs[0].values())
-        summary = (f"{tier}: {args.runs} runs, {len(runs[0])} tests each "
+        summary = (f"{tier}: {args.runs} runs{loaded}, {len(runs[0])} tests each "
                    f"({', '.join(f'{v} {k}' for k, v in sorted(totals.items()))} in the first), "
                    f"{len(diff)} changed")
         print(summary)
-        lines += [f"## {tier}", "", summary + ".", ""]
+        lines += [f"## {tier}", "", summary + ".", "", *(f"- {line}" for line in RUN_LINES), ""]
+        RUN_LINES.clear()
         for nodeid, outcomes in diff.items():
             print(f"  {nodeid}: {' '.join(outcomes)}")
             lines.append(f"- `{nodeid}`: {' '.join(outcomes)}")

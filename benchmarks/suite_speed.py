@@ -1,7 +1,7 @@
 """The scenario suite's own speed: wall time at -n 0 and -n 2, and per test the harness's
 time beside the gateway's convergence time.
 
-    python benchmarks/suite_speed.py [--rounds 2] [-- extra pytest args]
+    python benchmarks/suite_speed.py [--rounds 2] [--baseline CHECKOUT] [-- extra pytest args]
 
 Runs alternate (-n 0, -n 2, ...) so both see the same machine load. The -n 0 runs also
 record, per test, the harness's time (setup to teardown, benchmarks/_test_windows.py)
@@ -30,19 +30,20 @@ ROOT = Path(__file__).resolve().parents[1]
 APPLIED = re.compile(r"configuration applied at ([0-9.]+): ([0-9.]+) ms after the newest change")
 
 
-def run(workers: int, extra: list[str], tmp: Path | None) -> float:
-    argv = [sys.executable, "-m", "pytest", "scenarios", "-q", "-p", "no:cacheprovider", "-n", str(workers)]
+def run(workers: int, extra: list[str], tmp: Path | None, root: Path = ROOT, python: str = sys.executable) -> float:
+    """One run of ``root``'s suite with ``python`` (another checkout and its venv: --baseline)."""
+    argv = [python, "-m", "pytest", "scenarios", "-q", "-p", "no:cacheprovider", "-n", str(workers)]
     env = dict(os.environ)
     if tmp is not None:
         log = tmp / "gateway.log"
-        command = (f"{shlex.quote(sys.executable)} -m refgateway --config-dir {{config_dir}} --state-dir {{state_dir}} "
+        command = (f"{shlex.quote(python)} -m refgateway --config-dir {{config_dir}} --state-dir {{state_dir}} "
                    "--system-ca-bundle {system_ca_bundle}")
         argv += ["-p", "_test_windows", "--gateway-command",
                  f"sh -c {shlex.quote(f'{command} 2>&1 | tee -a {shlex.quote(str(log))}')}"]
         env["SUITE_SPEED_WINDOWS"] = str(tmp / "windows.jsonl")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "benchmarks"), env.get("PYTHONPATH")]))
     start = time.perf_counter()
-    proc = subprocess.run([*argv, *extra], cwd=ROOT, capture_output=True, text=True, env=env)
+    proc = subprocess.run([*argv, *extra], cwd=root, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"pytest -n {workers} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}")
@@ -66,7 +67,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--show", type=int, default=10, help="tests listed with the highest ratio")
     parser.add_argument("extra", nargs="*", help="extra pytest arguments (after --)")
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                        help="also run another checkout (with its own .venv) at -n 0, alternating with this one, "
+                             "and compare the two side by side (no -n 2 runs then)")
     args = parser.parse_args(argv)
+    if args.baseline:
+        return compare(args)
     times: dict[int, list[float]] = {0: [], 2: []}
     tests: dict[str, list[tuple[float, float]]] = {}
     for _ in range(args.rounds):
@@ -78,6 +84,33 @@ def main(argv: list[str] | None = None) -> None:
     for workers, values in times.items():
         print(f"-n {workers}: median {statistics.median(values):.2f} s ({', '.join(f'{v:.2f}' for v in values)})")
     print(f"speed-up of -n 2 over -n 0: {statistics.median(times[0]) / statistics.median(times[2]):.2f}x")
+    report(tests, args.rounds, args.show)
+
+
+def compare(args: argparse.Namespace) -> None:
+    """This checkout and ``--baseline`` at -n 0, alternating round by round (the same load)."""
+    python = args.baseline.resolve() / ".venv" / "bin" / "python"
+    if not python.exists():
+        sys.exit(f"--baseline {args.baseline}: no .venv/bin/python there (python3 -m venv .venv && "
+                 f".venv/bin/pip install -e '.[dev]')")
+    sides = {"baseline": (args.baseline.resolve(), str(python)), "this": (ROOT, sys.executable)}
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    tests: dict[str, dict[str, list[tuple[float, float]]]] = {side: {} for side in sides}
+    for _ in range(args.rounds):
+        for side, (root, side_python) in sides.items():
+            with tempfile.TemporaryDirectory(prefix="suite-speed-") as tmp:
+                load = os.getloadavg()[0]
+                times[side].append(run(0, args.extra, Path(tmp), root, side_python))
+                print(f"{side}: {times[side][-1]:.1f} s (load average {load:.1f} at the start)", flush=True)
+                for nodeid, harness, conv in per_test(Path(tmp)):
+                    tests[side].setdefault(nodeid, []).append((harness, conv))
+    for side, (root, _) in sides.items():
+        print(f"\n== {side} ({root}): -n 0 median {statistics.median(times[side]):.2f} s "
+              f"({', '.join(f'{v:.2f}' for v in times[side])})")
+        report(tests[side], args.rounds, args.show)
+
+
+def report(tests: dict[str, list[tuple[float, float]]], rounds: int, show: int) -> None:
     rows = []
     for nodeid, samples in tests.items():
         harness = statistics.median(h for h, _ in samples)
@@ -87,14 +120,14 @@ def main(argv: list[str] | None = None) -> None:
     total_h = sum(r[2] for r in with_conv)
     total_c = sum(r[3] for r in with_conv)
     met = sum(1 for r in with_conv if r[0] <= 2)
-    print(f"\nper test (-n 0, median of {args.rounds} runs): harness time / gateway convergence time")
+    print(f"\nper test (-n 0, median of {rounds} runs): harness time / gateway convergence time")
     print(f"  tests that changed the configuration: {len(with_conv)} of {len(rows)}; "
           f"harness <= 2x convergence in {met}")
     if with_conv:
         print(f"  median ratio {statistics.median(r[0] for r in with_conv):.1f}x; "
               f"sums: harness {total_h:.1f} s, convergence {total_c:.1f} s ({total_h / total_c:.1f}x)")
     print("  highest ratios:")
-    for ratio, nodeid, harness, conv in sorted(with_conv, reverse=True)[:args.show]:
+    for ratio, nodeid, harness, conv in sorted(with_conv, reverse=True)[:show]:
         print(f"    {ratio:6.1f}x  harness {harness:6.2f} s  convergence {conv:6.3f} s  {nodeid}")
     without = [r for r in rows if r[3] == 0]
     if without:

@@ -197,6 +197,11 @@ class GatewayClient:
         #: Collects every request sent while a negative is judged (expect_rejected).
         self._sent: list[SentProbe] | None = None
 
+    def changed_at(self) -> float | None:
+        """When the harness last changed what this Gateway may depend on (see
+        Target.last_change); for scenarios that call ``eventually`` themselves."""
+        return getattr(self.target, "last_change", None)
+
     def address(self, port: int) -> tuple[str, int]:
         return self.target.listener_address(self.gateway, port)
 
@@ -409,7 +414,7 @@ class GatewayClient:
         try:
             return eventually(lambda: self.request(port, sni=sni, cert=cert, **request),
                               judge, timing=self.settings.timing, progress=self.target._progress,
-                              what=f"{context}: {expected}")
+                              what=f"{context}: {expected}", changed_at=self.changed_at)
         except ExpectationFailed as exc:
             what = what or testing.get()
             lead = f"{what}: " if what else ""

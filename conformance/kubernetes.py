@@ -473,6 +473,7 @@ class KubernetesTarget(Target):
                 continue  # e.g. BackendTLSPolicy on older CRDs: nothing of that kind exists
             with contextlib.suppress(NotFoundError):
                 resource.delete(namespace=name, field_selector=f"metadata.namespace={name}")
+            self.changed()
         from kubernetes.dynamic.exceptions import ConflictError
 
         namespaces = self._resource("v1", "Namespace")
@@ -498,6 +499,7 @@ class KubernetesTarget(Target):
             self._progress(f"namespace {name} is still terminating, left to the cluster: {exc}")
         finally:
             self._namespaces.remove(name)
+            self.changed()  # the namespace controller deleted what was left in it until now
 
     def _has_namespace_controller(self, namespace: str) -> bool:
         # kube-controller-manager gives every namespace a "default" ServiceAccount within
@@ -541,6 +543,8 @@ class KubernetesTarget(Target):
                                            else None, field_manager=FIELD_MANAGER, force_conflicts=True)
             except DynamicApiError as exc:
                 raise TargetError(f"the API server refused {ref}: {_api_message(exc)}") from None
+            finally:
+                self.changed()  # also a refused one: part of a list may have been applied
             if not resource.namespaced and ref.kind != "Namespace":
                 self._cluster_objects[dataclasses.replace(ref, namespace=None)] = None
 
@@ -551,6 +555,7 @@ class KubernetesTarget(Target):
             ref = obj if isinstance(obj, ObjectRef) else ObjectRef.of(obj)
             with contextlib.suppress(NotFoundError):
                 self._resource(ref.api_version, ref.kind).delete(name=ref.name, namespace=ref.namespace)
+            self.changed()
 
     @staticmethod
     def _clean(obj: dict) -> dict:
@@ -665,6 +670,7 @@ class KubernetesTarget(Target):
                 "the kubernetes target cannot add roots to the gateway's system trust store unless "
                 "--system-ca-bundle names the file the gateway reads them from")
         self.system_roots.add(ca_pem)
+        self.changed()
 
     def start_multiport_backend(self, *, namespace: str, service: str,
                                 ports: list[tuple[str, int, Any]]) -> dict[str, Any]:
@@ -702,6 +708,7 @@ class KubernetesTarget(Target):
         images = sorted({c["image"] for o in objects if o["kind"] == "Deployment"
                          for c in o["spec"]["template"]["spec"]["containers"]})
         self._wait_for_ready_endpoints(namespace, service, timeout=120, images=images)
+        self.changed()  # the Service's endpoints changed just now, not when it was applied
         backend = _DeployedBackend(self, namespace, service, parse_log)
         self.record_backend(namespace, backend)
         return backend

@@ -8,6 +8,7 @@ reads back the status files and listener ports that the gateway writes.
 from __future__ import annotations
 
 import base64
+import copy
 import datetime
 import json
 import os
@@ -44,13 +45,27 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+#: libyaml's loader where PyYAML has it: the pure-Python one was most of the harness's own
+#: time per probe (every probe asks for its listener's address: a ports file and a status
+#: file; benchmarks/suite_speed.py).
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: path -> (the file's bytes, their content): a file whose bytes have not changed since it
+#: was last read is not parsed again (compared whole: no file identity to trust).
+_parsed: dict[Path, tuple[bytes, dict | None]] = {}
+
+
 def _read_yaml(path: Path) -> dict | None:
+    """The mapping in a YAML file the gateway writes, or None; callers get their own copy."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
+        _parsed.pop(path, None)
         return None
-    data = yaml.safe_load(text)
-    return data if isinstance(data, dict) else None
+    cached = _parsed.get(path)
+    if cached is None or cached[0] != raw:
+        data = yaml.load(raw, Loader=_LOADER)
+        cached = _parsed[path] = (raw, data if isinstance(data, dict) else None)
+    return copy.deepcopy(cached[1])
 
 
 def check_manifest(obj: Manifest) -> None:
@@ -168,6 +183,8 @@ class LocalTarget(Target):
                 except ProcessLookupError:
                     pass
             shutil.rmtree(self._root, ignore_errors=True)
+            for path in [p for p in _parsed if self._root in p.parents]:
+                del _parsed[path]
 
     # -- objects ---------------------------------------------------------------------
     def _path(self, ref: ObjectRef, root: Path) -> Path:
@@ -181,6 +198,7 @@ class LocalTarget(Target):
         for ref in [r for r in self._objects if r.namespace == name]:
             del self._objects[ref]
         shutil.rmtree(self.config_dir / name, ignore_errors=True)
+        self.changed()
         self.delete(ObjectRef("Namespace", name, api_version="v1"))
 
     def apply(self, *objects: Manifest) -> None:
@@ -209,12 +227,14 @@ class LocalTarget(Target):
                     data[key] = base64.b64encode(value.encode()).decode()
             self._objects[ref] = new
             _atomic_write(self._path(ref, self.config_dir), yaml.safe_dump(new, sort_keys=False))
+            self.changed()
 
     def delete(self, *objects: Manifest | ObjectRef) -> None:
         for obj in objects:
             ref = obj if isinstance(obj, ObjectRef) else ObjectRef.of(obj)
             self._objects.pop(ref, None)
             self._path(ref, self.config_dir).unlink(missing_ok=True)
+            self.changed()
 
     def get(self, ref: ObjectRef) -> dict | None:
         self._check_alive()
@@ -262,6 +282,7 @@ class LocalTarget(Target):
                 f"--gateway-command {self.command!r} takes no {{system_ca_bundle}}, so the harness cannot "
                 "give the gateway a system trust store (docs/local-target.md)")
         self._system_roots.add(ca_pem)  # the file goes with the target's directory at close()
+        self.changed()
 
     def listener_address(self, gateway: ObjectRef, port: int) -> tuple[str, int]:
         ports_file = self.state_dir / "ports" / (gateway.namespace or "") / f"{gateway.name}.yaml"

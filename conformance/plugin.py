@@ -129,7 +129,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="also count the HTTP statuses the profile lists as rejections, with "
                          "--report-output too (the report's mode then says +status-rejection)")
     group.addoption("--max-time-to-consistency", metavar="SECONDS", type=_positive_float,
-                    default=30.0, help="how long traffic may take to match a configuration change")
+                    default=30.0, help="how long traffic may take to match a configuration change, counted "
+                                       "from the harness's last change")
     group.addoption("--condition-timeout", metavar="SECONDS", type=_positive_float,
                     default=60.0, help="how long a status condition may take to reach the expected "
                                        "value at the object's current generation")

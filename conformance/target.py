@@ -189,6 +189,23 @@ class Target(abc.ABC):
         self._progress = progress or (lambda message: None)
         #: The backends started through this target, per namespace (see running_backends).
         self._started_backends: dict[str, list[Any]] = {}
+        self.last_change: float | None = None
+
+    # -- configuration changes ---------------------------------------------------------
+    #: When the harness last changed anything the gateway reads (``time.monotonic()``), or
+    #: None before its first change. A check's consistency window runs from here
+    #: (conformance/expect.py ``eventually``). Deliberately not per Gateway: a Gateway
+    #: depends on Routes, Secrets, ConfigMaps, Services and ReferenceGrants in any
+    #: namespace and on cluster-scoped objects (ClusterTrustBundles), and which of them the
+    #: gateway reads is its business, so the latest change the harness made anywhere
+    #: counts. Per process: xdist workers each have their own Target (and, locally, their
+    #: own gateway), and their scenarios share no objects.
+    last_change: float | None
+
+    def changed(self) -> None:
+        """Note a change the gateway must converge on; targets call it after every write
+        (apply, delete, a new trust store, a backend's endpoints becoming ready)."""
+        self.last_change = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------------------
     @abc.abstractmethod
@@ -357,10 +374,18 @@ class Target(abc.ABC):
 
     def wait_for(self, ref: ObjectRef, check: Callable[[dict | None], str | None], *,
                  what: str, timeout: float | None = None) -> dict | None:
-        """Wait until ``check(obj)`` returns None; it returns why not, for the message."""
+        """Wait until ``check(obj)`` returns None; it returns why not, for the message.
+
+        The ``timeout`` runs from the harness's last configuration change, as the
+        consistency window does (expect.py ``eventually``): what the gateway has not
+        written ``timeout`` after the change it reacts to is a failure however late the
+        wait began, so a wait that begins long after the change is decided by its first
+        observation.
+        """
         timeout = self.condition_timeout if timeout is None else timeout
         start = time.monotonic()
-        deadline = start + timeout
+        changed = getattr(self, "last_change", None)
+        deadline = (start if changed is None else min(changed, start)) + timeout
         announced = False
         why = "never observed"
         obj = None
@@ -371,7 +396,9 @@ class Target(abc.ABC):
             if not announced and time.monotonic() - start > PROGRESS_AFTER:
                 self._progress(f"waiting up to {timeout:.0f} s for {ref}: {what}")
                 announced = True
-        raise WaitTimeout(f"{ref}: expected {what} within {timeout:.0f} s; {why}")
+        since = "" if changed is None else f" of the harness's last configuration change ({start - changed:.1f} s " \
+                                            f"before this wait began)"
+        raise WaitTimeout(f"{ref}: expected {what} within {timeout:.0f} s{since}; {why}")
 
     def wait_for_condition(self, ref: ObjectRef, type_: str, status: str = "True", *,
                            reason: str | None = None, listener: str | None = None,

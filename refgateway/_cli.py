@@ -61,7 +61,10 @@ def _seconds(text: str) -> float:
 
 
 def add_timeout_arguments(p: argparse.ArgumentParser) -> None:
-    """Client connection timeouts, the same in local and controller mode."""
+    """Client connection timeouts and --apply-delay, the same in local and controller mode."""
+    p.add_argument("--apply-delay", type=_seconds, default=None, metavar="SECONDS",
+                   help="serve each changed configuration SECONDS after reading it, and write its status only "
+                        "then: a slow but correct gateway, for testing a harness's consistency window")
     p.add_argument("--handshake-timeout", type=_seconds, default=10.0, metavar="SECONDS",
                    help="close a client connection whose TLS handshake is not done after SECONDS (default 10)")
     p.add_argument("--idle-timeout", type=_seconds, default=60.0, metavar="SECONDS",
@@ -131,5 +134,6 @@ def main(argv: list[str] | None = None) -> int:
     gw = Gateway(config_dir, state_dir, controller=args.controller_name, faults=faults, system_ca_bundle=bundle,
                  listener_ports=args.listen_on_listener_ports, **depth)
     gw.timeouts = timeouts(args)
+    gw.apply_delay = args.apply_delay or 0.0
     asyncio.run(gw.run())
     return 0

@@ -1051,6 +1051,7 @@ def main(argv: list[str]) -> int:
     from ._cli import timeouts
 
     gw.timeouts = timeouts(args)
+    gw.apply_delay = args.apply_delay or 0.0
     try:
         asyncio.run(gw.run())
     finally:

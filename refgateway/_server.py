@@ -211,6 +211,11 @@ class Gateway:
         self.policy_memory: dict = {}
         self.stopping = asyncio.Event()
         self.timeouts = Timeouts()  # client connection timeouts (set by the command line)
+        #: --apply-delay: seconds between reading a changed configuration and serving it
+        #: (and only then writing its status); a slow but correct gateway, for the harness's
+        #: consistency window. The first configuration is not a change and is not delayed.
+        self.apply_delay = 0.0
+        self._reloads = 0
 
     def load(self) -> tuple[dict, dict[str, str]]:
         """The object source: objects keyed (kind, ns, name), and per-file errors."""
@@ -238,6 +243,11 @@ class Gateway:
             plan = translator.sticky_cas(plan, self.ca_memory)
         if "ignore-certificate-rotation" in self.faults:
             plan = translator.sticky_certs(plan, self.cert_memory)
+        self._reloads += 1
+        if self.apply_delay and self._reloads > 1:
+            # What was read stays what is applied: changes made meanwhile wait for the next reload.
+            log.info("applying this configuration in %.1f s (--apply-delay)", self.apply_delay)
+            await asyncio.sleep(self.apply_delay)
         await self._program(plan)
         await self.publish(plan, statuses, errors)
         log.info("reloaded: %d objects, %d ports, %d status documents, %d file errors",

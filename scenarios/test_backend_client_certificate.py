@@ -228,6 +228,6 @@ def test_invalid_client_certificate_ref_is_reported_and_not_presented(case, kind
     before = len(backend.requests)
     eventually(lambda: client.request(HTTP_PORT, sni=None, host=HOST, plaintext=True, path=f"/{kind}"),
                lambda outcome: f"got {outcome.describe()}" if 200 <= (getattr(outcome, "status", 0) or 0) < 300
-               else None, timing=client.settings.timing, what=what)
+               else None, timing=client.settings.timing, what=what, changed_at=client.changed_at)
     verified = [r for r in backend.requests[before:] if (r.get("tls") or {}).get("clientVerify") == "SUCCESS"]
     assert not verified, f"{what}: nginx verified a client certificate from the Gateway: {verified[0]}"

@@ -196,10 +196,11 @@ def test_real_external_host_with_system_roots(gw, real_host):
     try:
         eventually(lambda: gw.request(HTTP_PORT, sni=None, host=authority, plaintext=True, path="/"),
                    judge_answered_by_host(host), timing=timing,
-                   what=f"an answer from {host} through wellKnownCACertificates System")
+                   what=f"an answer from {host} through wellKnownCACertificates System", changed_at=gw.changed_at)
         # Once the real host's answers came through: what the gateway answers on its own.
         eventually(lambda: gw.request(HTTP_PORT, sni=None, host=UNROUTED_HOST, plaintext=True, path="/"),
-                   judge_answered_by_gateway, timing=timing, what=f"the gateway's own answer to {UNROUTED_HOST}")
+                   judge_answered_by_gateway, timing=timing, what=f"the gateway's own answer to {UNROUTED_HOST}",
+                   changed_at=gw.changed_at)
     except AssertionError as exc:
         raise AssertionError(
             f"listener port {HTTP_PORT} (plain HTTP, Host {authority}, path /): an HTTPRoute for {host} to an "

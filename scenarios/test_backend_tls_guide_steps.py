@@ -93,7 +93,7 @@ def test_policy_deleted_and_recreated(gw, mtls_namespace, deploy_tls_backend, ba
 
     try:
         eventually(lambda: gw.request(HTTP_PORT, **request), judge, timing=gw.settings.timing,
-                   what="no TLS to the backend once its policy is gone")
+                   what="no TLS to the backend once its policy is gone", changed_at=gw.changed_at)
     except AssertionError as exc:
         raise AssertionError(f"listener port {HTTP_PORT} (Host {HOSTNAME}, /{service}): BackendTLSPolicy "
                              f"{ns}/{service} was deleted, so the gateway must stop originating TLS with its "

@@ -82,7 +82,7 @@ def test_host_of_another_listener_is_misdirected(gw, http2, valid_client):
     try:
         eventually(lambda: gw.request(PLAIN_PORT, sni=A, host=B, cert=valid_client, http2=http2),
                    judge_status(421), timing=gw.settings.timing,
-                   what=f"SNI {A}, Host {B}: 421 Misdirected Request")
+                   what=f"SNI {A}, Host {B}: 421 Misdirected Request", changed_at=gw.changed_at)
     except AssertionError as exc:
         raise AssertionError(
             f"listener port {PLAIN_PORT} (SNI {A}, Host {B}, {'h2' if http2 else 'HTTP/1.1'}): Host belongs "
@@ -111,7 +111,7 @@ def test_coalesced_connection_cannot_reach_a_stricter_listener(gw, valid_client,
             lambda: gw.request_coalesced(PINNED_PORT, sni=OPEN, authorities=[OPEN, PINNED], cert=valid_client),
             _judge_coalesced([("ok", f"stream 1, :authority {OPEN}"),
                               ("421", f"stream 2, :authority {PINNED} on the connection made for {OPEN}")]),
-            timing=timing, what="HTTP/2 connection coalescing")
+            timing=timing, what="HTTP/2 connection coalescing", changed_at=gw.changed_at)
     except AssertionError as exc:
         raise AssertionError(
             f"listener port {PINNED_PORT}: one HTTP/2 connection (SNI {OPEN}, client certificate "

@@ -122,7 +122,7 @@ def test_hosts_on_a_connection_for_sni(gw, sni, http2):
         try:
             eventually(lambda: gw.request(PORT, sni=sni, host=host, path=PATH, http2=http2),
                        judge_gateway_status(status), timing=gw.settings.timing,
-                       what=f"SNI {sni}, Host {host}: {status}")
+                       what=f"SNI {sni}, Host {host}: {status}", changed_at=gw.changed_at)
         except AssertionError as exc:
             raise AssertionError(f"listener port {PORT} (SNI {sni}, Host {host}, {protocol}, no client "
                                  f"certificate, no client validation on the port): {why}; {exc}") from None

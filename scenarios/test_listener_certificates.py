@@ -184,7 +184,7 @@ def test_cross_namespace_certificate_without_a_reference_grant_is_not_served(
 
     try:
         eventually(lambda: gw.request(PORT, sni=HOSTNAME), judge, timing=gw.settings.timing,
-                   what="the listener without a permitted certificate")
+                   what="the listener without a permitted certificate", changed_at=gw.changed_at)
     except AssertionError as exc:
         raise AssertionError(f"listener port {PORT} (SNI {HOSTNAME}), certificateRef Secret "
                              f"{cert_namespace}/ungranted-cert without a ReferenceGrant (listener ResolvedRefs="

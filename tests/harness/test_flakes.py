@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from flakes import changed  # noqa: E402
+from flakes import burners, changed  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("interrupts")  # whole-suite runs: not beside each other
 
@@ -25,6 +25,33 @@ def test_changed_lists_every_test_whose_outcome_differs():
             {"a": "passed", "b": "failed", "c": "skipped", "d": "passed"}]
     assert changed(runs) == {"b": ["passed", "failed"], "d": ["absent", "passed"]}
     assert changed([runs[0], dict(runs[0])]) == {}
+
+
+def test_the_loaded_mode_burns_cpu_beside_the_runs_and_stops_its_burners():
+    import os
+    import time
+
+    def own_burners() -> set[int]:
+        found = set()
+        for pid in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read()
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"time.monotonic() < end" in cmdline:
+                found.add(int(pid))
+        return found
+
+    with burners(2, 60):
+        time.sleep(0.5)
+        running = own_burners()
+        assert len(running) == 2
+        cpu = sum(int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[11]) for pid in running)
+        assert cpu > 0, "the burners used no CPU"
+    assert not own_burners()
 
 
 def test_two_rounds_of_the_local_suite_agree(tmp_path):

@@ -205,10 +205,32 @@ def test_the_suite_with_deployment_backends_and_port_forward_passes(node, refgat
     assert all(n["status"].get("phase") == "Terminating" for n in leftover), [n["metadata"]["name"] for n in leftover]
     log = kubectl(node, "-n", "refgateway-system", "logs", refgateway["metadata"]["name"]).stdout
     assert "Address already in use" not in log, log[-5000:]
-    wait_until("refgateway deletes the Services of the run's Gateways", lambda: not [
-        s for s in managed_services(node)
-        if s["metadata"]["labels"]["refgateway.mtls-conformance.dev/gateway-namespace"].startswith("mtls-")],
-        timeout=180)
+    # What this checks is refgateway's part: once a Gateway is gone, so is its Service. The
+    # Gateways themselves are the harness's to delete (conformance/kubernetes.py deletes a
+    # namespace's content kind by kind), but a delete that failed is left to the cluster's
+    # namespace controller, whose pace on a loaded machine this test does not control (CI
+    # failed here, under load, after 180 s). So the test deletes whatever Gateway of the run
+    # is left itself, and waits only for refgateway.
+    gateways = json.loads(kubectl(node, "get", "gateways", "-A", "-o", "json").stdout)["items"]
+    left = sorted({g["metadata"]["namespace"] for g in gateways if g["metadata"]["namespace"].startswith("mtls-")})
+    for ns in left:
+        kubectl(node, "-n", ns, "delete", "gateways", "--all", "--wait=true", "--timeout=120s")
+
+    def run_services() -> list[dict]:
+        return [s for s in managed_services(node)
+                if s["metadata"]["labels"]["refgateway.mtls-conformance.dev/gateway-namespace"].startswith("mtls-")]
+
+    try:
+        # refgateway's own reaction to Gateways that are gone: one reload and a DELETE per
+        # Service (test_gateways_on_one_port_each_get_a_service_of_their_own waits 60 s for
+        # one). Not measured under load yet: the bound stays the 180 s it was.
+        wait_until("refgateway deletes the Services of the run's Gateways", lambda: not run_services(), timeout=180)
+    except AssertionError:
+        still = [s["metadata"]["name"] for s in run_services()]
+        log = kubectl(node, "-n", "refgateway-system", "logs", refgateway["metadata"]["name"]).stdout
+        raise AssertionError(f"refgateway did not delete the Services {still} of the run's Gateways within 180 s "
+                             f"of their deletion (Gateways of the run the test deleted itself: namespaces "
+                             f"{left or 'none'}); refgateway's log ends:\n{log[-5000:]}") from None
     assert refgateway_pod(node)["metadata"]["name"] == refgateway["metadata"]["name"], "refgateway restarted"
 
 
