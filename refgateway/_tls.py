@@ -21,7 +21,7 @@ Session resumption (TLS 1.3 tickets, TLS 1.2 session IDs and tickets) is on, sco
 the validation that made each session. OpenSSL looks a session up (session-ID cache,
 ticket decryption) on the connection's *initial* context, before the SNI callback, and
 ``SSL_session_reused`` is already true inside that callback: the listener contexts'
-own session-ID contexts and caches never take part (checked with OpenSSL 3 and 4; this
+own session-ID contexts and caches never take part (checked with OpenSSL 4.0.3; this
 is the shape of nginx CVE-2025-23419). So a port starts every connection on a *session
 context* of its own (``ContextCache.session_context``): it carries only the session
 cache, the ticket keys and a session-ID context derived from the validations of the
