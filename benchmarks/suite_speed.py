@@ -31,7 +31,7 @@ APPLIED = re.compile(r"configuration applied at ([0-9.]+): ([0-9.]+) ms after th
 
 
 def run(workers: int, extra: list[str], tmp: Path | None) -> float:
-    argv = [sys.executable, "-m", "pytest", "scenarios", "-q", "-p", "no:cacheprovider", "-n", str(workers)]
+    argv = [sys.executable, "-m", "pytest", "mtls_conformance/scenarios", "-q", "-p", "no:cacheprovider", "-n", str(workers)]
     env = dict(os.environ)
     if tmp is not None:
         log = tmp / "gateway.log"

@@ -21,7 +21,9 @@ from pathlib import Path
 from . import matrix
 from .local import REFGATEWAY_COMMAND
 
-ROOT = Path(__file__).resolve().parents[1]
+#: The scenarios of this installation: the checkout's in a clone, site-packages' from a
+#: wheel (README "Layout": the folder is the package, wherever it is installed).
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
 #: (subfolder, refgateway faults, --implementation-version) of the reference runs.
 REFERENCE_RUNS = (
@@ -35,7 +37,7 @@ def reference_run_argv(folder: Path, *, faults: tuple[str, ...], version: str | 
     # The local target's own refgateway command, so that the reference runs are given
     # everything it is given ({system_ca_bundle} too) and skip nothing a plain run passes.
     gateway = REFGATEWAY_COMMAND + "".join(f" --fault {shlex.quote(fault)}" for fault in faults)
-    argv = [sys.executable, "-m", "pytest", str(ROOT / "scenarios"), "-q", "-p", "no:cacheprovider",
+    argv = [sys.executable, "-m", "pytest", str(SCENARIOS), "-q", "-p", "no:cacheprovider",
             f"--gateway-command={gateway}", f"--report-dir={folder}"]
     if faults:
         # A broken gateway need not be given 30 s to converge before each failure counts.
@@ -50,13 +52,13 @@ def regenerate(folder: Path) -> int:
 
     worst = 0
     for sub, faults, version in REFERENCE_RUNS:
-        target = folder / sub
+        target = folder.resolve() / sub
         for old in target.glob("*.yaml"):
             old.unlink()
         argv = reference_run_argv(target, faults=faults,
                                   version=version.format(version=refgateway.__version__) if version else None)
         print("+ " + shlex.join(argv), flush=True)
-        code = subprocess.run(argv, cwd=ROOT).returncode
+        code = subprocess.run(argv).returncode
         expected = (1,) if faults else (0,)
         if code not in expected:
             print(f"the run for {sub} exited {code}, expected {expected[0]}", file=sys.stderr)

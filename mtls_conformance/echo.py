@@ -11,7 +11,7 @@ and ``cipherSuite`` uses Go's (IANA) names where we know them.
 It is part of the harness, not a fixture module: the targets run it as the backends of
 the scenarios (``Target.start_backend``), in this process or as a child process
 (``EchoProcess``), and the echo image runs it (``--from-environment``); the
-``mtls_echo_server`` fixture lives in fixtures/echo.py.
+``mtls_echo_server`` fixture lives in mtls_conformance/fixtures/echo.py.
 
 The TLS variant uses the stdlib ``ssl`` module. That is fine for a backend: the
 alerts that scenarios assert come from the gateway, not from here.

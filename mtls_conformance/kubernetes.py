@@ -258,7 +258,7 @@ class KubernetesTarget(Target):
         self._backends: list[Any] = []
         self._forwards: dict[tuple[ObjectRef, int], tuple[subprocess.Popen, tuple[str, int]]] = {}
         #: Where --backend-mode=local-process runs backends: ``create()``, ``destroy()``,
-        #: ``address`` and ``command_prefix`` (see conformance/hookspecs.py).
+        #: ``address`` and ``command_prefix`` (see mtls_conformance/hookspecs.py).
         self._test_host: Any = None
         self._resources: dict[tuple[str, str], Any] = {}
         self._api = None

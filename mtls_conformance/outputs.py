@@ -177,7 +177,7 @@ class Outputs:
     def _left_out_modules(self) -> None:
         """The tests of the scenario modules beside the collected ones that were not given.
 
-        ``pytest scenarios/test_a.py`` checks a part of what the features of test_a are
+        ``pytest mtls_conformance/scenarios/test_a.py`` checks a part of what the features of test_a are
         about; the tests of test_b.py in the same folder did not run and must not be
         silently absent from the verdicts. The folders are those of collected modules with
         feature-marked tests; their other modules are collected here only to be listed.

@@ -45,7 +45,7 @@ NOT_RUN_PREFIX = "not run: "
 
 
 def short_name(nodeid: str) -> str:
-    """``scenarios/test_x.py::test_y[p]`` -> ``test_x::test_y[p]``: the name --skip-tests takes."""
+    """``mtls_conformance/scenarios/test_x.py::test_y[p]`` -> ``test_x::test_y[p]``: the name --skip-tests takes."""
     path, _, rest = nodeid.partition("::")
     stem = path.rsplit("/", 1)[-1].removesuffix(".py")
     return f"{stem}::{rest}" if rest else stem

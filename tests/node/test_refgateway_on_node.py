@@ -100,7 +100,7 @@ def run_suite(node, tmp_path: Path, *options: str, timeout: float = 1800) -> tup
     assert node.bin_dir is not None
     env = {**os.environ, "PATH": f"{node.bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
     env.pop("PYTEST_XDIST_WORKER", None)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", "--durations=15", "scenarios",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", "--durations=15", "mtls_conformance/scenarios",
                            "--gateway-class=refgateway", f"--kubeconfig={node.kubeconfig}", *options,
                            f"--junitxml={junit}"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
