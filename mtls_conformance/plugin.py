@@ -39,9 +39,10 @@ SESSION_KEY = pytest.StashKey[pytest.Session]()
 FAILED_KEY = pytest.StashKey[bool]()
 FEATURES_PROPERTY = "mtls_features"
 
-#: The fixtures ship with the plugin: a vendor's own tests get mtls_pki, mtls_backend, ...
+#: The fixtures ship with the plugin: a vendor's own tests get mtls_pki, mtls_backend, ...,
+#: and the guides' PKI and deploy_gateway that the scenarios use,
 #: with the package alone.
-pytest_plugins = ["mtls_conformance.fixtures.pki", "mtls_conformance.fixtures.echo", "mtls_conformance.fixtures.backends", "mtls_conformance.fixtures.nginx"]
+pytest_plugins = ["mtls_conformance.fixtures.pki", "mtls_conformance.fixtures.echo", "mtls_conformance.fixtures.backends", "mtls_conformance.fixtures.nginx", "mtls_conformance.fixtures.guide"]
 
 
 def _csv(value: str) -> list[str]:

@@ -36,7 +36,7 @@ from mtls_conformance.client import Sibling
 from mtls_conformance.expect import backend_saw_tls, echo_tls, eventually
 from mtls_conformance.target import ObjectRef, TargetCannot
 
-from .conftest import BACKEND_HOSTNAME
+from mtls_conformance.fixtures.guide import BACKEND_HOSTNAME
 
 pytestmark = pytest.mark.features("BackendTLSPolicy", "GatewayBackendClientCertificate")
 

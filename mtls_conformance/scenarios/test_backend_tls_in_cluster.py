@@ -42,8 +42,7 @@ from mtls_conformance.client import Sibling
 from mtls_conformance.expect import backend_saw_plaintext, backend_saw_tls, eventually
 from mtls_conformance.target import ObjectRef
 
-from .conftest import BACKEND_HOSTNAME, BACKEND_OTHER_HOSTNAME, BACKEND_SPIFFE_ID
-from .guide import HOSTNAME
+from mtls_conformance.fixtures.guide import BACKEND_HOSTNAME, BACKEND_OTHER_HOSTNAME, BACKEND_SPIFFE_ID, HOSTNAME
 
 pytestmark = pytest.mark.features("BackendTLSPolicy")
 

@@ -40,8 +40,7 @@ from mtls_conformance.client import Sibling
 from mtls_conformance.expect import backend_saw_plaintext, backend_saw_tls
 from mtls_conformance.target import ObjectRef
 
-from .conftest import BACKEND_HOSTNAME, BACKEND_OTHER_HOSTNAME
-from .guide import HOSTNAME
+from mtls_conformance.fixtures.guide import BACKEND_HOSTNAME, BACKEND_OTHER_HOSTNAME, HOSTNAME
 
 pytestmark = pytest.mark.features("BackendTLSPolicy")
 

@@ -42,8 +42,7 @@ from mtls_conformance import manifests as m
 from mtls_conformance.expect import backend_saw_tls
 from mtls_conformance.target import ObjectRef
 
-from .conftest import BACKEND_HOSTNAME
-from .guide import HOSTNAME
+from mtls_conformance.fixtures.guide import BACKEND_HOSTNAME, HOSTNAME
 
 pytestmark = pytest.mark.features("ClusterTrustBundle")
 

@@ -28,7 +28,7 @@ import pytest
 
 from mtls_conformance import manifests as m
 
-from .guide import HOSTNAME
+from mtls_conformance.fixtures.guide import HOSTNAME
 
 pytestmark = pytest.mark.features("GatewayFrontendClientCertificateValidation")
 

@@ -25,7 +25,7 @@ from mtls_conformance import manifests as m
 from mtls_conformance.expect import echo_header
 from mtls_conformance.target import conditions_of, find_condition
 
-from .guide import HOSTNAME
+from mtls_conformance.fixtures.guide import HOSTNAME
 
 pytestmark = pytest.mark.features("GatewayFrontendClientCertificateValidation")
 

@@ -24,7 +24,7 @@ import pytest
 from mtls_conformance import manifests as m
 from mtls_conformance.target import ObjectRef
 
-from .guide import HOSTNAME
+from mtls_conformance.fixtures.guide import HOSTNAME
 
 pytestmark = pytest.mark.features("GatewayFrontendClientCertificateValidation")
 

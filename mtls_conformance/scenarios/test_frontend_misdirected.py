@@ -27,7 +27,7 @@ from mtls_conformance import manifests as m
 from mtls_conformance.expect import eventually, judge_ok
 from mtls_conformance.probe import Response
 
-from .guide import HOSTNAME
+from mtls_conformance.fixtures.guide import HOSTNAME
 
 pytestmark = pytest.mark.features("GatewayFrontendClientCertificateValidation",
                                   "GatewayHTTPSListenerDetectMisdirectedRequests")

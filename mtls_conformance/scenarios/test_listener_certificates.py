@@ -25,7 +25,7 @@ from mtls_conformance import manifests as m
 from mtls_conformance.expect import eventually, reached_backend
 from mtls_conformance.probe import Response
 
-from .guide import HOSTNAME
+from mtls_conformance.fixtures.guide import HOSTNAME
 
 pytestmark = pytest.mark.features("Gateway", "HTTPRoute")
 

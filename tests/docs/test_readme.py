@@ -75,7 +75,9 @@ def test_every_documented_fixture_exists():
     out = subprocess.run([sys.executable, "-m", "pytest", "--fixtures", "mtls_conformance/scenarios", "-q"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     fixtures = re.findall(r"^\| `(mtls_[a-z_]+)` \|", README, re.M)
-    assert fixtures
+    fixtures += [name for row in re.findall(r"^\| (`[a-z_]+`(?:, `[a-z_]+`)*) \|", README, re.M)
+                 for name in re.findall(r"`([a-z_]+)`", row) if not name.startswith("mtls_")]
+    assert fixtures and "deploy_gateway" in fixtures
     missing = [f for f in fixtures if not re.search(rf"^{f}\b", out, re.M)]
     assert not missing, f"README documents fixtures that do not exist: {missing}"
 
