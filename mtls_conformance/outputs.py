@@ -80,9 +80,12 @@ def add_options(group) -> None:
                          "--no-strict-rejection is given")
 
 
-def _features_of(item: pytest.Item) -> list[str]:
-    from .plugin import features_of  # plugin imports this module first
-    return features_of(item)
+def features_of(item: pytest.Item) -> list[str]:
+    """The features a test declares (``@pytest.mark.features``), each once, in order."""
+    names: list[str] = []
+    for marker in item.iter_markers("features"):
+        names.extend(marker.args)
+    return list(dict.fromkeys(names))
 
 
 def matches(item_or_nodeid, name: str) -> bool:
@@ -93,9 +96,10 @@ def matches(item_or_nodeid, name: str) -> bool:
 
 
 class Outputs:
-    def __init__(self, config: pytest.Config, results: _report.Results) -> None:
+    def __init__(self, config: pytest.Config, results: _report.Results, suite) -> None:
         self.config = config
         self.results = results
+        self.suite = suite  # plugin.Suite: the target, the profile, the settings
         self.progress = _report.FeatureProgress()
         self.skip_reasons: dict[str, str] = {}
         #: Every collected test with features: node id -> features (node-id selection).
@@ -149,7 +153,7 @@ class Outputs:
             self._modules[collector.path] = collector
         for node in report.result or ():
             if isinstance(node, pytest.Item):
-                names = _features_of(node)
+                names = features_of(node)
                 if names:
                     self._collected[node.nodeid] = names
         return report
@@ -166,7 +170,7 @@ class Outputs:
     def pytest_deselected(self, items) -> None:
         reason = self._deselection_reason()
         for item in items:
-            names = _features_of(item)
+            names = features_of(item)
             if names:
                 self.not_run[item.nodeid] = (names, reason)
 
@@ -194,7 +198,7 @@ class Outputs:
             for child in children:
                 if isinstance(child, pytest.Module) and child.path not in self._modules:
                     for item in _items_of(child):
-                        names = _features_of(item)
+                        names = features_of(item)
                         if names and item.nodeid not in self.not_run:
                             self.not_run[item.nodeid] = (names, MODULE_REASON)
 
@@ -208,18 +212,18 @@ class Outputs:
             self._record_not_run()
         totals: dict[str, int] = {}
         for item in session.items:
-            for name in _features_of(item):
+            for name in features_of(item):
                 totals[name] = totals.get(name, 0) + 1
         self.progress.totals = totals
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
-        names = _features_of(item)
+        names = features_of(item)
         if names and self.allure is not None:
             self._label(item, names)
         reason = self.skip_reasons.get(item.nodeid)
         # As upstream, "not supported" wins over "skipped": the plugin's own setup says so.
-        if reason and not (names and self._suite().unsupported(names)):
+        if reason and not (names and self.suite.unsupported(names)):
             pytest.skip(reason)
 
     # -- evidence ------------------------------------------------------------------------
@@ -249,7 +253,7 @@ class Outputs:
         try:
             return (yield)
         except BaseException as exc:
-            if self.allure is not None and _features_of(item):
+            if self.allure is not None and features_of(item):
                 self.allure.attach(evidence_text(exc), name="evidence",
                                    attachment_type=self.allure.attachment_type.TEXT)
             raise
@@ -258,8 +262,8 @@ class Outputs:
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
         report = yield
         if self.bundle_version is None:
-            self.bundle_version = getattr(self._suite()._target, "gateway_api_version", None)
-        names = _features_of(item)
+            self.bundle_version = getattr(self.suite._target, "gateway_api_version", None)
+        names = features_of(item)
         if names:
             # JUnit writes the teardown report's user_properties as <property> elements.
             report.user_properties.extend((FEATURE_PROPERTY, n) for n in names
@@ -309,10 +313,6 @@ class Outputs:
         for nodeid, names, reason in output.get(WORKER_NOT_RUN_KEY) or ():
             self.results.not_run(nodeid, names, reason)
 
-    def _suite(self):
-        from .plugin import SUITE_KEY
-        return self.config.stash[SUITE_KEY]
-
     def claimed_features(self) -> set[str] | None:
         info = self.profile_info()
         if info is None:
@@ -321,7 +321,7 @@ class Outputs:
 
     def profile_info(self, *, allow_start: bool = False) -> dict | None:
         """What the reports need of the profile, as plain data (it crosses from xdist workers)."""
-        suite = self._suite()
+        suite = self.suite
         profile = suite.profile() if allow_start else suite._profile
         if profile is None:
             return self.worker_profile
@@ -347,7 +347,7 @@ class Outputs:
             url=opt("implementation_url") or info["url"] or "unknown",
             version=opt("implementation_version") or info["version"] or "unknown",
             contact=tuple(opt("implementation_contact") or info["contact"]))
-        settings = self._suite().settings
+        settings = self.suite.settings
         timing = settings.timing
         return _report.RunInfo(
             implementation=implementation,

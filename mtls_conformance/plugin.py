@@ -30,6 +30,7 @@ from . import profiles as _profiles
 from . import report as _report
 from .client import Settings
 from .expect import Timing
+from .outputs import features_of
 from .target import ObjectRef, Target, TargetError
 
 RESULTS_KEY = pytest.StashKey["_report.Results"]()
@@ -155,7 +156,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RESULTS_KEY] = _report.Results()
     config.stash[SUITE_KEY] = Suite(config)
     config.pluginmanager.register(_Recorder(config), "mtls-recorder")
-    config.stash[OUTPUTS_KEY] = _outputs.Outputs(config, config.stash[RESULTS_KEY])
+    config.stash[OUTPUTS_KEY] = _outputs.Outputs(config, config.stash[RESULTS_KEY], config.stash[SUITE_KEY])
     config.pluginmanager.register(config.stash[OUTPUTS_KEY], "mtls-outputs")
 
 
@@ -404,13 +405,6 @@ class Suite:
         target, self._target = self._target, None
         if target is not None:
             target.close()
-
-
-def features_of(item: pytest.Item) -> list[str]:
-    names: list[str] = []
-    for marker in item.iter_markers("features"):
-        names.extend(marker.args)
-    return list(dict.fromkeys(names))
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,

@@ -18,7 +18,7 @@ import subprocess
 import pytest
 
 from mtls_conformance import manifests as m
-from mtls_conformance import probe
+from mtls_conformance import _outcomes, probe
 from mtls_conformance.local import LocalTarget
 from mtls_conformance.target import ObjectRef
 from mtls_conformance.fixtures.pki import PKI
@@ -87,7 +87,7 @@ def s_client(address, server_ca, cert, tls_version) -> tuple[str, str | None, st
                           timeout=30)
     output = proc.stdout + proc.stderr
     numbers = _ALERT.findall(output)
-    alert = probe._ALERT_NAMES.get(int(numbers[0])) if numbers else None
+    alert = _outcomes._ALERT_NAMES.get(int(numbers[0])) if numbers else None
     # The handshake is over for the client once it has both read the server's Finished
     # and written its own (TLS 1.3: read, then write; TLS 1.2: write, then read). s_client
     # prints its session summary either way, so that cannot tell the phases apart.

@@ -102,3 +102,106 @@ def test_the_layers_import_one_way():
              for name in names
              if any(name == p or name.startswith(p + ".") for p in prefixes)]
     assert not wrong, wrong
+
+
+# -- the shape of the tree ----------------------------------------------------------------
+#: Every folder of Python the repository holds: product, tests, tools, benchmarks.
+TREE = ("mtls_conformance", "refgateway", "tests", "tools", "benchmarks", "examples")
+#: A product module longer than this does more than one job (issue 22: _kube.py did six).
+MAX_PRODUCT_LINES = 700
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _executed_imports(tree: ast.AST):
+    """Every import statement that can run: at the top, inside functions and classes, but
+    not under ``if TYPE_CHECKING:`` (annotations only, never executed)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            node.body = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the modules of this repository it imports (lazy imports included)."""
+    files = {_module_name(p): p for top in TREE for p in sorted((ROOT / top).rglob("*.py"))}
+    files.update({_module_name(p): p for p in ROOT.glob("*.py")})
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in _executed_imports(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                base = package.split(".")[:len(package.split(".")) - (node.level - 1)] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                targets = [f"{module}.{alias.name}" for alias in node.names] + [module]
+            # the most specific name that is a module here: a.b.c (a module) or a.b (c is a name in it)
+            for target in targets:
+                while target and target not in files:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    edges.add(target)
+        graph[name] = edges
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_import_graph_has_no_circles():
+    # A circle (outputs <-> plugin, refgateway._cli <-> _kube, both through imports inside
+    # functions) means two modules that cannot be read, tested or split one without the other.
+    graph = import_graph()
+    assert "mtls_conformance.plugin" in graph and graph["mtls_conformance.plugin"], "the graph found no imports"
+    assert not _cycles(graph), f"import circles: {_cycles(graph)}"
+
+
+def test_the_circle_check_sees_lazy_and_relative_imports():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+    # The circles this test was written for, had they come back, are edges it sees.
+    graph = import_graph()
+    assert "refgateway._kube" in graph["refgateway._cli"]  # a lazy import inside controller_main
+    assert "mtls_conformance.outputs" in graph["mtls_conformance.plugin"]
+
+
+def test_no_product_module_does_too_many_jobs():
+    long = {str(p.relative_to(ROOT)): n for top in SHIPPED for p in sorted((ROOT / top).rglob("*.py"))
+            if (n := len(p.read_text().splitlines())) > MAX_PRODUCT_LINES}
+    assert not long, f"product modules over {MAX_PRODUCT_LINES} lines (split them along a seam): {long}"
