@@ -296,3 +296,8 @@ class GatewayClient:
         if self.profile.identity is None:
             return None
         return echo_header(response, self.profile.identity.verify_header)
+
+
+#: The public names; ``recording`` and ``testing`` are the plugin's, set around each test.
+__all__ = ["REJECTION_PROPERTY", "REJECTION_RULE_PROPERTY", "property_of", "where_rejected",
+           "Pair", "Sibling", "Settings", "GatewayClient"]

@@ -203,3 +203,9 @@ def eventually(attempt: Callable[[], T], judge: Callable[[T], str | None], *, ti
                      f"so far {why} (--max-time-to-consistency shortens this wait)")
             announced = True
         time.sleep(0.1)
+
+
+#: The public names.
+__all__ = ["Judge", "NOT_SERVING", "Timing", "ExpectationFailed", "echo_header", "reached_backend",
+           "echo_tls", "backend_saw_tls", "backend_saw_plaintext", "judge_backend_refused",
+           "judge_ok", "judge_rejected", "eventually"]

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 
+__all__ = ["GATEWAY_HTTP", "Feature", "FEATURES", "table", "UnknownFeature", "lookup"]
+
 GATEWAY_HTTP = "GATEWAY-HTTP"
 
 

@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+__all__ = ["pytest_mtls_process_host"]
+
 
 @pytest.hookspec(firstresult=True)
 def pytest_mtls_process_host(config: pytest.Config) -> Any:

@@ -11,6 +11,12 @@ import base64
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+__all__ = ["GATEWAY_API", "object_ref", "cluster_trust_bundle_ref", "cluster_trust_bundle",
+           "secret_ref", "validation", "frontend_tls", "https_listener", "http_listener",
+           "gateway", "parent_ref", "backend_ref", "rule", "http_route", "ca_configmap",
+           "ca_secret", "tls_secret", "reference_grant", "policy_target", "san_hostname",
+           "san_uri", "backend_tls_policy", "external_name_service"]
+
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 
 

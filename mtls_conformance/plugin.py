@@ -172,6 +172,8 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     ns = parser.parse_known_args(list(args), namespace=copy.copy(early_config.option))
     if ns.inifilename or ns.rootdir:
         return  # given explicitly: pytest did not guess
+    # pytest's private API (no public one re-finds the rootdir): pyproject.toml bounds the
+    # pytest range to the releases CI runs this on.
     from _pytest.config.findpaths import determine_setup
 
     kwargs = dict(inifile=None, override_ini=ns.override_ini, args=ns.file_or_dir, rootdir_cmd_arg=None,

@@ -16,6 +16,10 @@ import yaml
 
 from . import features
 
+__all__ = ["UPSTREAM_FRONTEND", "IdentityForwarding", "Pinning", "Profile", "REFGATEWAY",
+           "GENERIC", "KGATEWAY", "NGINX_GATEWAY_FABRIC", "ENVOY_GATEWAY", "ISTIO", "AGENTGATEWAY",
+           "TRAEFIK", "BUILTIN", "ProfileError", "for_controller", "load"]
+
 UPSTREAM_FRONTEND = ("Gateway", "HTTPRoute", "ReferenceGrant",
                      "GatewayFrontendClientCertificateValidation",
                      "GatewayFrontendClientCertificateValidationInsecureFallback")

@@ -19,6 +19,11 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+__all__ = ["Manifest", "Progress", "PROGRESS_AFTER", "WORKLOAD_LABEL", "CLUSTER_SCOPED_KINDS",
+           "TargetError", "TargetCannot", "SystemRootsUnavailable", "settled", "WaitTimeout",
+           "ObjectRef", "ServicePort", "SystemRootsFile", "ProcessHost", "conditions_of",
+           "find_condition", "describe_conditions", "Target"]
+
 Manifest = Mapping[str, Any]
 Progress = Callable[[str], None]
 

@@ -14,7 +14,9 @@ wheel is built once and installed once):
    reference gateway (without ``--gateway-class``): the suite passes and the report has
    the implementation fields;
 5. ``python -m mtls_conformance report DIR --regenerate`` runs the reference runs from the
-   installed package and builds their matrix.
+   installed package and builds their matrix;
+6. the oldest pytest of the runtime range (steps 2-5 ran the newest): options in both
+   forms collect the same tests, and a scenario module passes.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ VENDOR_CONFTEST = f'''\
 # A vendor's own conftest, with its own "{VENDOR_PACKAGE}" package: it must not shadow the suite's.
 pytest_plugins = ["{VENDOR_PACKAGE}.vendor"]
 '''
+#: A profile of the vendor's own (--profile FILE).
+PROFILE = "key: mygw\nname: My gateway\nsupported_features: [GatewayFrontendClientCertificateValidation]\n"
 VENDOR_FIXTURE = '''\
 import pytest
 
@@ -166,3 +170,24 @@ def test_the_wheel_runs_the_suite_from_an_empty_directory(tmp_path):
     for sub in ("refgateway", "refgateway-fault-accept-any-client-cert"):
         assert list((vendor / "matrix" / sub).glob("*-report.yaml")), f"no report of the {sub} run"
     assert (vendor / "matrix" / "index.html").is_file() and (vendor / "matrix" / "matrix.md").is_file()
+
+    # 6. the oldest pytest the runtime range allows (pyproject.toml says why it is bounded;
+    # steps 2-5 ran the newest): the plugin's options in both forms, and a scenario module
+    oldest = re.search(r'"pytest>=([\d.]+),<[\d.]+"', (ROOT / "pyproject.toml").read_text()).group(1)
+    old_env = tmp_path / "venv-oldest-pytest"
+    venv.create(old_env, with_pip=True)
+    old_python = old_env / "bin" / "python"
+    run([str(old_python), "-m", "pip", "install", "-q", str(wheels[0]), f"pytest=={oldest}.*"], cwd=tmp_path,
+        timeout=900)
+    version = run([str(old_python), "-m", "pytest", "--version"], cwd=vendor, env=env)
+    assert f"pytest {oldest}." in version.stdout + version.stderr, version.stdout + version.stderr
+    profile = tmp_path / "profile.yaml"  # outside the directory, as --profile FILE usually is
+    profile.write_text(PROFILE)
+    for form in ([f"--profile={profile}"], ["--profile", str(profile)]):
+        old = run([str(old_python), "-m", "pytest", "--pyargs", "mtls_conformance.scenarios", "--collect-only", "-q",
+                   *form], cwd=vendor, env=env)
+        assert collected_names(old.stdout) == collected_names(from_wheel.stdout), form
+    module = run([str(old_python), "-m", "pytest", "-q", "--pyargs", "mtls_conformance.scenarios.test_frontend_default"],
+                 cwd=vendor, env=env)
+    summary = module.stdout.strip().splitlines()[-1]
+    assert re.search(r"\b\d+ passed\b", summary) and not re.search(r"failed|error", summary), module.stdout[-3000:]

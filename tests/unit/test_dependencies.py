@@ -205,3 +205,42 @@ def test_no_product_module_does_too_many_jobs():
     long = {str(p.relative_to(ROOT)): n for top in SHIPPED for p in sorted((ROOT / top).rglob("*.py"))
             if (n := len(p.read_text().splitlines())) > MAX_PRODUCT_LINES}
     assert not long, f"product modules over {MAX_PRODUCT_LINES} lines (split them along a seam): {long}"
+
+
+def test_the_public_api_is_declared_and_the_scenarios_keep_to_it():
+    """Each public module declares ``__all__`` (names that exist); the scenarios, the
+    examples a vendor's tests copy, import only those names of those modules."""
+    import importlib
+
+    import mtls_conformance
+
+    public = {f"mtls_conformance.{name}" for name in mtls_conformance.PUBLIC_MODULES}
+    for name in sorted(public):
+        module = importlib.import_module(name)
+        assert isinstance(getattr(module, "__all__", None), list), f"{name} declares no __all__"
+        missing = [n for n in module.__all__ if not hasattr(module, n)]
+        assert not missing, f"{name}.__all__ names what it does not have: {missing}"
+    outside = []
+    for path in sorted((ROOT / "mtls_conformance" / "scenarios").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module.startswith("mtls_conformance"):
+                for alias in node.names:
+                    if node.module == "mtls_conformance":  # from mtls_conformance import manifests
+                        ok = f"mtls_conformance.{alias.name}" in public
+                    else:
+                        ok = node.module in public and alias.name in importlib.import_module(node.module).__all__
+                    if not ok:
+                        outside.append(f"{path.name}: from {node.module} import {alias.name}")
+    assert not outside, f"scenarios import what is not public API: {outside}"
+
+
+def test_pytest_internals_are_in_one_place_and_the_range_is_bounded():
+    """The plugin uses pytest's private rootdir search in one place (plugin.py, with its
+    reason); a private API may change in any release, so the runtime range has an upper
+    bound (pyproject.toml says which releases CI runs)."""
+    users = sorted({str(p.relative_to(ROOT)) for top in SHIPPED for p in (ROOT / top).rglob("*.py")
+                    if re.search(r"\b_pytest\b|\._(rootpath|inipath|inicfg|nodeid)\b", p.read_text())})
+    assert users == ["mtls_conformance/plugin.py"], users
+    spec = next(d for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+                if re.match(r"pytest\b(?!-)", d))
+    assert re.fullmatch(r"pytest>=[\d.]+,<[\d.]+", spec), f"the runtime pytest range needs an upper bound: {spec}"
