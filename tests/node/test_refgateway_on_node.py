@@ -46,7 +46,7 @@ NODE_SKIPS = {
     # cannot write: the wellKnownCACertificates: System checks need --system-ca-bundle.
     "cannot add roots to the gateway's system trust store": "system roots",
     # echo-basic verifies a client certificate only if one is sent; the backend that must
-    # demand one is nginx alone (conformance/kubernetes.py says so in the skip).
+    # demand one is nginx alone (mtls_conformance/_kubernetes_backends.py says so in the skip).
     "which the echo image cannot": "echo-basic does not demand client certificates",
     # Opt-in checks against a real public host: this machine has no internet (they skip
     # the same way against the local refgateway).
