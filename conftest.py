@@ -1,2 +1,2 @@
-# Nothing here: the plugin (conformance/plugin.py, installed as mtls_conformance) registers
+# Nothing here: the plugin (mtls_conformance/plugin.py) registers
 # the fixtures. This file marks the rootdir of a clone for the project's own tests.

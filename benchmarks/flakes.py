@@ -72,7 +72,7 @@ RUN_LINES: list[str] = []
 
 def run_suite(workdir: Path, tier_args: list[str], extra: list[str], index: int) -> dict[str, str]:
     junit = workdir / f"run-{index}.xml"
-    argv = [sys.executable, "-m", "pytest", "scenarios", "-q", "-p", "no:cacheprovider", "-n", "2",
+    argv = [sys.executable, "-m", "pytest", "mtls_conformance/scenarios", "-q", "-p", "no:cacheprovider", "-n", "2",
             f"--junitxml={junit}", *tier_args, *extra]
     start = time.monotonic()
     load_before = load()

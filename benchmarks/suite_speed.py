@@ -32,7 +32,7 @@ APPLIED = re.compile(r"configuration applied at ([0-9.]+): ([0-9.]+) ms after th
 
 def run(workers: int, extra: list[str], tmp: Path | None, root: Path = ROOT, python: str = sys.executable) -> float:
     """One run of ``root``'s suite with ``python`` (another checkout and its venv: --baseline)."""
-    argv = [python, "-m", "pytest", "scenarios", "-q", "-p", "no:cacheprovider", "-n", str(workers)]
+    argv = [python, "-m", "pytest", "mtls_conformance/scenarios", "-q", "-p", "no:cacheprovider", "-n", str(workers)]
     env = dict(os.environ)
     if tmp is not None:
         log = tmp / "gateway.log"

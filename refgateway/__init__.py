@@ -5,7 +5,7 @@ directory and serves HTTP/HTTPS on loopback ports, following the file contract i
 docs/local-target.md. It exists so the conformance harness has a correct target out of
 the box and, with ``--fault`` flags, deliberately broken ones.
 
-The package must never import the harness (``conformance``) or its fixtures.
+The package must never import the harness (``mtls_conformance``) or its fixtures.
 Run it with ``python -m refgateway --config-dir D --state-dir S``.
 """
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import sys
@@ -95,8 +96,6 @@ def _check_dirs(config_dir: Path, state_dir: Path) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["controller"]:  # controller mode: objects and status live in a Kubernetes API server
-        from ._kube import main as controller_main
-
         return controller_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
@@ -120,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s refgateway[%(process)d] %(levelname)s %(message)s")
-    from ._server import Gateway  # imports pyOpenSSL; keep --help and --list-faults fast
+    from ._server import LocalGateway  # imports pyOpenSSL; keep --help and --list-faults fast
 
     bundle = args.system_ca_bundle.resolve() if args.system_ca_bundle else None
     if bundle is not None and not bundle.parent.is_dir():
@@ -131,9 +130,108 @@ def main(argv: list[str] | None = None) -> int:
     if depth and args.max_client_chain_depth < 0:
         print("refgateway: error: --max-client-chain-depth must be 0 or more", file=sys.stderr)
         return 2
-    gw = Gateway(config_dir, state_dir, controller=args.controller_name, faults=faults, system_ca_bundle=bundle,
-                 listener_ports=args.listen_on_listener_ports, **depth)
+    gw = LocalGateway(config_dir, state_dir, controller=args.controller_name, faults=faults, system_ca_bundle=bundle,
+                      listener_ports=args.listen_on_listener_ports, **depth)
     gw.timeouts = timeouts(args)
     gw.apply_delay = args.apply_delay or 0.0
     asyncio.run(gw.run())
+    return 0
+
+
+# --------------------------------------------------------------------------- controller mode
+
+
+def _controller_parser() -> argparse.ArgumentParser:
+    from ._kube_addresses import DEFAULT_POOL
+
+    p = _Parser(prog="python -m refgateway controller",
+                description="Run refgateway as a Kubernetes controller (see docs/refgateway.md).")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, else in-cluster config)")
+    p.add_argument("--context", help="kubeconfig context (default: the current context)")
+    p.add_argument("--controller-name", default=DEFAULT_CONTROLLER,
+                   help=f"GatewayClass controllerName to own (default {DEFAULT_CONTROLLER})")
+    p.add_argument("--system-ca-bundle", type=Path, metavar="FILE", default=None,
+                   help="PEM file of the roots that BackendTLSPolicy wellKnownCACertificates: System trusts "
+                        "(default: this machine's default verify paths); read when a backend context is built")
+    p.add_argument("--fault", action="append", default=[], metavar="NAME",
+                   help="enable a deliberate deviation; repeatable; see python -m refgateway --list-faults")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--listen-address-pool", metavar="CIDR",
+                       help=f"give each Gateway its own loopback address from CIDR (default {DEFAULT_POOL}, "
+                            "minus 127.0.0.0/24)")
+    where.add_argument("--listen-address", metavar="IP",
+                       help="bind every Gateway's listeners on IP (in cluster: 0.0.0.0)")
+    p.add_argument("--service-namespace", metavar="NS",
+                   help="with --listen-address (in cluster: 0.0.0.0): give each Gateway a ClusterIP Service of "
+                        "its own in namespace NS (the pod's own), labelled gateway.networking.k8s.io/gateway-name, "
+                        "whose ports go to internal ports this process binds; its ClusterIP is the reported "
+                        "address. Needs --service-selector")
+    p.add_argument("--service-selector", metavar="KEY=VALUE[,...]",
+                   help="with --service-namespace: the labels of this controller's pod, the Services' selector")
+    p.add_argument("--report-address", metavar="IP",
+                   help="with --listen-address: the address to report in Gateway status.addresses "
+                        "(e.g. the pod IP); default: the Gateway's spec.addresses, else IP unless unspecified")
+    add_timeout_arguments(p)
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def controller_main(argv: list[str]) -> int:
+    """``python -m refgateway controller ...``: objects and status live in a Kubernetes API server."""
+    from ._kube_addresses import DEFAULT_POOL, AddressPool, parse_selector
+    from ._kube_api import KubeError, connect
+
+    args = _controller_parser().parse_args(argv)
+    try:
+        faults = check_faults(args.fault)
+        pool = None
+        if args.listen_address:
+            try:
+                ipaddress.ip_address(args.listen_address)
+            except ValueError:
+                raise KubeError(f"--listen-address {args.listen_address}: not an IP address") from None
+        else:
+            try:
+                pool = AddressPool(args.listen_address_pool or DEFAULT_POOL)
+            except ValueError as exc:
+                raise KubeError(f"--listen-address-pool {args.listen_address_pool}: {exc}") from None
+        selector = None
+        if args.service_namespace or args.service_selector:
+            if not args.listen_address:
+                raise KubeError("--service-namespace needs --listen-address (in cluster: 0.0.0.0)")
+            if not (args.service_namespace and args.service_selector):
+                raise KubeError("--service-namespace and --service-selector go together (the Services' namespace "
+                                "and the labels of this controller's pod)")
+            if args.report_address:
+                raise KubeError("--report-address does not go with --service-namespace (each Gateway reports "
+                                "its Service's ClusterIP)")
+            selector = parse_selector(args.service_selector)
+        if args.report_address:
+            if not args.listen_address:
+                raise KubeError("--report-address needs --listen-address (a pool reports each Gateway's own address)")
+            try:
+                ipaddress.ip_address(args.report_address)
+            except ValueError:
+                raise KubeError(f"--report-address {args.report_address}: not an IP address") from None
+        bundle = args.system_ca_bundle.absolute() if args.system_ca_bundle else None
+        if bundle is not None and not bundle.parent.is_dir():
+            raise KubeError(f"--system-ca-bundle {args.system_ca_bundle}: its directory does not exist")
+        api = connect(args.kubeconfig, args.context)
+    except (UnknownFault, KubeError) as exc:
+        print(f"refgateway: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s refgateway[%(process)d] %(levelname)s %(message)s")
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # our own messages say what failed
+    from ._kube import KubeGateway  # imports pyOpenSSL; keep --help fast
+
+    gw = KubeGateway(api, controller=args.controller_name, faults=faults, pool=pool,
+                     listen_address=args.listen_address, report_address=args.report_address,
+                     system_ca_bundle=bundle, service_namespace=args.service_namespace, service_selector=selector)
+    gw.timeouts = timeouts(args)
+    gw.apply_delay = args.apply_delay or 0.0
+    try:
+        asyncio.run(gw.run())
+    finally:
+        api.close()
     return 0

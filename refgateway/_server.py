@@ -189,12 +189,16 @@ class Site:
 
 
 class Gateway:
-    def __init__(self, config_dir: Path, state_dir: Path, *, controller: str, faults: frozenset[str],
-                 system_ca_bundle: Path | None = None, max_chain_depth: int = MAX_CLIENT_CHAIN_DEPTH,
-                 listener_ports: bool = False):
-        self.config_dir = config_dir
-        self.listener_ports = listener_ports
-        self.state_dir = state_dir
+    """What both modes share: translation, the data plane's sites and TLS contexts.
+
+    A mode supplies the object source (``load``, ``cluster_trust_bundles_served``), the
+    status sink (``publish``), how a site's socket is opened (``_listen``) and the loop
+    (``run``): ``LocalGateway`` below from directories, ``_kube.KubeGateway`` from an
+    API server.
+    """
+
+    def __init__(self, *, controller: str, faults: frozenset[str],
+                 system_ca_bundle: Path | None = None, max_chain_depth: int = MAX_CLIENT_CHAIN_DEPTH):
         self.controller = controller
         self.faults = faults
         self.sites: dict[tuple[str, str, int], Site] = {}
@@ -203,8 +207,6 @@ class Gateway:
         self.backend_contexts = BackendContexts(faults=faults, system_ca_bundle=system_ca_bundle)
         self.sessions = SessionMemory(faults)
         self.scope_memory: dict = {}  # fault sessions-survive-ca-change
-        self.written_status: dict[tuple, dict] = {}
-        self.written_ports: dict[tuple[str, str], dict] = {}
         self.ca_memory: dict = {}
         self.cert_memory: dict = {}
         self.bundle_memory: dict = {}
@@ -219,17 +221,14 @@ class Gateway:
 
     def load(self) -> tuple[dict, dict[str, str]]:
         """The object source: objects keyed (kind, ns, name), and per-file errors."""
-        return load_tree(self.config_dir)
+        raise NotImplementedError
 
     def cluster_trust_bundles_served(self) -> bool:
-        """Local mode: the config dir can always hold ClusterTrustBundles."""
-        return True
+        raise NotImplementedError
 
     async def publish(self, plan: translator.Plan, statuses: dict, errors: dict[str, str]) -> None:
         """The status sink, called once the data plane serves ``plan``."""
-        self._write_ports(plan)
-        self._write_status(statuses)
-        atomic_write(self.state_dir / "errors.yaml", yaml.safe_dump(errors, sort_keys=True))
+        raise NotImplementedError
 
     async def reload(self) -> None:
         objects, errors = self.load()
@@ -290,6 +289,48 @@ class Gateway:
             site = self.sites.pop(key)
             site.server.close()  # stop accepting; established connections finish on their own
             log.info("gateway %s/%s port %d removed", *key)
+
+    async def _listen(self, key: tuple[str, str, int], site: Site) -> bool:
+        """Open a new site's socket; False if it cannot be (reported, retried on the next reload)."""
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    async def shutdown(self) -> None:
+        for site in self.sites.values():
+            site.server.close()
+            for edge in list(site.edges):
+                edge.close(graceful=False)
+        for site in self.sites.values():
+            await site.server.wait_closed()
+        log.info("stopped")
+
+
+class LocalGateway(Gateway):
+    """Local mode: objects from the files of ``config_dir``, status and ports into ``state_dir``."""
+
+    def __init__(self, config_dir: Path, state_dir: Path, *, listener_ports: bool = False, **shared):
+        super().__init__(**shared)
+        self.config_dir = config_dir
+        self.listener_ports = listener_ports
+        self.state_dir = state_dir
+        self.written_status: dict[tuple, dict] = {}
+        self.written_ports: dict[tuple[str, str], dict] = {}
+
+    def load(self) -> tuple[dict, dict[str, str]]:
+        """The object source: objects keyed (kind, ns, name), and per-file errors."""
+        return load_tree(self.config_dir)
+
+    def cluster_trust_bundles_served(self) -> bool:
+        """Local mode: the config dir can always hold ClusterTrustBundles."""
+        return True
+
+    async def publish(self, plan: translator.Plan, statuses: dict, errors: dict[str, str]) -> None:
+        """The status sink, called once the data plane serves ``plan``."""
+        self._write_ports(plan)
+        self._write_status(statuses)
+        atomic_write(self.state_dir / "errors.yaml", yaml.safe_dump(errors, sort_keys=True))
 
     async def _listen(self, key: tuple[str, str, int], site: Site) -> bool:
         """Open a new site's socket. Local mode: an ephemeral port on 127.0.0.1, or the
@@ -365,12 +406,3 @@ class Gateway:
                     log.info("configuration applied at %.3f: %.1f ms after the newest change, reload %.1f ms",
                              done, 1000 * (done - min(newest, seen)), 1000 * (done - seen))
         await self.shutdown()
-
-    async def shutdown(self) -> None:
-        for site in self.sites.values():
-            site.server.close()
-            for edge in list(site.edges):
-                edge.close(graceful=False)
-        for site in self.sites.values():
-            await site.server.wait_closed()
-        log.info("stopped")

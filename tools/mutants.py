@@ -50,21 +50,21 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ["refgateway/_listeners.py:_check_listener_tls", "refgateway/_listeners.py:_resolve_ca_refs",
          "refgateway/_listeners.py:_frontend_for_port", "refgateway/_listeners.py:_uses_fallback",
          "refgateway/_plan.py:_parse_hash_pins"],
-        ["scenarios/test_frontend_default.py", "scenarios/test_frontend_bad_client_certs.py",
-         "scenarios/test_frontend_ca_sources.py", "scenarios/test_frontend_insecure_fallback.py",
-         "scenarios/test_frontend_invalid_ca.py", "scenarios/test_frontend_per_port.py",
-         "scenarios/test_frontend_pinning.py", "scenarios/test_frontend_pinning_without_validation.py",
-         "scenarios/test_frontend_guide_steps.py",
-         "scenarios/test_frontend_rotation.py", "scenarios/test_listener_certificates.py",
-         "scenarios/test_cluster_trust_bundle.py"],
+        ["mtls_conformance/scenarios/test_frontend_default.py", "mtls_conformance/scenarios/test_frontend_bad_client_certs.py",
+         "mtls_conformance/scenarios/test_frontend_ca_sources.py", "mtls_conformance/scenarios/test_frontend_insecure_fallback.py",
+         "mtls_conformance/scenarios/test_frontend_invalid_ca.py", "mtls_conformance/scenarios/test_frontend_per_port.py",
+         "mtls_conformance/scenarios/test_frontend_pinning.py", "mtls_conformance/scenarios/test_frontend_pinning_without_validation.py",
+         "mtls_conformance/scenarios/test_frontend_guide_steps.py",
+         "mtls_conformance/scenarios/test_frontend_rotation.py", "mtls_conformance/scenarios/test_listener_certificates.py",
+         "mtls_conformance/scenarios/test_cluster_trust_bundle.py"],
     ),
     "backend": (
         ["refgateway/_backend_tls.py:_client_certificate", "refgateway/_backend_tls.py:_policy_anchors",
          "refgateway/_backend_tls.py:_policy", "refgateway/_backend_tls.py:_backend_policies",
          "refgateway/_routes.py:tls_for"],
-        ["scenarios/test_backend_client_certificate.py", "scenarios/test_backend_tls_external.py",
-         "scenarios/test_backend_tls_guide_steps.py", "scenarios/test_backend_tls_in_cluster.py",
-         "scenarios/test_backend_tls_policy_status.py", "scenarios/test_cluster_trust_bundle.py"],
+        ["mtls_conformance/scenarios/test_backend_client_certificate.py", "mtls_conformance/scenarios/test_backend_tls_external.py",
+         "mtls_conformance/scenarios/test_backend_tls_guide_steps.py", "mtls_conformance/scenarios/test_backend_tls_in_cluster.py",
+         "mtls_conformance/scenarios/test_backend_tls_policy_status.py", "mtls_conformance/scenarios/test_cluster_trust_bundle.py"],
     ),
 }
 
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tests and not args.targets:
         parser.error("--tests goes with --target (a --group has its own tests)")
     if args.targets:
-        groups = {"ad hoc": (args.targets, args.tests or ["scenarios"])}
+        groups = {"ad hoc": (args.targets, args.tests or ["mtls_conformance/scenarios"])}
     else:
         groups = {name: GROUPS[name] for name in (args.groups or sorted(GROUPS))}
 

@@ -177,7 +177,7 @@ def test_no_cluster_reachable_is_one_line_naming_the_server_and_kind(tmp_path, l
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again when the child runs: nothing listens there
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", f"https://127.0.0.1:{port}")
-    child = Child("scenarios/test_frontend_default.py", "--gateway-class=refgateway",
+    child = Child("mtls_conformance/scenarios/test_frontend_default.py", "--gateway-class=refgateway",
                   f"--kubeconfig={kubeconfig}", "--backend-mode=local-process").wait()
     line = exit_line(child.output)
     assert child.returncode == 4, child.output
@@ -195,7 +195,7 @@ def bare_cluster():
 
 
 def test_missing_crds_name_the_install_command(bare_cluster, links_before):
-    child = Child("scenarios/test_frontend_default.py", "--gateway-class=refgateway",
+    child = Child("mtls_conformance/scenarios/test_frontend_default.py", "--gateway-class=refgateway",
                   f"--kubeconfig={bare_cluster.kubeconfig}", "--backend-mode=local-process").wait()
     line = exit_line(child.output)
     assert child.returncode == 4, child.output
@@ -217,7 +217,7 @@ def test_too_old_crds_name_their_version_and_the_install_command(bare_cluster, l
                     doc["metadata"]["annotations"]["gateway.networking.k8s.io/bundle-version"] = "v1.4.1"
                     crds.server_side_apply(doc, field_manager="kubernetes-target-test", force_conflicts=True)
                     installed.append(doc["metadata"]["name"])
-        child = Child("scenarios/test_frontend_default.py", "--gateway-class=refgateway",
+        child = Child("mtls_conformance/scenarios/test_frontend_default.py", "--gateway-class=refgateway",
                       f"--kubeconfig={bare_cluster.kubeconfig}", "--backend-mode=local-process").wait()
     finally:
         for name in installed:  # the cluster is "bare" again for the other tests
@@ -231,7 +231,7 @@ def test_too_old_crds_name_their_version_and_the_install_command(bare_cluster, l
 
 def test_missing_gateway_class_lists_the_classes_there(cluster, dyn, links_before):
     gateway_class(dyn, "someone-elses", "example.com/other")
-    child = Child("scenarios/test_frontend_default.py", "--gateway-class=no-such-class",
+    child = Child("mtls_conformance/scenarios/test_frontend_default.py", "--gateway-class=no-such-class",
                   f"--kubeconfig={cluster.kubeconfig}", "--backend-mode=local-process").wait()
     line = exit_line(child.output)
     assert child.returncode == 4, child.output
@@ -242,7 +242,7 @@ def test_missing_gateway_class_lists_the_classes_there(cluster, dyn, links_befor
 
 def test_gateway_class_not_accepted_shows_the_controllers_answer(cluster, dyn, links_before):
     gateway_class(dyn, "refused", "example.com/refuser", accepted="False", reason="InvalidParameters")
-    child = Child("scenarios/test_frontend_default.py", "--gateway-class=refused",
+    child = Child("mtls_conformance/scenarios/test_frontend_default.py", "--gateway-class=refused",
                   f"--kubeconfig={cluster.kubeconfig}", "--backend-mode=local-process").wait()
     line = exit_line(child.output)
     assert child.returncode == 4, child.output
@@ -277,7 +277,7 @@ def test_unknown_controller_runs_with_the_generic_profile_and_says_so(cluster, d
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) drops the capabilities")
 def test_local_process_backends_without_root_is_one_error_before_any_test(cluster, dyn, controller, links_before):
     # Root without CAP_NET_ADMIN and CAP_SYS_ADMIN is, for `ip netns`, an ordinary user.
-    child = Child("scenarios/test_frontend_default.py", "--gateway-class=refgateway",
+    child = Child("mtls_conformance/scenarios/test_frontend_default.py", "--gateway-class=refgateway",
                   f"--kubeconfig={cluster.kubeconfig}", "--backend-mode=local-process",
                   prefix=("setpriv", "--bounding-set", "-net_admin,-sys_admin")).wait()
     line = exit_line(child.output)
@@ -293,16 +293,16 @@ def test_local_process_backends_without_root_is_one_error_before_any_test(cluste
 
 
 def passed_tests(junit: Path) -> set[str]:
-    """Node ids (scenarios/...) that passed, from a child run's JUnit XML: whole, where the
+    """Node ids (mtls_conformance/scenarios/...) that passed, from a child run's JUnit XML: whole, where the
     ``-rA`` summary would cut a parameter id at its first space ("[no certificate]")."""
     from tests.selfcheck.runner import parse_junit
 
     outcomes = parse_junit(junit)[0] if junit.exists() else {}
-    return {f"scenarios/{nodeid}" for nodeid, outcome in outcomes.items() if outcome == "passed"}
+    return {f"mtls_conformance/scenarios/{nodeid}" for nodeid, outcome in outcomes.items() if outcome == "passed"}
 
 
 def skip_reasons(junit: Path) -> dict[str, str]:
-    """node id (scenarios/...) -> skip message, from a child run's JUnit XML."""
+    """node id (mtls_conformance/scenarios/...) -> skip message, from a child run's JUnit XML."""
     import xml.etree.ElementTree as ET
 
     found = {}
@@ -323,13 +323,13 @@ def local_passes(tmp_path_factory) -> set[str]:
     local = correct_run(tmp_path_factory)
     assert local.returncode == 0, local.output
     assert local.with_outcome("passed"), local.output
-    return {f"scenarios/{nodeid}" for nodeid in local.with_outcome("passed")}
+    return {f"mtls_conformance/scenarios/{nodeid}" for nodeid in local.with_outcome("passed")}
 
 
 def run_on_the_tier(cluster, tmp_path, *options: str) -> tuple[Child, dict[str, str]]:
     """The scenarios through the kubernetes target; the child and its skip reasons."""
     junit = tmp_path / "tier.xml"
-    child = Child("scenarios", "-rA", "--gateway-class=refgateway", f"--kubeconfig={cluster.kubeconfig}",
+    child = Child("mtls_conformance/scenarios", "-rA", "--gateway-class=refgateway", f"--kubeconfig={cluster.kubeconfig}",
                   *options, f"--junitxml={junit}").wait(timeout=900)
     return child, (skip_reasons(junit) if junit.exists() else {})
 
@@ -438,7 +438,7 @@ def test_kubectl_shows_the_conditions_a_paused_scenario_read(cluster, dyn, contr
     (tmp_path / "pause_plugin.py").write_text(PAUSE_PLUGIN)
     fifo, read = tmp_path / "resume", tmp_path / "read.json"
     os.mkfifo(fifo)
-    child = Child("scenarios/test_frontend_default.py", "-p", "pause_plugin", "-k", "resolve_the_ca_reference",
+    child = Child("mtls_conformance/scenarios/test_frontend_default.py", "-p", "pause_plugin", "-k", "resolve_the_ca_reference",
                   "--gateway-class=refgateway", f"--kubeconfig={cluster.kubeconfig}", "--backend-mode=local-process",
                   prefix=("env", f"PYTHONPATH={tmp_path}", f"PAUSE_FIFO={fifo}", f"PAUSE_READ={read}"))
     try:
@@ -613,7 +613,7 @@ def test_interrupt_during_a_wait_leaves_nothing_behind(cluster, dyn, links_befor
     # A class that is Accepted but has no controller: the Gateway never gets a condition,
     # so the run sits in a watch with a namespace, a backend process and a test host made.
     gateway_class(dyn, "stalled", "example.com/stalled", accepted="True")
-    child = Child("scenarios/test_frontend_default.py", "--gateway-class=stalled",
+    child = Child("mtls_conformance/scenarios/test_frontend_default.py", "--gateway-class=stalled",
                   f"--kubeconfig={cluster.kubeconfig}", "--backend-mode=local-process")
     try:
         child.read_until(r"\[mtls\] waiting up to \d+ s for Gateway", timeout=60)

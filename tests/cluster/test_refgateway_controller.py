@@ -565,13 +565,13 @@ def test_in_cluster_mode_gives_each_gateway_a_service_of_its_own(cluster, api, s
 
 def test_reflector_follows_changes_across_watch_reconnects(cluster, api, ns, monkeypatch):
     """The server ends every watch after timeoutSeconds; the reflector resumes without losing events."""
-    from refgateway import _kube
+    from refgateway import _kube_api, _kube_informer
 
-    monkeypatch.setattr(_kube, "WATCH_SECONDS", (1, 1))
-    kube = _kube.connect(str(cluster.kubeconfig), None)
+    monkeypatch.setattr(_kube_informer, "WATCH_SECONDS", (1, 1))
+    kube = _kube_api.connect(str(cluster.kubeconfig), None)
     stop = threading.Event()
-    cache = _kube.Cache(lambda: None)
-    r = _kube.Reflector(kube, (_kube.Resource("ConfigMap", "v1", "configmaps", True),), cache, stop)
+    cache = _kube_informer.Cache(lambda: None)
+    r = _kube_informer.Reflector(kube, (_kube_api.Resource("ConfigMap", "v1", "configmaps", True),), cache, stop)
     r.start()
     try:
         assert r.synced.wait(10), "no first list"
@@ -666,16 +666,16 @@ def test_reflector_lists_again_after_410_gone(monkeypatch, caplog):
     """
     import urllib.request
 
-    from refgateway import _kube
+    from refgateway import _kube_api, _kube_informer
 
-    monkeypatch.setattr(_kube, "WATCH_SECONDS", (1, 1))
+    monkeypatch.setattr(_kube_informer, "WATCH_SECONDS", (1, 1))
     caplog.set_level("INFO", logger="refgateway")
     with TestCluster(crds=None, extra_apiserver_args=["--watch-cache=false"]) as bare:
         core = client.CoreV1Api(bare.api_client())
-        kube = _kube.connect(str(bare.kubeconfig), None)
+        kube = _kube_api.connect(str(bare.kubeconfig), None)
         stop = threading.Event()
-        cache = _kube.Cache(lambda: None)
-        r = _kube.Reflector(kube, (_kube.Resource("ConfigMap", "v1", "configmaps", True),), cache, stop)
+        cache = _kube_informer.Cache(lambda: None)
+        r = _kube_informer.Reflector(kube, (_kube_api.Resource("ConfigMap", "v1", "configmaps", True),), cache, stop)
         r.start()
         try:
             assert r.synced.wait(10), "no first list"

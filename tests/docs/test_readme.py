@@ -72,10 +72,12 @@ def test_every_plugin_option_is_in_the_options_table():
 
 
 def test_every_documented_fixture_exists():
-    out = subprocess.run([sys.executable, "-m", "pytest", "--fixtures", "scenarios", "-q"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "pytest", "--fixtures", "mtls_conformance/scenarios", "-q"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     fixtures = re.findall(r"^\| `(mtls_[a-z_]+)` \|", README, re.M)
-    assert fixtures
+    fixtures += [name for row in re.findall(r"^\| (`[a-z_]+`(?:, `[a-z_]+`)*) \|", README, re.M)
+                 for name in re.findall(r"`([a-z_]+)`", row) if not name.startswith("mtls_")]
+    assert fixtures and "deploy_gateway" in fixtures
     missing = [f for f in fixtures if not re.search(rf"^{f}\b", out, re.M)]
     assert not missing, f"README documents fixtures that do not exist: {missing}"
 
@@ -87,3 +89,20 @@ def test_no_example_count_is_hard_coded():
     for name, text in docs.items():
         counts = re.findall(r"\(\d+ (?:passed|failed|skipped)[^)]*\)|\b\d+ (?:tests|items) collected\b", text)
         assert not counts, f"{name} hard-codes test counts {counts}; write N instead"
+
+
+def test_the_layout_section_names_every_folder_where_it_is():
+    """README "Layout": each folder it lists exists, an installed one is the package of its
+    import name, and every top-level folder of the checkout is listed."""
+    section = README.split("## Layout\n", 1)[1].split("\n## ", 1)[0]
+    table = section.split("```", 2)[1]
+    rows = [line.split(None, 2) for line in table.splitlines()[2:] if line[:1].strip()]
+    listed = {row[0].rstrip("/"): row[1] for row in rows}
+    for folder, import_name in listed.items():
+        assert (ROOT / folder).is_dir(), f"README Layout lists {folder}/, which does not exist"
+        if import_name != "(not":
+            assert folder == import_name.replace(".", "/"), f"{folder}/ is not where {import_name} is"
+            assert (ROOT / folder / "__init__.py").is_file(), f"{folder}/ is not a package"
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    tops = {line.split("/", 1)[0] for line in tracked.splitlines() if "/" in line and not line.startswith(".")}
+    assert tops <= set(listed), f"top-level folders README Layout does not list: {sorted(tops - set(listed))}"

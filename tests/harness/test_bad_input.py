@@ -45,7 +45,7 @@ PROFILES = {"list.yaml": "- key: x\n", "field.yaml": "key: x\nname: X\ncolour: b
 
 
 def run(args: list[str], *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", "scenarios", "-q", "-p", "no:cacheprovider",
+    return subprocess.run([sys.executable, "-m", "pytest", "mtls_conformance/scenarios", "-q", "-p", "no:cacheprovider",
                            *args, *extra], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 

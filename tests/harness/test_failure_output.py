@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def run_failing(*args: str) -> str:
     command = f"{sys.executable} -m refgateway --config-dir {{config_dir}} --state-dir {{state_dir}} " \
               f"--fault accept-any-client-cert"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "scenarios/test_frontend_default.py", "-p", "no:cacheprovider",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "mtls_conformance/scenarios/test_frontend_default.py", "-p", "no:cacheprovider",
                            "-k", "untrusted and 8443 and TLSv1.3", f"--gateway-command={command}",
                            "--max-time-to-consistency=3", "-rf", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -27,8 +27,8 @@ def test_a_failure_is_short_and_names_its_feature():
     out = run_failing()
     failure = out.split(" FAILURES ", 1)[1]
     assert "BEGIN CERTIFICATE" not in out, "fixture values with PEM in the failure"
-    assert "conformance/client.py" not in failure, "the harness's own frames in the default traceback"
-    assert "scenarios/test_frontend_default.py:" in failure and "reproduce: curl " in failure
+    assert "mtls_conformance/client.py" not in failure, "the harness's own frames in the default traceback"
+    assert "mtls_conformance/scenarios/test_frontend_default.py:" in failure and "reproduce: curl " in failure
     assert "feature GatewayFrontendClientCertificateValidation" in failure
     assert "[feature GatewayFrontendClientCertificateValidation]" in out.split("short test summary", 1)[1]
     # The progress line while the failing check waits: which check, what it saw so far.
@@ -38,7 +38,7 @@ def test_a_failure_is_short_and_names_its_feature():
 
 def test_tb_long_still_gives_the_whole_traceback():
     out = run_failing("--tb=long")
-    assert "conformance/client.py" in out.split(" FAILURES ", 1)[1]
+    assert "mtls_conformance/client.py" in out.split(" FAILURES ", 1)[1]
     assert "BEGIN CERTIFICATE" not in out, "a Credential's repr must not carry its PEM"
 
 

@@ -29,9 +29,9 @@ pytestmark = pytest.mark.xdist_group("interrupts")  # each case runs a suite; ke
 
 #: Long waits, so that the run is certainly inside one when the signal comes: every
 #: negative of test_frontend_default.py waits out its 60 s under this fault.
-WAITING = ["scenarios/test_frontend_default.py", "--max-time-to-consistency=60",
+WAITING = ["mtls_conformance/scenarios/test_frontend_default.py", "--max-time-to-consistency=60",
            f"--gateway-command={gateway_command('accept-any-client-cert')}"]
-QUICK = ["scenarios/test_frontend_default.py", "-k", "valid_client_certificate_is_accepted"]
+QUICK = ["mtls_conformance/scenarios/test_frontend_default.py", "-k", "valid_client_certificate_is_accepted"]
 
 
 def tagged_gateways(child: Child) -> list[str]:

@@ -68,7 +68,7 @@ def test_gateway_command_that_exits_is_one_clear_error_and_leaves_nothing(tmp_pa
 
 def run_child(*args: str, tmpdir: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "TMPDIR": str(tmpdir)} if tmpdir else None
-    return subprocess.run([sys.executable, "-m", "pytest", "scenarios", "-q", "-p", "no:cacheprovider",
+    return subprocess.run([sys.executable, "-m", "pytest", "mtls_conformance/scenarios", "-q", "-p", "no:cacheprovider",
                            *args], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
 
 

@@ -64,7 +64,7 @@ def failing_run(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProce
     # The gateway's log goes to a file the run does not remove, through a shell that tees it.
     command = f"sh -c {shlex.quote(gateway_command(FAULT) + ' 2>&1 | tee -a ' + shlex.quote(str(gateway_log)))}"
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "scenarios", "-p", "no:cacheprovider", "-p", "no:randomly", "-n", "2",
+        [sys.executable, "-m", "pytest", "mtls_conformance/scenarios", "-p", "no:cacheprovider", "-p", "no:randomly", "-n", "2",
          f"--basetemp={basetemp}", f"--junitxml={outputs / 'junit.xml'}", f"--alluredir={outputs / 'allure'}",
          f"--report-dir={outputs / 'report'}", f"--gateway-command={command}", "-rA", "--tb=long", *FAST],
         cwd=ROOT, capture_output=True, text=True, timeout=900)

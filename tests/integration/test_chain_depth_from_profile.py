@@ -32,7 +32,7 @@ def run(tmp_path: Path, *gateway_args: str) -> tuple[str, str, str]:
     path.write_text(yaml.safe_dump(profile))
     junit = tmp_path / "junit.xml"
     command = gateway_command() + "".join(f" {shlex.quote(a)}" for a in gateway_args)
-    proc = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "scenarios" / TEST), "-p", "no:cacheprovider",
+    proc = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "mtls_conformance" / "scenarios" / TEST), "-p", "no:cacheprovider",
                            "-p", "no:xdist", "-q", f"--junitxml={junit}", f"--profile={path}",
                            f"--gateway-command={command}", *FAST],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)

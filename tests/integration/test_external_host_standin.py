@@ -25,7 +25,7 @@ import trustme
 from mtls_conformance.probe import Response
 from tests.selfcheck.runner import FAST, ROOT, parse_junit
 
-MODULE = ROOT / "scenarios" / "test_backend_tls_external.py"
+MODULE = ROOT / "mtls_conformance" / "scenarios" / "test_backend_tls_external.py"
 REAL = "test_backend_tls_external.py::test_real_external_host_with_system_roots"
 CA_REF = "test_backend_tls_external.py::test_real_external_host_is_refused_with_a_private_ca_ref"
 NAME = "localhost"

@@ -1,6 +1,6 @@
 """``openssl s_client`` sees the same rejection as the probe, for each bad client certificate.
 
-And ``openssl verify`` refuses each RFC 5280 rule breaker of fixtures/chains.py and accepts
+And ``openssl verify`` refuses each RFC 5280 rule breaker of mtls_conformance/fixtures/chains.py and accepts
 its valid sibling, with the one verification error that the refgateway fault of that rule
 overrules: neither half of a scenario's pair is wrong by construction.
 
@@ -23,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from mtls_conformance import manifests as m
-from mtls_conformance import probe
+from mtls_conformance import _outcomes, probe
 from mtls_conformance.local import LocalTarget
 from mtls_conformance.target import ObjectRef
 from mtls_conformance.fixtures.pki import PKI
@@ -93,7 +93,7 @@ def s_client(address, server_ca, cert, tls_version) -> tuple[str, str | None, st
                           timeout=30)
     output = proc.stdout + proc.stderr
     numbers = _ALERT.findall(output)
-    alert = probe._ALERT_NAMES.get(int(numbers[0])) if numbers else None
+    alert = _outcomes._ALERT_NAMES.get(int(numbers[0])) if numbers else None
     # The handshake is over for the client once it has both read the server's Finished
     # and written its own (TLS 1.3: read, then write; TLS 1.2: write, then read). s_client
     # prints its session summary either way, so that cannot tell the phases apart.

@@ -16,7 +16,7 @@ import yaml
 
 from tests.selfcheck.runner import FAST, ROOT, parse_junit
 
-MODULE = ROOT / "scenarios" / "test_frontend_pinning.py"
+MODULE = ROOT / "mtls_conformance" / "scenarios" / "test_frontend_pinning.py"
 FEATURES = ["Gateway", "HTTPRoute", "GatewayFrontendClientCertificateValidation",
             "FrontendClientCertificatePinning"]
 

@@ -251,7 +251,7 @@ def test_a_pod_calls_the_api_server_with_its_service_account_token(node, ns):
 
 @pytest.mark.parametrize("image_name", ["echo-basic", "mtls-echo"])
 def test_a_request_is_in_the_pods_log_within_the_harness_bound(node, ns, image_name):
-    """The measurement behind ``_DeployedBackend.log_lag`` (conformance/kubernetes.py): how long
+    """The measurement behind ``_DeployedBackend.log_lag`` (mtls_conformance/_kubernetes_backends.py): how long
     after a client has an echo pod's answer the request shows in the pod's log as the harness
     reads it (read_namespaced_pod_log through the API server, the kubelet, containerd's log
     file). Each sample is printed; every one must be within the bound the check that a

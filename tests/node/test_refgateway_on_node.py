@@ -46,7 +46,7 @@ NODE_SKIPS = {
     # cannot write: the wellKnownCACertificates: System checks need --system-ca-bundle.
     "cannot add roots to the gateway's system trust store": "system roots",
     # echo-basic verifies a client certificate only if one is sent; the backend that must
-    # demand one is nginx alone (conformance/kubernetes.py says so in the skip).
+    # demand one is nginx alone (mtls_conformance/_kubernetes_backends.py says so in the skip).
     "which the echo image cannot": "echo-basic does not demand client certificates",
     # Opt-in checks against a real public host: this machine has no internet (they skip
     # the same way against the local refgateway).
@@ -100,7 +100,7 @@ def run_suite(node, tmp_path: Path, *options: str, timeout: float = 1800) -> tup
     assert node.bin_dir is not None
     env = {**os.environ, "PATH": f"{node.bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
     env.pop("PYTEST_XDIST_WORKER", None)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", "--durations=15", "scenarios",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", "--durations=15", "mtls_conformance/scenarios",
                            "--gateway-class=refgateway", f"--kubeconfig={node.kubeconfig}", *options,
                            f"--junitxml={junit}"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)

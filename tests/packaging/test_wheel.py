@@ -8,10 +8,15 @@ wheel is built once and installed once):
 2. the wheel goes into a fresh venv (pip may take the dependencies from its cache);
 3. from an empty directory holding a vendor's own ``fixtures/`` package and
    ``conftest.py``, ``--pyargs mtls_conformance.scenarios`` collects exactly what a
-   clone collects, and a vendor test uses the plugin's fixtures;
+   clone collects, and vendor tests use the plugin's fixtures: the harness's and the
+   guides' (PKI, names, ``deploy_gateway``), as the scenarios do;
 4. docs/self-certification.md's commands run there as written, against the bundled
    reference gateway (without ``--gateway-class``): the suite passes and the report has
-   the implementation fields.
+   the implementation fields;
+5. ``python -m mtls_conformance report DIR --regenerate`` runs the reference runs from the
+   installed package and builds their matrix;
+6. the oldest pytest of the runtime range (steps 2-5 ran the newest): options in both
+   forms collect the same tests, and a scenario module passes.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ VENDOR_CONFTEST = f'''\
 # A vendor's own conftest, with its own "{VENDOR_PACKAGE}" package: it must not shadow the suite's.
 pytest_plugins = ["{VENDOR_PACKAGE}.vendor"]
 '''
+#: A profile of the vendor's own (--profile FILE).
+PROFILE = "key: mygw\nname: My gateway\nsupported_features: [GatewayFrontendClientCertificateValidation]\n"
 VENDOR_FIXTURE = '''\
 import pytest
 
@@ -47,6 +54,8 @@ def vendor_thing():
     return "ours"
 '''
 VENDOR_TEST = '''\
+from mtls_conformance import manifests as m
+from mtls_conformance.fixtures.guide import HOSTNAME
 from mtls_conformance.target import ObjectRef
 
 
@@ -60,6 +69,20 @@ data: {{ca.crt: {ca.cert_pem.decode()!r}}}
 """)
     assert vendor_thing == "ours"
     assert mtls_target.get(ObjectRef("ConfigMap", "vendor-ca", mtls_namespace, api_version="v1"))
+
+
+def test_the_guides_gateway_in_a_vendor_test(mtls_namespace, mtls_gateway_class, mtls_backend, deploy_gateway,
+                                             guide_tls_objects, valid_client, untrusted_client):
+    # The scenarios' own building blocks: the guide's PKI, its names, deploy_gateway.
+    backend = mtls_backend(mtls_namespace, "echo", port=8000)
+    gateway = m.gateway("vendor", mtls_namespace, gateway_class=mtls_gateway_class,
+                        frontend=m.frontend_tls(default=m.validation(m.object_ref("ca-cert"))),
+                        listeners=[m.https_listener("https", 8443, certificate="https-cert")])
+    route = m.http_route("echo", mtls_namespace, hostnames=[HOSTNAME], parents=[m.parent_ref("vendor")],
+                         rules=[m.rule(m.backend_ref(backend.service, backend.port))])
+    gw = deploy_gateway(gateway, *guide_tls_objects, routes=[route])
+    gw.expect_pair(8443, sni=HOSTNAME, accepted=valid_client, refused=untrusted_client,
+                   what="a vendor's own check on the guide's Gateway")
 '''
 
 
@@ -120,7 +143,7 @@ def test_the_wheel_runs_the_suite_from_an_empty_directory(tmp_path):
     assert collected_names(from_wheel.stdout) == collected_names(from_clone.stdout), \
         "the wheel collects other scenarios than a clone"
     own = run([str(python), "-m", "pytest", "-q", "test_vendor.py"], cwd=vendor, env=env)
-    assert "1 passed" in own.stdout, own.stdout
+    assert "2 passed" in own.stdout, own.stdout
 
     # 4. docs/self-certification.md, as written, against the bundled reference gateway
     for command in self_certification_commands():
@@ -138,3 +161,33 @@ def test_the_wheel_runs_the_suite_from_an_empty_directory(tmp_path):
     report = yaml.safe_load((vendor / "report.yaml").read_text())
     assert report["implementation"] == {"organization": "ORG", "project": "PROJECT", "url": "URL",
                                         "version": "VERSION", "contact": ["CONTACT"]}
+
+    # 5. the reference runs and their matrix, from the wheel (they looked for a scenarios/
+    # folder beside site-packages' mtls_conformance, which only a clone has)
+    proc = run([str(python), "-m", "mtls_conformance", "report", "matrix", "--regenerate"], cwd=vendor, env=env,
+               timeout=1800)
+    assert "wrote " in proc.stdout and "(2 reports)" in proc.stdout, proc.stdout[-3000:]
+    for sub in ("refgateway", "refgateway-fault-accept-any-client-cert"):
+        assert list((vendor / "matrix" / sub).glob("*-report.yaml")), f"no report of the {sub} run"
+    assert (vendor / "matrix" / "index.html").is_file() and (vendor / "matrix" / "matrix.md").is_file()
+
+    # 6. the oldest pytest the runtime range allows (pyproject.toml says why it is bounded;
+    # steps 2-5 ran the newest): the plugin's options in both forms, and a scenario module
+    oldest = re.search(r'"pytest>=([\d.]+),<[\d.]+"', (ROOT / "pyproject.toml").read_text()).group(1)
+    old_env = tmp_path / "venv-oldest-pytest"
+    venv.create(old_env, with_pip=True)
+    old_python = old_env / "bin" / "python"
+    run([str(old_python), "-m", "pip", "install", "-q", str(wheels[0]), f"pytest=={oldest}.*"], cwd=tmp_path,
+        timeout=900)
+    version = run([str(old_python), "-m", "pytest", "--version"], cwd=vendor, env=env)
+    assert f"pytest {oldest}." in version.stdout + version.stderr, version.stdout + version.stderr
+    profile = tmp_path / "profile.yaml"  # outside the directory, as --profile FILE usually is
+    profile.write_text(PROFILE)
+    for form in ([f"--profile={profile}"], ["--profile", str(profile)]):
+        old = run([str(old_python), "-m", "pytest", "--pyargs", "mtls_conformance.scenarios", "--collect-only", "-q",
+                   *form], cwd=vendor, env=env)
+        assert collected_names(old.stdout) == collected_names(from_wheel.stdout), form
+    module = run([str(old_python), "-m", "pytest", "-q", "--pyargs", "mtls_conformance.scenarios.test_frontend_default"],
+                 cwd=vendor, env=env)
+    summary = module.stdout.strip().splitlines()[-1]
+    assert re.search(r"\b\d+ passed\b", summary) and not re.search(r"failed|error", summary), module.stdout[-3000:]

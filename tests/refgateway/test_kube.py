@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from refgateway import _cli
-from refgateway._kube import AddressPool, KubeError
+from refgateway._kube_addresses import AddressPool
+from refgateway._kube_api import KubeError
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -21,7 +21,7 @@ from mtls_conformance import matrix
 from ..selfcheck.runner import ROOT, gateway_command
 from . import upstream_shape
 
-MODULE = ROOT / "scenarios" / "test_frontend_default.py"
+MODULE = ROOT / "mtls_conformance" / "scenarios" / "test_frontend_default.py"
 FE = "GatewayFrontendClientCertificateValidation"
 SKIPPED = "test_frontend_default::test_expired_client_certificate_is_rejected"
 UNTRUSTED = "test_frontend_default::test_untrusted_client_certificate_is_rejected"

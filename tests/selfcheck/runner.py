@@ -1,7 +1,7 @@
 """Run the scenario suite in a child pytest against refgateway, and read what happened.
 
 The child is a separate process on purpose: it is exactly what a user runs (plain
-``pytest scenarios``, the plugin loaded through its entry point), and a fault in the
+``pytest mtls_conformance/scenarios``, the plugin loaded through its entry point), and a fault in the
 gateway cannot leak into the parent's session.
 """
 
@@ -19,7 +19,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ROOT / "scenarios"
+SCENARIOS = ROOT / "mtls_conformance" / "scenarios"
 
 #: A local gateway converges in milliseconds; a check that is going to fail needs only
 #: enough time to prove it is not still converging (traffic, and status conditions).
@@ -29,7 +29,7 @@ FAST = ["--max-time-to-consistency=1", "--condition-timeout=5"]
 @dataclasses.dataclass
 class SuiteRun:
     returncode: int
-    outcomes: dict[str, str]  # node id relative to scenarios/ -> passed | failed | skipped
+    outcomes: dict[str, str]  # node id relative to mtls_conformance/scenarios/ -> passed | failed | skipped
     messages: dict[str, str]  # node id -> failure (or skip) message
     output: str
 
@@ -116,7 +116,7 @@ def gateway_command(*faults: str) -> str:
 
 def run_suite(tmp_path: Path, *faults: str, args: list[str] = (), only: list[str] = (),
               timeout: float = 900) -> SuiteRun:
-    """The scenario suite (or only the node ids ``only``, relative to scenarios/) in a
+    """The scenario suite (or only the node ids ``only``, relative to mtls_conformance/scenarios/) in a
     child pytest against refgateway with ``faults``."""
     junit = tmp_path / "junit.xml"
     selection = [str(SCENARIOS / nodeid) for nodeid in only] or [str(SCENARIOS)]

@@ -27,8 +27,8 @@ def row(up_failed=(), our_failed=(), modules=("scenarios",)):
 
 
 def test_expected_scope_runs_existing_modules_and_none_runs_everything():
-    assert differential.scenario_modules(None, "expected") == ["scenarios"]
-    assert differential.scenario_modules("accept-no-client-cert", "all") == ["scenarios"]
+    assert differential.scenario_modules(None, "expected") == [differential.SCENARIOS]
+    assert differential.scenario_modules("accept-no-client-cert", "all") == [differential.SCENARIOS]
     for fault in EXPECTED_FAILURES:
         modules = differential.scenario_modules(fault, "expected")
         assert modules and all((ROOT / m).is_file() for m in modules), (fault, modules)

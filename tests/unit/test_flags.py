@@ -32,7 +32,7 @@ def test_timeout_overrides_refuse_what_upstream_would_skip_silently(bad):
 def test_a_run_with_upstreams_flags_writes_their_values_in_the_report(tmp_path):
     report = tmp_path / "report.yaml"
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "scenarios/test_frontend_default.py", "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "mtls_conformance/scenarios/test_frontend_default.py", "-q", "-p", "no:cacheprovider",
          "--organization=Acme", "--project=acme-gw", "--url=https://acme.example", "--contact=@acme,@ops",
          "--implementation-version=v9", "--mode=default", "--conformance-profiles=GATEWAY-HTTP",
          "--timeout-config-overrides=MaxTimeToConsistency:20;RequestTimeout:5",

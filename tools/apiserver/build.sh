@@ -13,7 +13,7 @@
 # Environment:
 #   MTLS_APISERVER_CACHE   cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/mtls-conformance)
 #   GATEWAY_API_VERSION    sigs.k8s.io/gateway-api version for the CRDs (default below;
-#                          conformance/testcluster.py reads the default from this file)
+#                          tests/cluster/testcluster.py reads the default from this file)
 #   CRD_GOTOOLCHAIN        Go toolchain for downloading the CRD module (default below:
 #                          sigs.k8s.io/gateway-api v1.7.0 needs go >= 1.27.0)
 #   BUILD_KUBECTL=0        skip kubectl (it is only for humans)

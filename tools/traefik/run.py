@@ -11,7 +11,7 @@ GatewayClass ``traefik`` (controllerName ``traefik.io/gateway-controller``), ent
 ``ADDRESS`` for every listener port the two suites use, and that address as every Gateway's
 status address. Then:
 
-1. ``pytest scenarios --gateway-class=traefik`` (kubernetes target, deployment backends),
+1. ``pytest mtls_conformance/scenarios --gateway-class=traefik`` (kubernetes target, deployment backends),
    report in OUT (the matrix reads it);
 2. the upstream suite's TLS tests (tools/upstream/run.py) with the features Traefik
    publishes in its GatewayClass status, report and log in OUT/upstream.
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             summary["published_features"] = features
             if not args.skip_ours:
                 t0 = time.monotonic()
-                argv = [sys.executable, "-m", "pytest", "scenarios", "-p", "no:cacheprovider", "-rA",
+                argv = [sys.executable, "-m", "pytest", "mtls_conformance/scenarios", "-p", "no:cacheprovider", "-rA",
                         "--gateway-class=traefik", f"--kubeconfig={cluster.kubeconfig}",
                         "--backend-mode=deployment", f"--report-dir={args.out}",
                         f"--junitxml={work / 'ours.xml'}", *args.pytest_args]

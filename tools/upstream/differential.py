@@ -8,7 +8,7 @@ TLS test beside ours per feature.
 
 Upstream: one throwaway API server tier (tools/upstream/run.py refgateway_tier) for the
 whole run; per fault the refgateway controller is restarted with ``--fault NAME`` and the
-suite's TLS tests run against it, one fault at a time. Ours: ``pytest scenarios`` (all of
+suite's TLS tests run against it, one fault at a time. Ours: ``pytest mtls_conformance/scenarios`` (all of
 it) against a local refgateway with the same fault, and the per-feature verdicts of its
 ``--report-dir``. The two suites share nothing, so our runs go on beside upstream's
 (``--jobs`` of them at once, each with a refgateway of its own) instead of waiting for
@@ -95,6 +95,10 @@ def end_session(proc: subprocess.Popen) -> None:
             continue
 
 
+#: The scenario modules' folder, relative to the checkout (our runs' working directory).
+SCENARIOS = "mtls_conformance/scenarios"
+
+
 def scenario_modules(fault: str | None, scope: str) -> list[str]:
     """What of scenarios/ our run of this fault runs: all of it, or (scope "expected") the
     modules in which tests/selfcheck/expected_failures.py expects the fault to fail. The
@@ -103,10 +107,10 @@ def scenario_modules(fault: str | None, scope: str) -> list[str]:
     them out changes which features read "untested", never which ones catch the fault. The
     no-fault row always runs everything."""
     if scope == "all" or fault is None:
-        return ["scenarios"]
+        return [SCENARIOS]
     from tests.selfcheck.expected_failures import EXPECTED_FAILURES
 
-    return sorted({"scenarios/" + pattern.split("::", 1)[0] for pattern in EXPECTED_FAILURES[fault]})
+    return sorted({f"{SCENARIOS}/" + pattern.split("::", 1)[0] for pattern in EXPECTED_FAILURES[fault]})
 
 
 def ours(fault: str | None, workdir: Path, scope: str = "all") -> tuple[dict[str, str], dict]:
@@ -131,7 +135,8 @@ def ours(fault: str | None, workdir: Path, scope: str = "all") -> tuple[dict[str
         finally:
             RUNNING.discard(proc)
             end_session(proc)
-    ran = {"modules": [m.removeprefix("scenarios/") or "scenarios" for m in modules]}
+    # Recorded relative to the scenarios folder, "scenarios" for all of it (as differential.json has it).
+    ran = {"modules": ["scenarios" if m == SCENARIOS else m.removeprefix(f"{SCENARIOS}/") for m in modules]}
     found = sorted(report_dir.glob("*-verdicts.yaml"))
     if not found:
         return {"(no report)": "error"}, ran
@@ -176,7 +181,7 @@ def render(rows: dict[str, dict], features: list[str]) -> str:
            "`python -m refgateway --list-faults` fault: **upstream** = `sigs.k8s.io/gateway-api/conformance`",
            "v1.7.0's TLS tests against refgateway as a controller on the API server tier (verdict = `go test`",
            "`-test.v` line, cross-checked with the exit status and the ConformanceReport, tools/upstream/run.py);",
-           "**ours** = `pytest scenarios` (every module) against local refgateway, per-feature verdicts of",
+           "**ours** = `pytest mtls_conformance/scenarios` (every module) against local refgateway, per-feature verdicts of",
            "`--report-dir`.",
            f"Upstream timeouts: `{UPSTREAM_TIMEOUTS}`; ours: `{' '.join(OURS_FAST)}`.",
            "",
@@ -210,7 +215,7 @@ def render(rows: dict[str, dict], features: list[str]) -> str:
         out.append(f"| `{fault}` | " + " | ".join(short(up["verdicts"].get(t, "?")) for t in tests)
                    + f" | {up['exit_code']} | {up['seconds']:.0f} |")
     out += ["", "## Ours, per feature", "",
-            "`ran`: `all` = all of scenarios/; otherwise the number of modules run (`--ours-scope expected`:",
+            "`ran`: `all` = all of mtls_conformance/scenarios/; otherwise the number of modules run (`--ours-scope expected`:",
             "those in which tests/selfcheck/expected_failures.py expects the fault to fail; the selfcheck",
             "shows every other module passes under it, so their features read `untested` here, not `pass`).",
             "",

@@ -1,3 +1,0 @@
-"""Names the guides use, shared by the scenario modules."""
-
-HOSTNAME = "example.com"
