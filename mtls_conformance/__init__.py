@@ -5,7 +5,7 @@ The public API, for a vendor's own tests (each module lists its names in ``__all
 ``client`` (a deployed Gateway's client), ``expect`` (judges and waits), ``probe``
 (one TLS request and its outcome), ``profiles``, ``features``, ``processes``,
 ``hookspecs`` (hooks other plugins implement), ``echo`` (the echo backend) and the
-fixtures of ``fixtures`` (``pki``, ``echo``, ``backends``, ``nginx``, ``guide``), which the
+fixtures of ``fixtures`` (``pki``, ``echo``, ``backends``, ``nginx``, ``guide``, ``chains``), which the
 plugin registers.
 
 Internal, free to change: modules whose names start with ``_``, and ``plugin`` (the
@@ -17,4 +17,4 @@ pytest11 entry point), ``outputs``, ``report``, ``flags``, ``matrix``, ``local``
 #: scenarios to them, as the examples vendors copy).
 PUBLIC_MODULES = ("manifests", "target", "client", "expect", "probe", "profiles", "features", "processes",
                   "hookspecs", "echo", "fixtures.pki", "fixtures.echo", "fixtures.backends", "fixtures.nginx",
-                  "fixtures.guide")
+                  "fixtures.guide", "fixtures.chains")

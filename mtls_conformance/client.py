@@ -509,5 +509,6 @@ class GatewayClient:
 
 
 #: The public names; ``recording`` and ``testing`` are the plugin's, set around each test.
-__all__ = ["REJECTION_PROPERTY", "REJECTION_RULE_PROPERTY", "property_of", "where_rejected",
-           "Pair", "Sibling", "Settings", "GatewayClient"]
+__all__ = ["REJECTION_PROPERTY", "REJECTION_RULE_PROPERTY", "RESUMPTION_PROPERTY", "VERDICT_NOTE_PROPERTY",
+           "PROBE_ID_PARAMETER", "property_of", "record", "where_rejected", "Pair", "Sibling", "Settings",
+           "GatewayClient"]
