@@ -728,6 +728,10 @@ EXPECTED_FAILURES: dict[str, list[str]] = {
         "test_frontend_guide_steps.py::test_pinning[http1.1]",
         "test_frontend_invalid_ca.py::test_invalid_reference_is_reported_next_to_a_valid_one",
         "test_frontend_default.py::test_refused_post_with_a_body_never_reaches_the_backend",
+        "test_frontend_resumption.py::test_session_from_before_a_ca_rotation_is_not_served[*]",
+        "test_frontend_resumption.py::test_session_from_before_the_chain_expired_is_not_served[*]",
+        "test_frontend_resumption.py::test_session_of_another_listener_is_not_served_under_its_sni[*]",
+        "test_frontend_resumption.py::test_session_of_another_port_is_not_served[*]",
     ],
     # Forwards, then refuses: only the check that no refused request reached a backend sees it.
     "refuse-after-proxying": [
