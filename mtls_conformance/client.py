@@ -467,16 +467,37 @@ class GatewayClient:
             return judge_rejected(outcome, rejection_statuses=self.profile.rejection_statuses,
                                   strict=self.settings.strict_rejection)
 
+        # Each attempt's verdict as it was judged (whether the session was resumed changes
+        # from attempt to attempt), for the check that no refused request reached a backend.
+        sent: list[SentProbe] = []
+        verdicts: list[bool] = []
+
+        def judging(outcome: Outcome) -> str | None:
+            why = judge(outcome)
+            verdicts.append(why is None)
+            return why
+
         context = self._context(port, sni, cert, request)
+        self._sent = sent
         try:
-            outcome = eventually(attempt, judge, timing=self.settings.timing, progress=self.target._progress,
-                                 what=f"{context}, offering a session made before: the request not to be served")
+            outcome = eventually(attempt, judging, timing=self.settings.timing, progress=self.target._progress,
+                                 what=f"{context}, offering a session made before: the request not to be served",
+                                 changed_at=self.changed_at)
         except ExpectationFailed as exc:
             raise ExpectationFailed(
                 f"{what}: {context}, offering a session made before: expected the gateway to refuse to resume "
                 f"it or to refuse the connection, never to serve the request on it; {exc}\n"
                 f"reproduce: {self._reproduce(port, sni, cert, request)} (with the session saved by "
                 f"curl's --ssl-sessions, or openssl s_client -sess_out/-sess_in)", evidence=exc.evidence) from None
+        finally:
+            self._sent = None
+        deciding: list[SentProbe] = []
+        for probe, ok in reversed(list(zip(sent, verdicts))):
+            if not ok:
+                break
+            deciding.append(probe)
+        self._expect_not_forwarded(deciding[::-1], time.monotonic(), port=port, sni=sni, cert=cert,
+                                   request=request, what=what)
         if resumption.reused:
             how = f"resumed, then refused: {where_rejected(outcome)}"
         elif resumption.reused is None:
