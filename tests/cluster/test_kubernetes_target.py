@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-import testcluster  # beside this file (rootdir import mode)
-from testcluster import TestCluster
-from testhost import TestHost
+from testkit import testcluster
+from testkit.testcluster import TestCluster
+from testkit.testhost import TestHost
 
 if not testcluster.go_available() and not testcluster._complete(testcluster.cache_dir()):
     pytest.skip(f"kube-apiserver/etcd are not built and Go is not installed ({testcluster.BUILD_COMMAND})",
@@ -42,7 +42,7 @@ from kubernetes import dynamic  # noqa: E402
 from mtls_conformance.kubernetes import (CRD_INSTALL, MANAGED_LABEL, RUN_LABEL, KubernetesTarget,  # noqa: E402
                                     echo_backend_manifests)
 from mtls_conformance.target import ObjectRef, TargetError  # noqa: E402
-from tests.child_run import Child  # noqa: E402
+from testkit.child_run import Child  # noqa: E402
 from mtls_conformance.fixtures.nginx import nginx_manifests  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("testcluster")
@@ -350,7 +350,7 @@ def test_scenarios_pass_on_the_api_server_tier_as_they_do_locally(cluster, dyn, 
 @pytest.fixture
 def kubelet(cluster):
     """Function scope: other tests here play the node side themselves."""
-    from kubelet_standin import TestKubelet  # beside this file (rootdir import mode)
+    from testkit.kubelet_standin import TestKubelet
 
     kubelet = TestKubelet(cluster.api_client()).start()
     try:
@@ -366,7 +366,7 @@ def kubelet(cluster):
 def test_scenarios_pass_with_deployment_backends(cluster, dyn, controller, kubelet, system_ca_bundle,
                                                  local_passes, tmp_path):
     """--backend-mode=deployment, the mode of real clusters: Deployments of the echo and
-    nginx backends, run by a stand-in kubelet (tests/cluster/kubelet_standin.py), request logs
+    nginx backends, run by a stand-in kubelet (testkit/kubelet_standin.py), request logs
     read through the API server's pod log endpoint."""
     child, skipped = run_on_the_tier(cluster, tmp_path, "--backend-mode=deployment",
                                      f"--system-ca-bundle={system_ca_bundle}")

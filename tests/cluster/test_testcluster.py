@@ -1,4 +1,4 @@
-"""Tests of tests/cluster/testcluster.py: a real kube-apiserver + etcd with the Gateway API CRDs.
+"""Tests of testkit/testcluster.py: a real kube-apiserver + etcd with the Gateway API CRDs.
 
 The first run builds kube-apiserver and etcd (tools/apiserver/build.sh, many minutes on
 a cold Go cache). These tests skip only when the binaries are not built and Go is not
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-import testcluster  # beside this file (rootdir import mode)
-from testcluster import TestCluster, port_open
+from testkit import testcluster
+from testkit.testcluster import TestCluster, port_open
 
 if not testcluster.go_available() and not testcluster._complete(testcluster.cache_dir()):
     pytest.skip(

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.selfcheck.runner import FAST, ROOT, gateway_command
+from tests.selfcheck.runner import FAST
+from testkit.child_run import refgateway_command
+from testkit.procs import ROOT
 
 pytestmark = pytest.mark.xdist_group("interrupts")  # a whole suite run: not beside the others
 
@@ -62,7 +64,7 @@ def failing_run(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProce
     outputs.mkdir()
     gateway_log = outputs / "gateway.log"
     # The gateway's log goes to a file the run does not remove, through a shell that tees it.
-    command = f"sh -c {shlex.quote(gateway_command(FAULT) + ' 2>&1 | tee -a ' + shlex.quote(str(gateway_log)))}"
+    command = f"sh -c {shlex.quote(refgateway_command(faults=[FAULT]) + ' 2>&1 | tee -a ' + shlex.quote(str(gateway_log)))}"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "scenarios", "-p", "no:cacheprovider", "-p", "no:randomly", "-n", "2",
          f"--basetemp={basetemp}", f"--junitxml={outputs / 'junit.xml'}", f"--alluredir={outputs / 'allure'}",

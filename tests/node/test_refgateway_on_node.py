@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.node import nodecluster
+from testkit import nodecluster
+from testkit.testcluster import TestCluster
 
 if nodecluster.prerequisites():
     pytest.skip("this machine cannot run a node: it lacks " + "; ".join(nodecluster.prerequisites()),
@@ -54,11 +55,7 @@ NODE_SKIPS = {
 }
 
 
-def kubectl(node, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = node.kubectl(*args, input=input, check=False)
-    if check:
-        assert proc.returncode == 0, f"kubectl {' '.join(args)}:\n{proc.stdout}{proc.stderr}"
-    return proc
+kubectl = TestCluster.kubectl  # kubectl(node, *args): failing with kubectl's output
 
 
 def deploy_refgateway(node, rbac: str | None = None) -> None:
@@ -220,14 +217,9 @@ UPSTREAM_ECHO_REFS = ("registry.k8s.io/gateway-api/conformance/echo-basic:v0.1.0
 
 def upstream_tool():
     """tools/upstream/run.py as a module, or a skip saying what is missing."""
-    import importlib.util
+    from testkit import upstream as run
 
-    spec = importlib.util.spec_from_file_location("upstream_run", ROOT / "tools" / "upstream" / "run.py")
-    run = sys.modules.setdefault("upstream_run", importlib.util.module_from_spec(spec))
-    if not hasattr(run, "run_suite"):
-        spec.loader.exec_module(run)
-    if subprocess.run(["bash", str(run.BUILD_SH), "--check"], capture_output=True).returncode != 0 \
-            and not shutil.which("go"):
+    if not run.built() and not shutil.which("go"):
         pytest.skip("the upstream suite is not built and Go is not installed (bash tools/upstream/build.sh)")
     return run
 

@@ -18,7 +18,8 @@ import yaml
 
 from mtls_conformance import matrix
 
-from ..selfcheck.runner import ROOT, gateway_command
+from testkit.child_run import refgateway_command
+from testkit.procs import ROOT
 from . import upstream_shape
 
 MODULE = ROOT / "scenarios" / "test_frontend_default.py"
@@ -31,7 +32,7 @@ def run(*args: str, faults: tuple[str, ...] = (), workers: int = 0, cwd: Path = 
         nodeids: list[str] | None = None) -> subprocess.CompletedProcess:
     xdist = ["-n", str(workers)] if workers else ["-p", "no:xdist"]
     argv = [sys.executable, "-m", "pytest", *(nodeids or [str(MODULE)]), "-p", "no:cacheprovider", *xdist,
-            "-q", f"--gateway-command={gateway_command(*faults)}", "--max-time-to-consistency=1", *args]
+            "-q", f"--gateway-command={refgateway_command(faults=faults)}", "--max-time-to-consistency=1", *args]
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 

@@ -2,8 +2,8 @@
 
     python tools/traefik/run.py [--out reports/traefik] [--skip-ours] [--skip-upstream]
 
-Starts a throwaway API server (tests/cluster/testcluster.py) with the upstream suite's v1.7.0
-CRDs, the stand-in kubelet (tests/cluster/kubelet_standin.py: every Deployment runs as a
+Starts a throwaway API server (testkit/testcluster.py) with the upstream suite's v1.7.0
+CRDs, the stand-in kubelet (testkit/kubelet_standin.py: every Deployment runs as a
 process in a network namespace; the upstream suite's echo-basic image as the locally built
 echo-basic, other images as our echo backend or Debian's nginx), and Traefik
 (tools/traefik/build.sh) as a process with a kubeconfig: its Kubernetes Gateway provider,
@@ -23,7 +23,6 @@ controllers take addresses from, so that other gateways on this machine cannot c
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import signal
@@ -32,12 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-_spec = importlib.util.spec_from_file_location("upstream_run", ROOT / "tools" / "upstream" / "run.py")
-run = sys.modules.setdefault("upstream_run", importlib.util.module_from_spec(_spec))
-if not hasattr(run, "run_suite"):
-    _spec.loader.exec_module(run)
+from testkit import upstream as run
+from testkit.procs import ROOT
 
 ADDRESS = "127.77.0.1"
 #: Listener ports of our scenarios and of the upstream TLS tests -> entrypoint names.

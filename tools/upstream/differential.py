@@ -28,7 +28,6 @@ import concurrent.futures
 import contextlib
 import datetime
 import fcntl
-import importlib.util
 import json
 import os
 import signal
@@ -41,13 +40,9 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-_spec = importlib.util.spec_from_file_location("upstream_run", Path(__file__).with_name("run.py"))
-run = sys.modules["upstream_run"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(run)
-
-from refgateway.faults import FAULTS  # noqa: E402
+from refgateway.faults import FAULTS
+from testkit import upstream as run
+from testkit.procs import ROOT
 
 UPSTREAM_TIMEOUTS = ("GatewayMustHaveAddress:30;GatewayMustHaveCondition:30;GatewayStatusMustHaveListeners:20;"
                      "GatewayListenersMustHaveConditions:20;HTTPRouteMustHaveCondition:20;RouteMustHaveParents:20;"

@@ -1,9 +1,12 @@
 """Run the upstream Gateway API conformance suite (Go, v1.7.0) against a cluster.
 
+The library of tools/upstream/run.py (its command line, below), of tools/upstream/differential.py,
+tools/traefik/run.py and the tiers' upstream tests:
+
     python tools/upstream/run.py refgateway [--fault NAME]... [--out DIR]
-        a throwaway API server tier (tests/cluster/testcluster.py) with the suite's own
+        a throwaway API server tier (testkit/testcluster.py) with the suite's own
         CRDs, refgateway as its controller, and the stand-in kubelet
-        (tests/cluster/kubelet_standin.py) running the suite's Deployments with a
+        (testkit/kubelet_standin.py) running the suite's Deployments with a
         locally built echo-basic; then the suite's TLS tests against it.
     python tools/upstream/run.py cluster --kubeconfig K --gateway-class C --supported-features F,...
         the suite's TLS tests against a cluster that is already there.
@@ -31,8 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-BUILD_SH = ROOT / "tools" / "upstream" / "build.sh"
+from testkit.procs import ROOT, BuildFailed, run_build, stop_process_group
+
+BUILD_SCRIPT = "tools/upstream/build.sh"
 
 #: The suite's TLS tests this project is judged beside (issue 13), v1.7.0 short names.
 TLS_TESTS = (
@@ -77,10 +81,16 @@ class UpstreamError(RuntimeError):
 
 def build() -> Path:
     """The cache dir with bin/{conformance.test,echo-basic,tests.txt} and crds/ (builds if needed)."""
-    proc = subprocess.run(["bash", str(BUILD_SH)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise UpstreamError(f"bash {BUILD_SH.relative_to(ROOT)} failed (exit {proc.returncode}); see its output above")
-    return Path(proc.stdout.strip().splitlines()[-1])
+    return run_build(BUILD_SCRIPT, what="the upstream suite", error=UpstreamError)
+
+
+def built() -> bool:
+    """Whether the suite is built already (build() then returns at once, without Go)."""
+    try:
+        run_build(BUILD_SCRIPT, "--check", what="the upstream suite", log=None)
+    except BuildFailed:
+        return False
+    return True
 
 
 def all_tests(cache: Path) -> list[str]:
@@ -224,10 +234,8 @@ def refgateway_tier(cache: Path, workdir: Path, *, crds: str = "standard", gatew
     """An API server with the suite's CRDs, a GatewayClass (default: refgateway's) and a
     stand-in kubelet; yields (cluster, kubelet, start_controller) where start_controller
     (re)starts a refgateway controller with the given faults."""
-    sys.path.insert(0, str(ROOT / "tests" / "cluster"))
-    from kubelet_standin import TestKubelet
-
-    from tests.cluster.testcluster import TestCluster
+    from testkit.kubelet_standin import TestKubelet
+    from testkit.testcluster import TestCluster
 
     echo = str(cache / "bin" / "echo-basic")
     programs = {ECHO_IMAGE: ([echo], lambda env: None if "UDP_ECHO_SERVER" in env else 3000)}
@@ -246,7 +254,7 @@ def refgateway_tier(cache: Path, workdir: Path, *, crds: str = "standard", gatew
 
         def start_controller(*faults: str, log_name: str = "refgateway.log") -> subprocess.Popen:
             for proc in controllers:
-                stop(proc)
+                stop_process_group(proc)
             controllers.clear()
             argv = [sys.executable, "-m", "refgateway", "controller", "--kubeconfig", str(cluster.kubeconfig),
                     "--log-level", "WARNING"]
@@ -263,18 +271,8 @@ def refgateway_tier(cache: Path, workdir: Path, *, crds: str = "standard", gatew
             yield cluster, kubelet, start_controller
         finally:
             for proc in controllers:
-                stop(proc)
+                stop_process_group(proc)
             kubelet.stop()
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def reset_tests(cluster, kubelet) -> None:
@@ -335,6 +333,3 @@ def main(argv: list[str] | None = None) -> int:
     _print(result, args.json)
     return 0 if result.ok else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())
