@@ -84,22 +84,30 @@ def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
 @dataclasses.dataclass
 class PytestRun:
     returncode: int
-    output: str  # stdout and stderr
+    stdout: str
+    stderr: str
     outcomes: dict[str, str]  # parse_junit's, when a junit file was asked for
     messages: dict[str, str]
 
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
 
 def run_pytest(*args: str, cwd: Path = ROOT, junit: Path | None = None, env: dict[str, str] | None = None,
-               timeout: float = 900, python: str = sys.executable) -> PytestRun:
+               timeout: float | None = 900, check: bool = False) -> PytestRun:
     """``python -m pytest -p no:cacheprovider ARGS`` in ``cwd`` to its end (``timeout`` s at
-    most), with ``--junitxml=junit`` and its outcomes when ``junit`` is given."""
-    argv = [python, "-m", "pytest", "-p", "no:cacheprovider", *args]
+    most; None: no bound, for a measurement), with ``--junitxml=junit`` and its outcomes when ``junit`` is given; ``check``:
+    fail (with its output) unless it exits 0."""
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args]
     if junit is not None:
         argv.append(f"--junitxml={junit}")
     proc = subprocess.run(argv, cwd=cwd, env=child_env(env), stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{shlex.join(argv)} exited {proc.returncode}:\n{proc.stdout[-5000:]}{proc.stderr[-3000:]}")
     outcomes, messages = parse_junit(junit) if junit is not None and junit.exists() else ({}, {})
-    return PytestRun(proc.returncode, proc.stdout + proc.stderr, outcomes, messages)
+    return PytestRun(proc.returncode, proc.stdout, proc.stderr, outcomes, messages)
 
 
 class Child:

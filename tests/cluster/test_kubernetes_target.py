@@ -27,6 +27,8 @@ import pytest
 import yaml
 
 from testkit import testcluster
+from testkit.child_run import Child, parse_junit
+from testkit.procs import stop_process_group
 from testkit.testcluster import TestCluster
 from testkit.testhost import TestHost
 
@@ -42,7 +44,6 @@ from kubernetes import dynamic  # noqa: E402
 from mtls_conformance.kubernetes import (CRD_INSTALL, MANAGED_LABEL, RUN_LABEL, KubernetesTarget,  # noqa: E402
                                     echo_backend_manifests)
 from mtls_conformance.target import ObjectRef, TargetError  # noqa: E402
-from testkit.child_run import Child  # noqa: E402
 from mtls_conformance.fixtures.nginx import nginx_manifests  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("testcluster")
@@ -156,12 +157,7 @@ def controller(cluster, dyn, tmp_path_factory, system_ca_bundle):
     try:
         yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process_group(proc)
 
 
 @pytest.fixture
@@ -295,23 +291,14 @@ def test_local_process_backends_without_root_is_one_error_before_any_test(cluste
 def passed_tests(junit: Path) -> set[str]:
     """Node ids (scenarios/...) that passed, from a child run's JUnit XML: whole, where the
     ``-rA`` summary would cut a parameter id at its first space ("[no certificate]")."""
-    from tests.selfcheck.runner import parse_junit
-
     outcomes = parse_junit(junit)[0] if junit.exists() else {}
     return {f"scenarios/{nodeid}" for nodeid, outcome in outcomes.items() if outcome == "passed"}
 
 
 def skip_reasons(junit: Path) -> dict[str, str]:
     """node id (scenarios/...) -> skip message, from a child run's JUnit XML."""
-    import xml.etree.ElementTree as ET
-
-    found = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        skipped = case.find("skipped")
-        if skipped is not None:
-            path = case.get("classname", "").replace(".", "/")
-            found[f"{path}.py::{case.get('name')}"] = skipped.get("message") or ""
-    return found
+    outcomes, messages = parse_junit(junit)
+    return {f"scenarios/{nodeid}": messages[nodeid] for nodeid, outcome in outcomes.items() if outcome == "skipped"}
 
 
 @pytest.fixture(scope="module")

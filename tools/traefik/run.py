@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from testkit import upstream as run
-from testkit.procs import ROOT
+from testkit.procs import ROOT, run_build, stop_process_group
 
 ADDRESS = "127.77.0.1"
 #: Listener ports of our scenarios and of the upstream TLS tests -> entrypoint names.
@@ -44,11 +43,7 @@ GATEWAY_CLASS = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayC
 
 
 def build() -> Path:
-    proc = subprocess.run(["bash", str(ROOT / "tools" / "traefik" / "build.sh")], cwd=ROOT,
-                          stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"bash tools/traefik/build.sh failed (exit {proc.returncode})")
-    return Path(proc.stdout.strip().splitlines()[-1]) / "bin" / "traefik"
+    return run_build("tools/traefik/build.sh", what="Traefik", error=SystemExit) / "bin" / "traefik"
 
 
 def start_traefik(binary: Path, kubeconfig: Path, log: Path) -> subprocess.Popen:
@@ -114,13 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 result.disagreements += [f"stand-in kubelet: {e}" for e in kubelet.errors]
                 summary["upstream"] = result.as_dict()
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            stop_process_group(proc)
     summary["kubelet_errors"] = kubelet.errors
     print(json.dumps(summary, indent=2))
     return 0

@@ -25,12 +25,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import datetime
 import fcntl
 import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,7 +39,8 @@ import yaml
 
 from refgateway.faults import FAULTS
 from testkit import upstream as run
-from testkit.procs import ROOT
+from testkit.child_run import refgateway_command
+from testkit.procs import ROOT, stop_process_group
 
 UPSTREAM_TIMEOUTS = ("GatewayMustHaveAddress:30;GatewayMustHaveCondition:30;GatewayStatusMustHaveListeners:20;"
                      "GatewayListenersMustHaveConditions:20;HTTPRouteMustHaveCondition:20;RouteMustHaveParents:20;"
@@ -78,18 +76,6 @@ RUNNING: set[subprocess.Popen] = set()
 STOPPING = threading.Event()
 
 
-def end_session(proc: subprocess.Popen) -> None:
-    """SIGTERM to the run's whole session (pytest and what it started), SIGKILL after 10 s."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def scenario_modules(fault: str | None, scope: str) -> list[str]:
     """What of scenarios/ our run of this fault runs: all of it, or (scope "expected") the
     modules in which tests/selfcheck/expected_failures.py expects the fault to fail. The
@@ -114,9 +100,7 @@ def ours(fault: str | None, workdir: Path, scope: str = "all") -> tuple[dict[str
     argv = [sys.executable, "-m", "pytest", *modules, "-p", "no:cacheprovider", "-p", "no:randomly", "-q",
             f"--report-dir={report_dir}", *OURS_FAST]
     if fault:
-        command = [sys.executable, "-m", "refgateway", "--config-dir", "{config_dir}", "--state-dir",
-                   "{state_dir}", "--system-ca-bundle", "{system_ca_bundle}", "--fault", fault]
-        argv.append("--gateway-command=" + " ".join(command))
+        argv.append(f"--gateway-command={refgateway_command(faults=[fault])}")
     with open(workdir / "ours.log", "w") as log:
         # A session of its own: ending it ends the local refgateway it started too.
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -125,7 +109,7 @@ def ours(fault: str | None, workdir: Path, scope: str = "all") -> tuple[dict[str
             proc.wait(timeout=1800)
         finally:
             RUNNING.discard(proc)
-            end_session(proc)
+            stop_process_group(proc)  # the run's whole session: pytest and what it started
     ran = {"modules": [m.removeprefix("scenarios/") or "scenarios" for m in modules]}
     found = sorted(report_dir.glob("*-verdicts.yaml"))
     if not found:
@@ -324,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         STOPPING.set()
         pool.shutdown(wait=False, cancel_futures=True)
         for proc in list(RUNNING):
-            end_session(proc)
+            stop_process_group(proc)  # the run's whole session: pytest and what it started
         pool.shutdown(wait=True)
     return write(record(), args, everything)
 
