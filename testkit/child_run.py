@@ -28,9 +28,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Iterable
 
-__all__ = ["Child", "PytestRun", "ROOT", "parse_junit", "refgateway_command", "run_pytest"]
-
 from testkit.procs import ROOT
+
+__all__ = ["Child", "PytestRun", "ROOT", "parse_junit", "refgateway_command", "run_pytest"]
 
 TAG_VARIABLE = "MTLS_KUBE_TEST_TAG"
 
@@ -97,8 +97,8 @@ class PytestRun:
 def run_pytest(*args: str, cwd: Path = ROOT, junit: Path | None = None, env: dict[str, str] | None = None,
                timeout: float | None = 900, check: bool = False) -> PytestRun:
     """``python -m pytest -p no:cacheprovider ARGS`` in ``cwd`` to its end (``timeout`` s at
-    most; None: no bound, for a measurement), with ``--junitxml=junit`` and its outcomes when ``junit`` is given; ``check``:
-    fail (with its output) unless it exits 0."""
+    most; None: no bound, for a measurement), with ``--junitxml=junit`` and its outcomes
+    when ``junit`` is given; ``check``: fail (with its output) unless it exits 0."""
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args]
     if junit is not None:
         argv.append(f"--junitxml={junit}")

@@ -128,12 +128,6 @@ def write_kubeconfig(path: Path, server: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    with TestCluster() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def dyn(cluster):
     return dynamic.DynamicClient(cluster.api_client())
 

@@ -59,17 +59,6 @@ def cond(conditions, ctype: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    with TestCluster() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def api(cluster):
-    return cluster.api_client()
-
-
-@pytest.fixture(scope="module")
 def deployed(cluster, api):
     """Apply deploy/refgateway's RBAC and GatewayClass for real, the Deployment as a dry run."""
     out = ""

@@ -33,17 +33,6 @@ GROUP = "gateway.networking.k8s.io"
 pytestmark = pytest.mark.xdist_group("testcluster")
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with TestCluster() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def api(cluster):
-    return cluster.api_client()
-
-
 @pytest.fixture
 def ns(api):
     name = f"t-{uuid.uuid4().hex[:8]}"

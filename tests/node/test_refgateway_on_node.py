@@ -23,13 +23,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import yaml
 
-from testkit import nodecluster
+from testkit import nodecluster, procs
+from testkit.child_run import parse_junit
 from testkit.testcluster import TestCluster
 
 if nodecluster.prerequisites():
@@ -79,16 +79,9 @@ def refgateway(node):
 
 
 def outcomes(junit: Path) -> dict[str, tuple[str, str]]:
-    """test id (module::name) -> (passed|skipped|failure|error, message)."""
-    found = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        outcome, message = "passed", ""
-        for kind in ("skipped", "failure", "error"):
-            element = case.find(kind)
-            if element is not None:
-                outcome, message = kind, element.get("message") or ""
-        found[f"{case.get('classname')}::{case.get('name')}"] = (outcome, message)
-    return found
+    """test id (module.py::name) -> (passed|skipped|failed, message)."""
+    found, messages = parse_junit(junit)
+    return {test: (outcome, messages.get(test, "")) for test, outcome in found.items()}
 
 
 def run_suite(node, tmp_path: Path, *options: str, timeout: float = 1800) -> tuple[subprocess.CompletedProcess, dict]:
@@ -121,11 +114,7 @@ def managed_services(node) -> list[dict]:
 
 
 def wait_until(what: str, condition, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"not within {timeout:.0f} s: {what}"
-        time.sleep(0.5)
-    return result
+    return procs.wait_until(condition, timeout=timeout, what=what, interval=0.5)
 
 
 def http_status(url: str) -> int:
@@ -189,7 +178,7 @@ def test_the_suite_with_deployment_backends_and_port_forward_passes(node, refgat
                          if outcome == "skipped" and not any(fact in why for fact in NODE_SKIPS)}
     assert not unexplained_skips, "skipped on the node for no fact about the node:\n" + "\n".join(
         f"{t}: {w}" for t, w in sorted(unexplained_skips.items()))
-    failed = {t: why for t, (outcome, why) in results.items() if outcome in ("failure", "error")}
+    failed = {t: why for t, (outcome, why) in results.items() if outcome == "failed"}
     assert not failed, "failed on the node:\n" + "\n".join(
         f"{t}: {w[:500]}" for t, w in sorted(failed.items())) + "\n" + proc.stdout[-20000:]
     assert proc.returncode == 0, proc.stdout[-5000:]
