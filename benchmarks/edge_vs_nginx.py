@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -47,6 +46,8 @@ from pathlib import Path
 
 import trustme
 import yaml
+
+from testkit.procs import stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -252,16 +253,6 @@ def cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -352,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{m} {t} {rates[(m, t)][-1]:.0f}/s" for m in modes for t in targets), flush=True)
         finally:
             for p in reversed(procs):
-                stop(p)
+                stop_process_group(p)
     labels = {"handshake": ("full mTLS handshakes/s (fresh connection, 1 request each)", 0.8),
               "resumed": ("resumed mTLS handshakes/s (fresh connection offering the session from before, "
                           "1 request each)", None),

@@ -32,9 +32,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from tests.selfcheck.runner import parse_junit  # noqa: E402
+from testkit.child_run import parse_junit
 
 REFGATEWAY_CONTROLLER = "mtls-conformance.dev/refgateway"
 
@@ -96,7 +95,7 @@ def local_tier(workdir: Path) -> Iterator[list[str]]:
 @contextlib.contextmanager
 def apiserver_tier(workdir: Path) -> Iterator[list[str]]:
     """A fresh API server with refgateway as its controller, for all the rounds."""
-    from tests.cluster.testcluster import TestCluster
+    from testkit.testcluster import TestCluster
     from kubernetes import dynamic
 
     with TestCluster() as cluster:
@@ -112,7 +111,7 @@ def apiserver_tier(workdir: Path) -> Iterator[list[str]]:
                 {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
                  "metadata": {"name": "refgateway"}, "spec": {"controllerName": REFGATEWAY_CONTROLLER}},
                 field_manager="flakes")
-            yield ["-p", "tests.cluster.testhost", "--gateway-class=refgateway", f"--kubeconfig={cluster.kubeconfig}",
+            yield ["-p", "testkit.testhost", "--gateway-class=refgateway", f"--kubeconfig={cluster.kubeconfig}",
                    "--backend-mode=local-process", f"--system-ca-bundle={system_ca_bundle}"]
         finally:
             controller.terminate()

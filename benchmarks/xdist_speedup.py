@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from testkit.child_run import run_pytest
 
 
 def run(workers: int, extra: list[str]) -> float:
-    argv = [sys.executable, "-m", "pytest", "mtls_conformance/scenarios", "-q", "-p", "no:cacheprovider",
-            "-n", str(workers), *extra]
     start = time.perf_counter()
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    proc = run_pytest("mtls_conformance/scenarios", "-q", "-n", str(workers), *extra, timeout=None)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"pytest -n {workers} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}")

@@ -18,5 +18,5 @@ def pytest_mtls_process_host(config: pytest.Config) -> Any:
     Return an object with ``create()`` (called once, before any test; raise
     ``mtls_conformance.target.TargetError`` saying why it cannot), ``destroy()``, ``address``
     (the IP the gateway reaches) and ``command_prefix`` (argv that runs a command there).
-    The project's own is a network namespace: tests/cluster/testhost.py.
+    The project's own is a network namespace: testkit/testhost.py.
     """

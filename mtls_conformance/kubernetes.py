@@ -16,7 +16,7 @@ the API server and to the addresses the Gateways report:
   for a gateway that runs on this machine against an API server without kubelets (the
   project's test tier). The API server refuses loopback endpoint addresses, so those
   processes run on a "test host" that a plugin provides (hook ``pytest_mtls_process_host``;
-  the project's is a network namespace, tests/cluster/testhost.py), and the harness
+  the project's is a network namespace, testkit/testhost.py), and the harness
   writes the Service and its EndpointSlice.
 
 Nothing here knows about a particular implementation. The backends (Deployments of the
@@ -155,7 +155,7 @@ class KubernetesTarget(KubernetesBackends, PortForwards, Target):
                 if process_host is None:
                     raise TargetError("--backend-mode=local-process needs a test host to run backends on, "
                                       "from a plugin implementing pytest_mtls_process_host (the project's "
-                                      "own: -p tests.cluster.testhost in a clone); else use "
+                                      "own: -p testkit.testhost in a clone); else use "
                                       "--backend-mode=deployment")
                 # Made now, not at the first backend: without root this is one error
                 # before any test, not an error in every test.

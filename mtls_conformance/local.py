@@ -26,14 +26,13 @@ from pathlib import Path
 import yaml
 
 from .processes import spawn, uninterrupted
-from .target import (Manifest, ObjectRef, Progress, ServicePort, SystemRootsFile, SystemRootsUnavailable, Target,
-                     TargetError)
+from .target import (CLUSTER_SCOPED_KINDS, Manifest, ObjectRef, Progress, ServicePort, SystemRootsFile,
+                     SystemRootsUnavailable, Target, TargetError)
 
 REFGATEWAY_COMMAND = (f"{shlex.quote(sys.executable)} -m refgateway --config-dir {{config_dir}} "
                       "--state-dir {state_dir} --system-ca-bundle {system_ca_bundle}")
 REFGATEWAY_CONTROLLER = "mtls-conformance.dev/refgateway"
 
-CLUSTER_SCOPED = {"GatewayClass", "Namespace", "ClusterTrustBundle"}
 #: How often status files are re-read while waiting; the gateway is on this machine.
 POLL_INTERVAL = 0.02
 
@@ -78,7 +77,7 @@ def check_manifest(obj: Manifest) -> None:
     meta = obj.get("metadata") or {}
     if not meta.get("name"):
         raise TargetError(f"{obj['kind']} manifest has no metadata.name")
-    namespaced = obj["kind"] not in CLUSTER_SCOPED
+    namespaced = obj["kind"] not in CLUSTER_SCOPED_KINDS
     if namespaced and not meta.get("namespace"):
         raise TargetError(f"{obj['kind']} {meta['name']} has no metadata.namespace")
 

@@ -40,11 +40,16 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from testkit.child_run import refgateway_command
+from testkit.procs import stop_process_group
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "refgateway"
 FAST = ["--max-time-to-consistency=1", "--condition-timeout=5"]
 
-# The two areas issue 14 names, each with the scenario modules that exercise it.
+# The two areas issue 14 names, and the data plane (issue 22: _core's listener choice,
+# client-certificate verdict, identity headers and 421 judgement; _edge's forwarded headers
+# and the backend pool's one retry), each with the scenario modules that exercise it.
 GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "frontend": (
         ["refgateway/_listeners.py:_check_listener_tls", "refgateway/_listeners.py:_resolve_ca_refs",
@@ -65,6 +70,15 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ["mtls_conformance/scenarios/test_backend_client_certificate.py", "mtls_conformance/scenarios/test_backend_tls_external.py",
          "mtls_conformance/scenarios/test_backend_tls_guide_steps.py", "mtls_conformance/scenarios/test_backend_tls_in_cluster.py",
          "mtls_conformance/scenarios/test_backend_tls_policy_status.py", "mtls_conformance/scenarios/test_cluster_trust_bundle.py"],
+    ),
+    "edge": (
+        ["refgateway/_core.py:choose_listener", "refgateway/_core.py:verify",
+         "refgateway/_core.py:_record_identity", "refgateway/_core.py:_identity_headers",
+         "refgateway/_core.py:_handle", "refgateway/_core.py:_h2_dispatch",
+         "refgateway/_edge.py:forward_headers", "refgateway/_edge.py:send"],
+        ["scenarios/test_frontend_default.py", "scenarios/test_frontend_bad_client_certs.py",
+         "scenarios/test_frontend_insecure_fallback.py", "scenarios/test_frontend_pinning.py",
+         "scenarios/test_frontend_misdirected.py", "scenarios/test_frontend_misdirected_upstream.py"],
     ),
 }
 
@@ -198,9 +212,7 @@ def check_copy_is_imported(package_root: Path) -> None:
 
 def run_suite(package_root: Path, tests: list[str], extra: list[str], timeout: float) -> tuple[bool, float, str]:
     """(passed, seconds, first failure) of the tests against the refgateway copy under package_root."""
-    gateway = shlex.join([*gateway_env(package_root), sys.executable, "-m", "refgateway",
-                          "--config-dir", "{config_dir}", "--state-dir", "{state_dir}",
-                          "--system-ca-bundle", "{system_ca_bundle}"])
+    gateway = refgateway_command(prefix=gateway_env(package_root))
     argv = [sys.executable, "-m", "pytest", *tests, "-q", "-x", "-p", "no:cacheprovider", "-p", "no:randomly",
             "-n", "2", f"--gateway-command={gateway}", *FAST, *extra]
     start = time.monotonic()
@@ -211,12 +223,8 @@ def run_suite(package_root: Path, tests: list[str], extra: list[str], timeout: f
     except subprocess.TimeoutExpired:
         # A mutant that loops forever: interrupt the run like Ctrl-C (its teardown ends the
         # gateways it started), then kill what is left of its process group.
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        stop_process_group(proc, first=signal.SIGINT, grace=60)
+        proc.communicate()
         return False, time.monotonic() - start, f"TIMEOUT after {timeout:.0f} s"
     seconds = time.monotonic() - start
     first_failure = next((line for line in out.splitlines() if line.startswith(("FAILED", "ERROR"))), "")

@@ -26,9 +26,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-import testcluster  # beside this file (rootdir import mode)
-from testcluster import TestCluster
-from testhost import TestHost
+from testkit import testcluster
+from testkit.child_run import Child, parse_junit
+from testkit.procs import stop_process_group
+from testkit.testcluster import TestCluster
+from testkit.testhost import TestHost
 
 if not testcluster.go_available() and not testcluster._complete(testcluster.cache_dir()):
     pytest.skip(f"kube-apiserver/etcd are not built and Go is not installed ({testcluster.BUILD_COMMAND})",
@@ -42,7 +44,6 @@ from kubernetes import dynamic  # noqa: E402
 from mtls_conformance.kubernetes import (CRD_INSTALL, MANAGED_LABEL, RUN_LABEL, KubernetesTarget,  # noqa: E402
                                     echo_backend_manifests)
 from mtls_conformance.target import ObjectRef, TargetError  # noqa: E402
-from tests.child_run import Child  # noqa: E402
 from mtls_conformance.fixtures.nginx import nginx_manifests  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("testcluster")
@@ -127,12 +128,6 @@ def write_kubeconfig(path: Path, server: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    with TestCluster() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def dyn(cluster):
     return dynamic.DynamicClient(cluster.api_client())
 
@@ -156,12 +151,7 @@ def controller(cluster, dyn, tmp_path_factory, system_ca_bundle):
     try:
         yield proc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process_group(proc)
 
 
 @pytest.fixture
@@ -295,23 +285,14 @@ def test_local_process_backends_without_root_is_one_error_before_any_test(cluste
 def passed_tests(junit: Path) -> set[str]:
     """Node ids (mtls_conformance/scenarios/...) that passed, from a child run's JUnit XML: whole, where the
     ``-rA`` summary would cut a parameter id at its first space ("[no certificate]")."""
-    from tests.selfcheck.runner import parse_junit
-
     outcomes = parse_junit(junit)[0] if junit.exists() else {}
     return {f"mtls_conformance/scenarios/{nodeid}" for nodeid, outcome in outcomes.items() if outcome == "passed"}
 
 
 def skip_reasons(junit: Path) -> dict[str, str]:
     """node id (mtls_conformance/scenarios/...) -> skip message, from a child run's JUnit XML."""
-    import xml.etree.ElementTree as ET
-
-    found = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        skipped = case.find("skipped")
-        if skipped is not None:
-            path = case.get("classname", "").replace(".", "/")
-            found[f"{path}.py::{case.get('name')}"] = skipped.get("message") or ""
-    return found
+    outcomes, messages = parse_junit(junit)
+    return {f"mtls_conformance/scenarios/{nodeid}": messages[nodeid] for nodeid, outcome in outcomes.items() if outcome == "skipped"}
 
 
 @pytest.fixture(scope="module")
@@ -350,7 +331,7 @@ def test_scenarios_pass_on_the_api_server_tier_as_they_do_locally(cluster, dyn, 
 @pytest.fixture
 def kubelet(cluster):
     """Function scope: other tests here play the node side themselves."""
-    from kubelet_standin import TestKubelet  # beside this file (rootdir import mode)
+    from testkit.kubelet_standin import TestKubelet
 
     kubelet = TestKubelet(cluster.api_client()).start()
     try:
@@ -366,7 +347,7 @@ def kubelet(cluster):
 def test_scenarios_pass_with_deployment_backends(cluster, dyn, controller, kubelet, system_ca_bundle,
                                                  local_passes, tmp_path):
     """--backend-mode=deployment, the mode of real clusters: Deployments of the echo and
-    nginx backends, run by a stand-in kubelet (tests/cluster/kubelet_standin.py), request logs
+    nginx backends, run by a stand-in kubelet (testkit/kubelet_standin.py), request logs
     read through the API server's pod log endpoint."""
     child, skipped = run_on_the_tier(cluster, tmp_path, "--backend-mode=deployment",
                                      f"--system-ca-bundle={system_ca_bundle}")

@@ -31,8 +31,9 @@ import pytest
 import trustme
 import yaml
 
-import testcluster  # beside this file (rootdir import mode)
-from testcluster import TestCluster
+from testkit import testcluster
+from testkit.procs import wait_until
+from testkit.testcluster import TestCluster
 
 if not testcluster.go_available() and not testcluster._complete(testcluster.cache_dir()):
     pytest.skip(f"kube-apiserver/etcd are not built and Go is not installed ({testcluster.BUILD_COMMAND})",
@@ -50,33 +51,11 @@ HOST = "gw.example.test"
 POOL = ipaddress.ip_network("127.0.0.0/16")
 
 
-def wait_for(predicate, *, timeout: float = 10.0, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
-
-
 def cond(conditions, ctype: str) -> dict:
     return next((c for c in conditions or [] if c["type"] == ctype), {})
 
 
 # --------------------------------------------------------------------------- cluster
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with TestCluster() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def api(cluster):
-    return cluster.api_client()
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +91,8 @@ class Controller:
         self.proc = subprocess.Popen(
             [*prefix, sys.executable, "-m", "refgateway", "controller", "--kubeconfig", str(kubeconfig), *extra],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True)
-        wait_for(lambda: "ready (pid" in log.read_text() or self.proc.poll() is not None,
-                 timeout=30, what="the controller's first list")
+        wait_until(lambda: "ready (pid" in log.read_text() or self.proc.poll() is not None,
+                   timeout=30, what="the controller's first list")
         if self.proc.poll() is not None:
             raise AssertionError(f"controller exited with {self.proc.returncode}:\n{log.read_text()}")
 
@@ -211,7 +190,7 @@ def backend():
                 return True
             except OSError:
                 return proc.poll() is not None
-        wait_for(up, timeout=15, what=f"the backend on {backend_ip}:8080")
+        wait_until(up, timeout=15, what=f"the backend on {backend_ip}:8080")
         assert proc.poll() is None, "the backend exited"
         yield backend_ip, 8080, f"netns-{tag}"
     finally:
@@ -298,7 +277,7 @@ def programmed_gateway(api, ns: str, name: str = "mtls", generation: int = 1) ->
         gw = get(api, "gateways", name, ns)
         c = cond((gw.get("status") or {}).get("conditions"), "Programmed")
         return gw if c.get("status") == "True" and c.get("observedGeneration") == generation else None
-    return wait_for(ready, timeout=15, what=f"Gateway {ns}/{name} Programmed=True at generation {generation}")
+    return wait_until(ready, timeout=15, what=f"Gateway {ns}/{name} Programmed=True at generation {generation}")
 
 
 def https_get(pki, addr: str, port: int = 443, *, cert: str | None = "client") -> tuple[int, dict]:
@@ -333,7 +312,7 @@ def test_deploy_manifests_apply(deployed, cluster):
 def test_mtls_gateway_end_to_end(api, cluster, controller, backend, pki, ns):
     create_site(api, ns, pki, backend)
 
-    gc = wait_for(lambda: (lambda g: g if cond((g.get("status") or {}).get("conditions"), "Accepted")
+    gc = wait_until(lambda: (lambda g: g if cond((g.get("status") or {}).get("conditions"), "Accepted")
                            .get("status") == "True" else None)(get(api, "gatewayclasses", "refgateway")),
                   what="GatewayClass refgateway Accepted")
     assert cond(gc["status"]["conditions"], "Accepted")["observedGeneration"] == gc["metadata"]["generation"]
@@ -344,7 +323,7 @@ def test_mtls_gateway_end_to_end(api, cluster, controller, backend, pki, ns):
     programmed_gateway(api, ns)
     # The Gateway is created before its HTTPRoute, so the controller may program it (and
     # write attachedRoutes 0) before the route's event arrives: wait for the route to count.
-    gw = wait_for(lambda: (lambda g: g if [ls.get("attachedRoutes") for ls in g["status"]["listeners"]] == [1]
+    gw = wait_until(lambda: (lambda g: g if [ls.get("attachedRoutes") for ls in g["status"]["listeners"]] == [1]
                            else None)(get(api, "gateways", "mtls", ns)),
                   what=f"Gateway {ns}/mtls listener attachedRoutes 1")
     st = gw["status"]
@@ -358,8 +337,8 @@ def test_mtls_gateway_end_to_end(api, cluster, controller, backend, pki, ns):
         "Accepted": ("True", "Accepted"), "Programmed": ("True", "Programmed"),
         "ResolvedRefs": ("True", "ResolvedRefs"), "Conflicted": ("False", "NoConflicts")}
     assert ls["attachedRoutes"] == 1
-    route = wait_for(lambda: (get(api, "httproutes", "echo", ns).get("status") or {}).get("parents"),
-                     what="HTTPRoute status.parents")
+    route = wait_until(lambda: (get(api, "httproutes", "echo", ns).get("status") or {}).get("parents"),
+                       what="HTTPRoute status.parents")
     assert route[0]["controllerName"] == CONTROLLER
     assert cond(route[0]["conditions"], "Accepted")["status"] == "True"
     assert cond(route[0]["conditions"], "ResolvedRefs")["status"] == "True"
@@ -397,8 +376,8 @@ def test_spec_change_bumps_observed_generation(api, controller, backend, pki, ns
     # Unchanged status: the transition time stays; the address is the Gateway's, not the port's.
     assert cond(after["status"]["conditions"], "Accepted")["lastTransitionTime"] == accepted_at
     assert after["status"]["addresses"] == before["status"]["addresses"]
-    wait_for(lambda: f"{addr}:443" not in controller.listening() and f"{addr}:8443" in controller.listening(),
-             what="the listener to move from 443 to 8443")
+    wait_until(lambda: f"{addr}:443" not in controller.listening() and f"{addr}:8443" in controller.listening(),
+               what="the listener to move from 443 to 8443")
     assert https_get(pki, addr, 8443)[0] == 200
 
 
@@ -406,8 +385,8 @@ def test_route_status_keeps_other_controllers_entries(api, controller, backend, 
     create_site(api, ns, pki, backend)
     programmed_gateway(api, ns)
     co = client.CustomObjectsApi(api)
-    wait_for(lambda: (get(api, "httproutes", "echo", ns).get("status") or {}).get("parents"),
-             what="HTTPRoute status.parents")
+    wait_until(lambda: (get(api, "httproutes", "echo", ns).get("status") or {}).get("parents"),
+               what="HTTPRoute status.parents")
     route = get(api, "httproutes", "echo", ns)
     foreign = {"parentRef": {"group": GROUP, "kind": "Gateway", "name": "elsewhere"},
                "controllerName": "example.com/other",
@@ -424,7 +403,7 @@ def test_route_status_keeps_other_controllers_entries(api, controller, backend, 
         parents = get(api, "httproutes", "echo", ns)["status"]["parents"]
         ours = [p for p in parents if p["controllerName"] == CONTROLLER]
         return parents if ours and cond(ours[0]["conditions"], "Accepted")["observedGeneration"] == 2 else None
-    parents = wait_for(rewritten, what="refgateway's parents[] entry at generation 2")
+    parents = wait_until(rewritten, what="refgateway's parents[] entry at generation 2")
     # ...and leaves the other controller's entry as it was.
     assert foreign in parents and len(parents) == 2
 
@@ -434,13 +413,13 @@ def test_deleting_gateway_closes_its_listeners(api, controller, backend, pki, ns
     addr = programmed_gateway(api, ns)["status"]["addresses"][0]["value"]
     assert f"{addr}:443" in controller.listening()
     client.CustomObjectsApi(api).delete_namespaced_custom_object(GROUP, "v1", ns, "gateways", "mtls")
-    wait_for(lambda: not any(a.startswith(f"{addr}:") for a in controller.listening()),
-             what=f"the listeners on {addr} to close")
+    wait_until(lambda: not any(a.startswith(f"{addr}:") for a in controller.listening()),
+               what=f"the listeners on {addr} to close")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((addr, 443), timeout=2)
     # The route's entry for a Gateway that is gone is removed, not left stale.
-    wait_for(lambda: not (get(api, "httproutes", "echo", ns).get("status") or {}).get("parents"),
-             what="the HTTPRoute's parents[] entry to be removed")
+    wait_until(lambda: not (get(api, "httproutes", "echo", ns).get("status") or {}).get("parents"),
+               what="the HTTPRoute's parents[] entry to be removed")
 
 
 def test_busy_port_is_reported_and_sigterm_stops_cleanly(cluster, api, backend, pki, ns, tmp_path):
@@ -470,7 +449,7 @@ def test_busy_port_is_reported_and_sigterm_stops_cleanly(cluster, api, backend, 
         def reported():
             st = get(api, "gateways", "fixed", ns).get("status") or {}
             return st if len(st.get("listeners") or []) == 2 and st.get("addresses") else None
-        st = wait_for(reported, what="status of Gateway fixed")
+        st = wait_until(reported, what="status of Gateway fixed")
         assert st["addresses"] == [{"type": "IPAddress", "value": "127.0.0.1"}]
         https, http = st["listeners"]
         assert cond(https["conditions"], "Accepted")["reason"] == "PortUnavailable"
@@ -545,17 +524,17 @@ def test_in_cluster_mode_gives_each_gateway_a_service_of_its_own(cluster, api, s
             assert status == 200 and body["path"] == "/hello", (name, body)
         c.stop()
         c = Controller(sa_kubeconfig, tmp_path / "controller-2.log", *args)
-        wait_for(lambda: sorted(c.listening()) == sorted(f"127.0.0.1:{t}" for t in targets.values()),
-                 what="the restarted controller on the same internal ports")
+        wait_until(lambda: sorted(c.listening()) == sorted(f"127.0.0.1:{t}" for t in targets.values()),
+                   what="the restarted controller on the same internal ports")
         assert {n: s["spec"]["ports"][0]["targetPort"] for n, s in services().items()} == targets
         assert {n: s["spec"]["clusterIP"] for n, s in services().items()} == {
             n: gw["status"]["addresses"][0]["value"] for n, gw in gateways.items()}
         co.delete_namespaced_custom_object(GROUP, "v1", ns, "gateways", "b")
-        wait_for(lambda: sorted(services()) == ["a"], what="Gateway b's Service deleted with it")
+        wait_until(lambda: sorted(services()) == ["a"], what="Gateway b's Service deleted with it")
         c.stop()
         co.delete_namespaced_custom_object(GROUP, "v1", ns, "gateways", "a")
         c = Controller(sa_kubeconfig, tmp_path / "controller-3.log", *args)
-        wait_for(lambda: services() == {}, what="the Service of Gateway a, deleted while the controller was down")
+        wait_until(lambda: services() == {}, what="the Service of Gateway a, deleted while the controller was down")
     finally:
         c.stop()
         co.delete_cluster_custom_object(GROUP, "v1", "gatewayclasses", "refgateway-services")
@@ -577,16 +556,16 @@ def test_reflector_follows_changes_across_watch_reconnects(cluster, api, ns, mon
         assert r.synced.wait(10), "no first list"
         core = client.CoreV1Api(api)
         core.create_namespaced_config_map(ns, {"metadata": {"name": "a"}, "data": {"k": "1"}})
-        wait_for(lambda: cache.get(("ConfigMap", ns, "a")), what="ConfigMap a in the cache")
-        first = wait_for(lambda: r._resp, what="a watch in progress")
-        wait_for(lambda: r._resp is not None and r._resp is not first, what="the watch to be resumed")
+        wait_until(lambda: cache.get(("ConfigMap", ns, "a")), what="ConfigMap a in the cache")
+        first = wait_until(lambda: r._resp, what="a watch in progress")
+        wait_until(lambda: r._resp is not None and r._resp is not first, what="the watch to be resumed")
         core.patch_namespaced_config_map("a", ns, {"data": {"k": "2"}})
         core.create_namespaced_config_map(ns, {"metadata": {"name": "b"}})
         core.delete_namespaced_config_map("b", ns)
-        wait_for(lambda: (cache.get(("ConfigMap", ns, "a")) or {}).get("data") == {"k": "2"},
-                 what="the change to ConfigMap a")
-        wait_for(lambda: ("ConfigMap", ns, "b") not in cache.snapshot() and r._resp is not None,
-                 what="ConfigMap b gone from the cache")
+        wait_until(lambda: (cache.get(("ConfigMap", ns, "a")) or {}).get("data") == {"k": "2"},
+                   what="the change to ConfigMap a")
+        wait_until(lambda: ("ConfigMap", ns, "b") not in cache.snapshot() and r._resp is not None,
+                   what="ConfigMap b gone from the cache")
     finally:
         stop.set()
         r.close()
@@ -616,7 +595,7 @@ def test_privileged_port_without_capability_is_port_unavailable(cluster, api, ba
         def reported():
             st = get(api, "gateways", "nocap", ns).get("status") or {}
             return st if cond((st.get("listeners") or [{}])[0].get("conditions"), "Programmed") else None
-        st = wait_for(reported, what="status of Gateway nocap")
+        st = wait_until(reported, what="status of Gateway nocap")
         (ls,) = st["listeners"]
         addr = st["addresses"][0]["value"]
         expected = (f"cannot listen on {addr}:443: Permission denied "
@@ -649,7 +628,7 @@ def test_restart_rewrites_nothing_and_keeps_the_address(cluster, api, backend, p
         first.stop()
     second = Controller(*args, tmp_path / "second.log", "--controller-name", controller_name)
     try:
-        wait_for(lambda: "reloaded:" in second.log.read_text(), what="the second controller's first reload")
+        wait_until(lambda: "reloaded:" in second.log.read_text(), what="the second controller's first reload")
         addr = before["status"]["addresses"][0]["value"]
         assert second.listening() == [f"{addr}:443"]
         assert https_get(pki, addr)[0] == 404  # served again (no HTTPRoute for this Gateway)
@@ -680,7 +659,7 @@ def test_reflector_lists_again_after_410_gone(monkeypatch, caplog):
         try:
             assert r.synced.wait(10), "no first list"
             core.create_namespaced_config_map("default", {"metadata": {"name": "before"}})
-            wait_for(lambda: cache.get(("ConfigMap", "default", "before")), what="ConfigMap before")
+            wait_until(lambda: cache.get(("ConfigMap", "default", "before")), what="ConfigMap before")
             # Move etcd on without touching ConfigMaps, then compact: the reflector's
             # resourceVersion (its last ConfigMap event) is now gone.
             for i in range(3):
@@ -693,10 +672,10 @@ def test_reflector_lists_again_after_410_gone(monkeypatch, caplog):
                     return json.load(resp)
             revision = etcd("/v3/kv/range", {"key": base64.b64encode(b"/").decode()})["header"]["revision"]
             etcd("/v3/kv/compaction", {"revision": revision, "physical": True})
-            wait_for(lambda: "resourceVersion expired; listing again" in caplog.text, timeout=15,
-                     what="the reflector to see 410 Gone")
+            wait_until(lambda: "resourceVersion expired; listing again" in caplog.text, timeout=15,
+                       what="the reflector to see 410 Gone")
             core.create_namespaced_config_map("default", {"metadata": {"name": "after"}})
-            wait_for(lambda: cache.get(("ConfigMap", "default", "after")), what="ConfigMap after the relist")
+            wait_until(lambda: cache.get(("ConfigMap", "default", "after")), what="ConfigMap after the relist")
             assert cache.get(("ConfigMap", "default", "before"))
         finally:
             stop.set()
@@ -737,11 +716,11 @@ def test_without_the_cluster_trust_bundle_api_the_feature_is_not_advertised(pki,
                     if conds.get("ResolvedRefs", ("", ""))[0] == "False":
                         return conds
                 return None
-            conds = wait_for(listener_conditions, what="listener ResolvedRefs=False")
+            conds = wait_until(listener_conditions, what="listener ResolvedRefs=False")
             assert conds["ResolvedRefs"] == ("False", "InvalidCACertificateKind")
             assert conds["Accepted"] == ("False", "NoValidCACertificate")
             # The GatewayClass status is its own write, which may land after the Gateway's.
-            gc = wait_for(lambda: (lambda g: g if (g.get("status") or {}).get("supportedFeatures") else None)(
+            gc = wait_until(lambda: (lambda g: g if (g.get("status") or {}).get("supportedFeatures") else None)(
                 get(api, "gatewayclasses", "refgateway")), what="GatewayClass refgateway supportedFeatures")
             names = {f["name"] for f in gc["status"]["supportedFeatures"]}
             assert "GatewayFrontendClientCertificateValidation" in names and "ClusterTrustBundle" not in names

@@ -1,4 +1,4 @@
-"""Tests of tests/cluster/testcluster.py: a real kube-apiserver + etcd with the Gateway API CRDs.
+"""Tests of testkit/testcluster.py: a real kube-apiserver + etcd with the Gateway API CRDs.
 
 The first run builds kube-apiserver and etcd (tools/apiserver/build.sh, many minutes on
 a cold Go cache). These tests skip only when the binaries are not built and Go is not
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-import testcluster  # beside this file (rootdir import mode)
-from testcluster import TestCluster, port_open
+from testkit import testcluster
+from testkit.testcluster import TestCluster, port_open
 
 if not testcluster.go_available() and not testcluster._complete(testcluster.cache_dir()):
     pytest.skip(
@@ -31,17 +31,6 @@ GROUP = "gateway.networking.k8s.io"
 # One cluster per xdist worker is started for this module; with --dist loadgroup all
 # these tests share one worker and so one cluster.
 pytestmark = pytest.mark.xdist_group("testcluster")
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with TestCluster() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def api(cluster):
-    return cluster.api_client()
 
 
 @pytest.fixture

@@ -11,24 +11,15 @@ suite built by tools/upstream/build.sh (Go; about 12 minutes cold, cached after)
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.cluster import testcluster
+from testkit import testcluster
+from testkit import upstream as run
 
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("upstream_run", ROOT / "tools" / "upstream" / "run.py")
-run = sys.modules.setdefault("upstream_run", importlib.util.module_from_spec(_spec))
-if not hasattr(run, "run_suite"):
-    _spec.loader.exec_module(run)
-
-_built = subprocess.run(["bash", str(run.BUILD_SH), "--check"], capture_output=True).returncode == 0
-if not _built and not testcluster.go_available():
+if not run.built() and not testcluster.go_available():
     pytest.skip("the upstream suite is not built and Go is not installed (bash tools/upstream/build.sh)",
                 allow_module_level=True)
 if not testcluster.go_available() and not testcluster._complete(testcluster.cache_dir()):

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
+from testkit.child_run import run_pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -33,8 +32,7 @@ def test_ci_runs_readme_command_two_verbatim():
 
 
 def pytest_help() -> str:
-    return subprocess.run([sys.executable, "-m", "pytest", "--help"], cwd=ROOT,
-                          capture_output=True, text=True, check=True).stdout
+    return run_pytest("--help", check=True).stdout
 
 
 def plugin_options(help_text: str) -> set[str]:
@@ -72,8 +70,7 @@ def test_every_plugin_option_is_in_the_options_table():
 
 
 def test_every_documented_fixture_exists():
-    out = subprocess.run([sys.executable, "-m", "pytest", "--fixtures", "mtls_conformance/scenarios", "-q"], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
+    out = run_pytest("--fixtures", "mtls_conformance/scenarios", "-q", check=True).stdout
     fixtures = re.findall(r"^\| `(mtls_[a-z_]+)` \|", README, re.M)
     fixtures += [name for row in re.findall(r"^\| (`[a-z_]+`(?:, `[a-z_]+`)*) \|", README, re.M)
                  for name in re.findall(r"`([a-z_]+)`", row) if not name.startswith("mtls_")]

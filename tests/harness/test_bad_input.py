@@ -8,11 +8,10 @@ and nothing ran (no test, no gateway, no INTERNALERROR from an xdist worker).
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from testkit.child_run import PytestRun, run_pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,9 +43,8 @@ PROFILES = {"list.yaml": "- key: x\n", "field.yaml": "key: x\nname: X\ncolour: b
             "feature.yaml": "key: x\nname: X\nsupported_features: [NoSuchFeature]\n"}
 
 
-def run(args: list[str], *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pytest", "mtls_conformance/scenarios", "-q", "-p", "no:cacheprovider",
-                           *args, *extra], cwd=ROOT, capture_output=True, text=True, timeout=120)
+def run(args: list[str], *extra: str) -> PytestRun:
+    return run_pytest("mtls_conformance/scenarios", "-q", *args, *extra, timeout=120)
 
 
 @pytest.mark.parametrize("args, expected", [pytest.param(a, e, id=i) for i, a, e in BAD_INPUT])

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
+from testkit.child_run import refgateway_command, run_pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_failing(*args: str) -> str:
-    command = f"{sys.executable} -m refgateway --config-dir {{config_dir}} --state-dir {{state_dir}} " \
-              f"--fault accept-any-client-cert"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "mtls_conformance/scenarios/test_frontend_default.py", "-p", "no:cacheprovider",
-                           "-k", "untrusted and 8443 and TLSv1.3", f"--gateway-command={command}",
-                           "--max-time-to-consistency=3", "-rf", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "COLUMNS": "400"})  # the summary line is cut to the width
+    command = refgateway_command(faults=["accept-any-client-cert"], system_ca_bundle=None)
+    proc = run_pytest("mtls_conformance/scenarios/test_frontend_default.py", "-k", "untrusted and 8443 and TLSv1.3",
+                      f"--gateway-command={command}", "--max-time-to-consistency=3", "-rf", *args, timeout=300,
+                      env={**os.environ, "COLUMNS": "400"})  # the summary line is cut to the width
     assert proc.returncode == 1, proc.stdout + proc.stderr
     return proc.stdout
 

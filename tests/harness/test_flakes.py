@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from flakes import burners, changed  # noqa: E402
+from benchmarks.flakes import burners, changed
+from testkit.procs import ROOT
 
 pytestmark = pytest.mark.xdist_group("interrupts")  # whole-suite runs: not beside each other
 

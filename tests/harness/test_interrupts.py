@@ -22,15 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.child_run import Child
-from tests.selfcheck.runner import gateway_command
+from testkit.child_run import Child, refgateway_command
+from testkit.procs import wait_until
 
 pytestmark = pytest.mark.xdist_group("interrupts")  # each case runs a suite; keep them on one worker
 
 #: Long waits, so that the run is certainly inside one when the signal comes: every
 #: negative of test_frontend_default.py waits out its 60 s under this fault.
 WAITING = ["mtls_conformance/scenarios/test_frontend_default.py", "--max-time-to-consistency=60",
-           f"--gateway-command={gateway_command('accept-any-client-cert')}"]
+           f"--gateway-command={refgateway_command(faults=['accept-any-client-cert'])}"]
 QUICK = ["mtls_conformance/scenarios/test_frontend_default.py", "-k", "valid_client_certificate_is_accepted"]
 
 
@@ -38,16 +38,14 @@ def tagged_gateways(child: Child) -> list[str]:
     return [p for p in child.processes() if "refgateway" in p]
 
 
-def wait_until(predicate, timeout: float, what: str, child: Child) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline or child.proc.poll() is not None:
-            raise AssertionError(f"never saw {what} within {timeout} s; output:\n{child.output}")
-        time.sleep(0.01)  # polling /proc for a process to appear: nothing to wait on instead
+def wait_until_in(child: Child, predicate, what: str) -> None:
+    # Polling /proc for a process to appear: nothing to wait on instead.
+    wait_until(predicate, timeout=60, what=what, interval=0.01,
+               alive=lambda: None if child.proc.poll() is None else f"the run ended; output:\n{child.output}")
 
 
 def at_gateway_start(child: Child, rng: random.Random) -> None:
-    wait_until(lambda: tagged_gateways(child), 60, "the gateway process start", child)
+    wait_until_in(child, lambda: tagged_gateways(child), "the gateway process start")
 
 
 def in_a_wait(child: Child, rng: random.Random) -> None:
@@ -55,13 +53,13 @@ def in_a_wait(child: Child, rng: random.Random) -> None:
 
 
 def at_a_random_moment(child: Child, rng: random.Random) -> None:
-    wait_until(lambda: tagged_gateways(child), 60, "the gateway process start", child)
+    wait_until_in(child, lambda: tagged_gateways(child), "the gateway process start")
     time.sleep(rng.uniform(0.0, 3.0))  # the point of the case: wherever the run happens to be
 
 
 def in_the_teardown(child: Child, rng: random.Random) -> None:
-    wait_until(lambda: tagged_gateways(child), 60, "the gateway process start", child)
-    wait_until(lambda: not tagged_gateways(child), 60, "the gateway being stopped", child)
+    wait_until_in(child, lambda: tagged_gateways(child), "the gateway process start")
+    wait_until_in(child, lambda: not tagged_gateways(child), "the gateway being stopped")
 
 
 POINTS = {"gateway start": (at_gateway_start, WAITING), "a wait": (in_a_wait, WAITING),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 from mtls_conformance.local import LocalTarget
 from mtls_conformance.target import ObjectRef, TargetError
+from testkit.child_run import PytestRun, run_pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,10 +66,9 @@ def test_gateway_command_that_exits_is_one_clear_error_and_leaves_nothing(tmp_pa
     assert leftover_dirs(tmp_path) == []
 
 
-def run_child(*args: str, tmpdir: Path | None = None) -> subprocess.CompletedProcess:
+def run_child(*args: str, tmpdir: Path | None = None) -> PytestRun:
     env = {**os.environ, "TMPDIR": str(tmpdir)} if tmpdir else None
-    return subprocess.run([sys.executable, "-m", "pytest", "mtls_conformance/scenarios", "-q", "-p", "no:cacheprovider",
-                           *args], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    return run_pytest("mtls_conformance/scenarios", "-q", *args, timeout=120, env=env)
 
 
 def test_unstartable_gateway_command_is_a_usage_error_before_any_test():

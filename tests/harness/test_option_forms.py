@@ -8,11 +8,10 @@ testpaths was lost and the whole checkout was collected, the project's own tests
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from testkit.child_run import run_pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,8 +23,7 @@ PROFILE = "key: mygw\nname: My gateway\nsupported_features: [GatewayFrontendClie
 
 
 def collected(*args: str) -> int:
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = run_pytest("--collect-only", "-q", *args, timeout=120)
     match = re.search(r"^(\d+) tests? collected", proc.stdout, re.M)
     assert match and proc.returncode == 0, proc.stdout + proc.stderr
     return int(match.group(1))

@@ -14,13 +14,12 @@ import base64
 import re
 import shlex
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.selfcheck.runner import FAST, ROOT, gateway_command
+from tests.selfcheck.runner import FAST
+from testkit.child_run import PytestRun, refgateway_command, run_pytest
 
 pytestmark = pytest.mark.xdist_group("interrupts")  # a whole suite run: not beside the others
 
@@ -56,18 +55,17 @@ def key_fingerprints(basetemp: Path) -> tuple[list[Path], set[str]]:
 
 
 @pytest.fixture(scope="module")
-def failing_run(tmp_path_factory) -> tuple[Path, Path, subprocess.CompletedProcess]:
+def failing_run(tmp_path_factory) -> tuple[Path, Path, PytestRun]:
     tmp = tmp_path_factory.mktemp("hygiene")
     outputs, basetemp = tmp / "outputs", tmp / "base"
     outputs.mkdir()
     gateway_log = outputs / "gateway.log"
     # The gateway's log goes to a file the run does not remove, through a shell that tees it.
-    command = f"sh -c {shlex.quote(gateway_command(FAULT) + ' 2>&1 | tee -a ' + shlex.quote(str(gateway_log)))}"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "mtls_conformance/scenarios", "-p", "no:cacheprovider", "-p", "no:randomly", "-n", "2",
-         f"--basetemp={basetemp}", f"--junitxml={outputs / 'junit.xml'}", f"--alluredir={outputs / 'allure'}",
-         f"--report-dir={outputs / 'report'}", f"--gateway-command={command}", "-rA", "--tb=long", *FAST],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    command = f"sh -c {shlex.quote(refgateway_command(faults=[FAULT]) + ' 2>&1 | tee -a ' + shlex.quote(str(gateway_log)))}"
+    proc = run_pytest(
+        "mtls_conformance/scenarios", "-p", "no:randomly", "-n", "2", f"--basetemp={basetemp}", f"--alluredir={outputs / 'allure'}",
+        f"--report-dir={outputs / 'report'}", f"--gateway-command={command}", "-rA", "--tb=long", *FAST,
+        junit=outputs / "junit.xml", timeout=900)
     (outputs / "terminal.txt").write_text(proc.stdout + proc.stderr)
     return outputs, basetemp, proc
 

@@ -10,14 +10,13 @@ default depth (4) the same profile must fail on the gateway's answer, not on the
 
 from __future__ import annotations
 
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
-from tests.selfcheck.runner import FAST, ROOT, gateway_command, parse_junit
+from tests.selfcheck.runner import FAST
+from testkit.child_run import refgateway_command, run_pytest
+from testkit.procs import ROOT
 
 TEST = "test_frontend_bad_client_certs.py::test_chain_deeper_than_the_limit_is_rejected"
 DEPTH = 12
@@ -30,14 +29,10 @@ def run(tmp_path: Path, *gateway_args: str) -> tuple[str, str, str]:
                                       "FrontendClientCertificateChainDepth"]}
     path = tmp_path / "profile.yaml"
     path.write_text(yaml.safe_dump(profile))
-    junit = tmp_path / "junit.xml"
-    command = gateway_command() + "".join(f" {shlex.quote(a)}" for a in gateway_args)
-    proc = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "mtls_conformance" / "scenarios" / TEST), "-p", "no:cacheprovider",
-                           "-p", "no:xdist", "-q", f"--junitxml={junit}", f"--profile={path}",
-                           f"--gateway-command={command}", *FAST],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    outcomes, messages = parse_junit(junit) if junit.exists() else ({}, {})
-    return outcomes.get(TEST, "not run"), messages.get(TEST, ""), proc.stdout + proc.stderr
+    run = run_pytest(str(ROOT / "mtls_conformance/scenarios" / TEST), "-p", "no:xdist", "-q", f"--profile={path}",
+                     f"--gateway-command={refgateway_command(extra=gateway_args)}", *FAST,
+                     junit=tmp_path / "junit.xml", timeout=600)
+    return run.outcomes.get(TEST, "not run"), run.messages.get(TEST, ""), run.output
 
 
 def test_a_profile_deeper_than_nine_is_tested(tmp_path):

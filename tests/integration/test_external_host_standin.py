@@ -11,11 +11,7 @@ judges are also checked on answers a gateway makes by itself.
 from __future__ import annotations
 
 import http.server
-import importlib.util
-import shlex
 import ssl
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -23,7 +19,9 @@ import pytest
 import trustme
 
 from mtls_conformance.probe import Response
-from tests.selfcheck.runner import FAST, ROOT, parse_junit
+from tests.selfcheck.runner import FAST
+from testkit.child_run import refgateway_command, run_pytest
+from testkit.procs import ROOT
 
 MODULE = ROOT / "mtls_conformance" / "scenarios" / "test_backend_tls_external.py"
 REAL = "test_backend_tls_external.py::test_real_external_host_with_system_roots"
@@ -82,15 +80,11 @@ def standin(tmp_path):
 def run_opt_in(tmp_path: Path, standin: StandIn, *, port: int | None = None) -> tuple[dict[str, str], dict[str, str], str]:
     # A fixed system trust store: the gateway command takes no {system_ca_bundle}, so the
     # simulated-host tests skip and only the real-host ones run.
-    command = shlex.join([sys.executable, "-m", "refgateway", "--config-dir", "{config_dir}",
-                          "--state-dir", "{state_dir}", "--system-ca-bundle", str(standin.bundle)])
-    junit = tmp_path / "junit.xml"
-    proc = subprocess.run([sys.executable, "-m", "pytest", str(MODULE), "-p", "no:cacheprovider", "-p", "no:xdist",
-                           "-q", f"--junitxml={junit}", f"--gateway-command={command}",
-                           f"--external-backend-host={NAME}:{port or standin.port}", "-k", "real_external", *FAST],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    outcomes, messages = parse_junit(junit) if junit.exists() else ({}, {})
-    return outcomes, messages, proc.stdout + proc.stderr
+    command = refgateway_command(system_ca_bundle=str(standin.bundle))
+    run = run_pytest(str(MODULE), "-p", "no:xdist", "-q", f"--gateway-command={command}",
+                     f"--external-backend-host={NAME}:{port or standin.port}", "-k", "real_external", *FAST,
+                     junit=tmp_path / "junit.xml", timeout=300)
+    return run.outcomes, run.messages, run.output
 
 
 def test_the_stand_in_host_answers_through_the_gateway(tmp_path, standin):
@@ -120,10 +114,9 @@ def test_an_unreachable_host_gets_the_gateway_s_own_answer(tmp_path, standin):
 
 # -- the judges, on answers a gateway makes by itself ----------------------------------
 def _scenario_module():
-    spec = importlib.util.spec_from_file_location("_external_scenario", MODULE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from mtls_conformance.scenarios import test_backend_tls_external
+
+    return test_backend_tls_external
 
 
 def response(status: int, body: bytes = b"", content_type: str | None = None) -> Response:

@@ -8,13 +8,13 @@ without pinning skips every test with the reason.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
-from tests.selfcheck.runner import FAST, ROOT, parse_junit
+from tests.selfcheck.runner import FAST
+from testkit.child_run import run_pytest
+from testkit.procs import ROOT
 
 MODULE = ROOT / "mtls_conformance" / "scenarios" / "test_frontend_pinning.py"
 FEATURES = ["Gateway", "HTTPRoute", "GatewayFrontendClientCertificateValidation",
@@ -29,12 +29,9 @@ def run_with_profile(tmp_path: Path, pinning: dict | None) -> tuple[dict[str, st
     path = tmp_path / "profile.yaml"
     path.write_text(yaml.safe_dump(profile))
     junit = tmp_path / "junit.xml"
-    proc = subprocess.run([sys.executable, "-m", "pytest", str(MODULE), "-p", "no:cacheprovider",
-                           "-p", "no:xdist", "-q", f"--junitxml={junit}", f"--profile={path}", *FAST],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    outcomes, _ = parse_junit(junit) if junit.exists() else ({}, {})
+    run = run_pytest(str(MODULE), "-p", "no:xdist", "-q", f"--profile={path}", *FAST, junit=junit, timeout=600)
     # The JUnit file keeps skip reasons; the terminal summary of -q does not.
-    return outcomes, junit.read_text() if junit.exists() else "", proc.stdout + proc.stderr
+    return run.outcomes, junit.read_text() if junit.exists() else "", run.output
 
 
 def test_kgateway_keys_pin_on_refgateway(tmp_path):

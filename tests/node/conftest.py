@@ -53,7 +53,7 @@ def _stop_shared() -> None:
 
 @pytest.fixture(scope="session")
 def node():
-    from tests.node.nodecluster import NodeCluster
+    from testkit.nodecluster import NodeCluster
 
     # A test run waits for a node another run (or this run's Ctrl-C test, should it ever
     # run beside this tier) is stopping, as a human would, instead of failing after LOCK_WAIT.

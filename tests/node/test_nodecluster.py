@@ -1,4 +1,4 @@
-"""The one-node tier itself (tests/node/nodecluster.py): a real kubelet and containerd.
+"""The one-node tier itself (testkit/nodecluster.py): a real kubelet and containerd.
 
 Pods run from images built here (tools/images/build.sh), get addresses on the node's
 CNI bridge that the host reaches, carry working ServiceAccount tokens, stream through
@@ -25,8 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.node import nodecluster
-from tests.node.nodecluster import NODE_NAME
+from testkit import nodecluster
+from testkit.nodecluster import NODE_NAME
+from testkit.testcluster import TestCluster
 
 if nodecluster.prerequisites():
     pytest.skip("this machine cannot run a node: it lacks " + "; ".join(nodecluster.prerequisites()),
@@ -83,10 +84,10 @@ def leftovers(state: dict, others: set[str] = frozenset()) -> list[str]:
 
 
 def test_ctrl_c_stops_everything_it_started(tmp_path):
-    """Started as a human does (python -m tests.node.nodecluster up), with a pod running,
+    """Started as a human does (python -m testkit.nodecluster up), with a pod running,
     then Ctrl-C: no process, mount, pod network namespace, link, route or directory left."""
     others = cni_netns()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.node.nodecluster", "up", "--state", str(tmp_path / "s.json")],
+    proc = subprocess.Popen([sys.executable, "-m", "testkit.nodecluster", "up", "--state", str(tmp_path / "s.json")],
                             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     output = ""
@@ -148,11 +149,7 @@ def test_a_second_node_fails_fast_naming_who_holds_the_lock(tmp_path, monkeypatc
         holder.wait()
 
 
-def kubectl(node, *args, check=True, input=None):
-    proc = node.kubectl(*args, check=False, input=input)
-    if check:
-        assert proc.returncode == 0, f"kubectl {' '.join(args)}: {proc.stderr}"
-    return proc
+kubectl = TestCluster.kubectl  # kubectl(node, *args): failing with kubectl's output
 
 
 @pytest.fixture

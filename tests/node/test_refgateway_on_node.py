@@ -23,13 +23,14 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.node import nodecluster
+from testkit import nodecluster, procs
+from testkit.child_run import parse_junit
+from testkit.testcluster import TestCluster
 
 if nodecluster.prerequisites():
     pytest.skip("this machine cannot run a node: it lacks " + "; ".join(nodecluster.prerequisites()),
@@ -54,11 +55,7 @@ NODE_SKIPS = {
 }
 
 
-def kubectl(node, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    proc = node.kubectl(*args, input=input, check=False)
-    if check:
-        assert proc.returncode == 0, f"kubectl {' '.join(args)}:\n{proc.stdout}{proc.stderr}"
-    return proc
+kubectl = TestCluster.kubectl  # kubectl(node, *args): failing with kubectl's output
 
 
 def deploy_refgateway(node, rbac: str | None = None) -> None:
@@ -82,16 +79,9 @@ def refgateway(node):
 
 
 def outcomes(junit: Path) -> dict[str, tuple[str, str]]:
-    """test id (module::name) -> (passed|skipped|failure|error, message)."""
-    found = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        outcome, message = "passed", ""
-        for kind in ("skipped", "failure", "error"):
-            element = case.find(kind)
-            if element is not None:
-                outcome, message = kind, element.get("message") or ""
-        found[f"{case.get('classname')}::{case.get('name')}"] = (outcome, message)
-    return found
+    """test id (module.py::name) -> (passed|skipped|failed, message)."""
+    found, messages = parse_junit(junit)
+    return {test: (outcome, messages.get(test, "")) for test, outcome in found.items()}
 
 
 def run_suite(node, tmp_path: Path, *options: str, timeout: float = 1800) -> tuple[subprocess.CompletedProcess, dict]:
@@ -124,11 +114,7 @@ def managed_services(node) -> list[dict]:
 
 
 def wait_until(what: str, condition, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, f"not within {timeout:.0f} s: {what}"
-        time.sleep(0.5)
-    return result
+    return procs.wait_until(condition, timeout=timeout, what=what, interval=0.5)
 
 
 def http_status(url: str) -> int:
@@ -192,7 +178,7 @@ def test_the_suite_with_deployment_backends_and_port_forward_passes(node, refgat
                          if outcome == "skipped" and not any(fact in why for fact in NODE_SKIPS)}
     assert not unexplained_skips, "skipped on the node for no fact about the node:\n" + "\n".join(
         f"{t}: {w}" for t, w in sorted(unexplained_skips.items()))
-    failed = {t: why for t, (outcome, why) in results.items() if outcome in ("failure", "error")}
+    failed = {t: why for t, (outcome, why) in results.items() if outcome == "failed"}
     assert not failed, "failed on the node:\n" + "\n".join(
         f"{t}: {w[:500]}" for t, w in sorted(failed.items())) + "\n" + proc.stdout[-20000:]
     assert proc.returncode == 0, proc.stdout[-5000:]
@@ -242,14 +228,9 @@ UPSTREAM_ECHO_REFS = ("registry.k8s.io/gateway-api/conformance/echo-basic:v0.1.0
 
 def upstream_tool():
     """tools/upstream/run.py as a module, or a skip saying what is missing."""
-    import importlib.util
+    from testkit import upstream as run
 
-    spec = importlib.util.spec_from_file_location("upstream_run", ROOT / "tools" / "upstream" / "run.py")
-    run = sys.modules.setdefault("upstream_run", importlib.util.module_from_spec(spec))
-    if not hasattr(run, "run_suite"):
-        spec.loader.exec_module(run)
-    if subprocess.run(["bash", str(run.BUILD_SH), "--check"], capture_output=True).returncode != 0 \
-            and not shutil.which("go"):
+    if not run.built() and not shutil.which("go"):
         pytest.skip("the upstream suite is not built and Go is not installed (bash tools/upstream/build.sh)")
     return run
 

@@ -26,6 +26,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tarfile
 import venv
 import zipfile
 from pathlib import Path
@@ -117,8 +118,16 @@ def test_the_wheel_runs_the_suite_from_an_empty_directory(tmp_path):
     wheels, sdists = list(dist.glob("*.whl")), list(dist.glob("*.tar.gz"))
     assert len(wheels) == 1 and len(sdists) == 1, list(dist.iterdir())
     with zipfile.ZipFile(wheels[0]) as wheel:
-        tops = {name.split("/")[0] for name in wheel.namelist()}
+        names = wheel.namelist()
+    tops = {name.split("/")[0] for name in names}
     assert {t for t in tops if not t.endswith((".dist-info", ".data"))} == {"mtls_conformance", "refgateway"}, tops
+    # The project's own tooling (testkit, and the .pth an editable install adds for it) is
+    # not shipped; the sdist holds only the build backend of testkit/ (it builds the wheel).
+    assert not any(name.endswith(".pth") or "testkit" in name for name in names), names
+    with tarfile.open(sdists[0]) as sdist:
+        ours = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    assert {n for n in ours if n.startswith(("testkit/", "tests/", "tools/", "benchmarks/"))} == \
+        {"testkit/build_backend.py"}, sorted(ours)
 
     # 2. a fresh venv with only the wheel (dependencies from PyPI or pip's cache)
     env_dir = tmp_path / "venv"

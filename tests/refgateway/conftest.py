@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -22,20 +21,11 @@ import pytest
 import trustme
 import yaml
 
+from testkit.procs import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 CONTROLLER = "mtls-conformance.dev/refgateway"
 NS = "ns1"
-
-
-def wait_for(predicate, *, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Cluster:
@@ -79,7 +69,7 @@ class GatewayProcess:
         cmd += list(args)
         self.stderr = open(state_dir.parent / f"gateway-{state_dir.name}.log", "w+")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stderr=self.stderr, start_new_session=True)
-        wait_for(lambda: (state_dir / "ready").exists() or self.proc.poll() is not None, what="ready file")
+        wait_until(lambda: (state_dir / "ready").exists() or self.proc.poll() is not None, what="ready file")
         assert self.proc.poll() is None, self.log()
 
     def log(self) -> str:
@@ -95,8 +85,8 @@ class GatewayProcess:
 
     def port(self, gateway: str, listener_port: int, ns: str = NS) -> int:
         p = self.state_dir / "ports" / ns / f"{gateway}.yaml"
-        return wait_for(lambda: p.exists() and (yaml.safe_load(p.read_text()) or {}).get(listener_port),
-                        what=f"port {listener_port} of {ns}/{gateway}")
+        return wait_until(lambda: p.exists() and (yaml.safe_load(p.read_text()) or {}).get(listener_port),
+                          what=f"port {listener_port} of {ns}/{gateway}")
 
     def wait_condition(self, kind, name, ctype, status="True", *, ns=NS, listener=None, reason=None,
                        generation=None, timeout=10.0):
@@ -114,7 +104,7 @@ class GatewayProcess:
                         and (generation is None or c["observedGeneration"] == generation):
                     return c
             return None
-        return wait_for(check, timeout=timeout, what=f"{kind} {name} {listener or ''} {ctype}={status} {reason or ''}")
+        return wait_until(check, timeout=timeout, what=f"{kind} {name} {listener or ''} {ctype}={status} {reason or ''}")
 
     def stop(self) -> int:
         if self.proc.poll() is None:

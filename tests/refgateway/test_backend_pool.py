@@ -18,7 +18,8 @@ POST = h11.Request(method="POST", target="/x", headers=[("host", "example.com")]
 
 
 class Scripted:
-    """A backend answering the n-th request it reads with answers[n] (then closing if close_after)."""
+    """A backend answering the n-th request it reads with answers[n] (then closing if
+    close_after); an answer of None closes the connection without a byte of an answer."""
 
     def __init__(self, answers: list[bytes], close_after: set[int] = frozenset()):
         self.answers, self.close_after = answers, close_after
@@ -32,6 +33,8 @@ class Scripted:
                 head = await reader.readuntil(b"\r\n\r\n")
                 n = len(self.requests)
                 self.requests.append(head)
+                if self.answers[n] is None:
+                    break
                 writer.write(self.answers[n])
                 await writer.drain()
                 if n in self.close_after:
@@ -43,6 +46,7 @@ class Scripted:
 
 
 def run(backend: Scripted, *requests: h11.Request, between=None) -> list[tuple[int, list, bytes]]:
+    """The requests one after the other through one pool; ``between(pool)`` is awaited after each."""
     async def main():
         server = await asyncio.start_server(backend.handle, "127.0.0.1", 0)
         endpoint = ("127.0.0.1", server.sockets[0].getsockname()[1])
@@ -51,7 +55,7 @@ def run(backend: Scripted, *requests: h11.Request, between=None) -> list[tuple[i
         for req in requests:
             out.append(await asyncio.wait_for(pool.request(endpoint, req, [(b"host", b"example.com")], b""), 10))
             if between:
-                await between()
+                await between(pool)
         server.close()
         return out
 
@@ -98,13 +102,46 @@ def test_malformed_answers_are_502(answer):
     assert status == 502, body
 
 
-def test_idle_connection_closed_by_the_backend_is_retried_once_fresh():
-    """The backend closes after each answer but says keep-alive: the next GET finds a dead connection."""
+async def idle_connections_lost(pool: BackendPool) -> None:
+    """Until the pool has seen the backend close every idle connection (5 s at most: a FIN on
+    loopback arrives in well under a millisecond; nothing to wait on but the flag it sets)."""
+    deadline = asyncio.get_running_loop().time() + 5
+    while not all(c.lost for conns in pool.idle.values() for c in conns):
+        assert asyncio.get_running_loop().time() < deadline, "the backend's close never reached the pool"
+        await asyncio.sleep(0.005)
+
+
+def test_idle_connection_the_pool_saw_closed_is_not_taken():
+    """The backend closes after each answer but says keep-alive; once the pool has seen the
+    close, the next GET goes on a fresh connection at once (no retry needed)."""
     b = Scripted([b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1",
                   b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2"], close_after={0, 1})
-    answers = run(b, GET, GET, between=lambda: asyncio.sleep(0.2))
+    answers = run(b, GET, GET, between=idle_connections_lost)
+    assert [(s, body) for s, _, body in answers] == [(200, b"1"), (200, b"2")]
+    assert b.connections == 2 and len(b.requests) == 2
+
+
+#: The first answer, on a connection the backend keeps open.
+FIRST = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1"
+
+
+def test_reused_connection_closed_before_an_answer_is_retried_once_fresh():
+    """The race the retry is for: the backend closes its idle connection just as the pool
+    sends the next GET on it (here: it reads the GET and closes without a byte). The pool
+    sends that GET once more on a fresh connection, and the client sees only the answer."""
+    b = Scripted([FIRST, None, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2"])
+    answers = run(b, GET, GET)
     assert [(s, body) for s, _, body in answers] == [(200, b"1"), (200, b"2")]
     assert b.connections == 2
+    assert len(b.requests) == 3 and b.requests[1] == b.requests[2], "the second GET, sent again as it was"
+
+
+def test_the_retry_is_only_once():
+    """A fresh connection that closes without an answer too is the backend's failure: 502."""
+    b = Scripted([FIRST, None, None])
+    answers = run(b, GET, GET)
+    assert [s for s, _, _ in answers] == [200, 502]
+    assert b.connections == 2 and len(b.requests) == 3
 
 
 def test_post_never_takes_a_reused_connection():

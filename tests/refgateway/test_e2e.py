@@ -16,7 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .conftest import (NS, ROOT, ca_configmap, gateway, gateway_class, http_route, https_listener,
-                       service_objects, tls_secret, validation, wait_for)
+                       service_objects, tls_secret, validation)
+from testkit.procs import wait_until
 
 TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -133,12 +134,12 @@ def test_malformed_manifest_is_reported_and_others_keep_serving(mtls_setup, star
     gw = start_gateway()
     gw.wait_condition("Gateway", "mtls", "Programmed")
     mtls_setup.write_raw(mtls_setup.dir / NS / "Gateway" / "bad.yaml", "kind: Gateway\nmetadata: [oops\n")
-    errors = wait_for(lambda: yaml.safe_load((gw.state_dir / "errors.yaml").read_text()), what="errors.yaml entry")
+    errors = wait_until(lambda: yaml.safe_load((gw.state_dir / "errors.yaml").read_text()), what="errors.yaml entry")
     assert list(errors) == [f"{NS}/Gateway/bad.yaml"]
     assert "invalid YAML" in errors[f"{NS}/Gateway/bad.yaml"]
     assert https_get(gw.port("mtls", 443), pki, cert="client")[0] == 200
     (mtls_setup.dir / NS / "Gateway" / "bad.yaml").unlink()
-    wait_for(lambda: yaml.safe_load((gw.state_dir / "errors.yaml").read_text()) == {}, what="errors cleared")
+    wait_until(lambda: yaml.safe_load((gw.state_dir / "errors.yaml").read_text()) == {}, what="errors cleared")
 
 
 def test_deleted_gateway_status_and_ports_removed(mtls_setup, start_gateway):
@@ -146,8 +147,8 @@ def test_deleted_gateway_status_and_ports_removed(mtls_setup, start_gateway):
     gw.wait_condition("Gateway", "mtls", "Programmed")
     assert gw.status("GatewayClass", "ref", ns=None)["status"]["conditions"][0]["reason"] == "Accepted"
     mtls_setup.delete("Gateway", "mtls")
-    wait_for(lambda: gw.status("Gateway", "mtls") is None, what="status file removal")
-    wait_for(lambda: not (gw.state_dir / "ports" / NS / "mtls.yaml").exists(), what="ports file removal")
+    wait_until(lambda: gw.status("Gateway", "mtls") is None, what="status file removal")
+    wait_until(lambda: not (gw.state_dir / "ports" / NS / "mtls.yaml").exists(), what="ports file removal")
 
 
 @pytest.mark.skipif(not shutil.which("curl"), reason="curl not installed")

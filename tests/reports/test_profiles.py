@@ -6,8 +6,6 @@ the GatewayClass status.supportedFeatures, the built-in profile for the controll
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -15,6 +13,7 @@ import yaml
 from mtls_conformance import features, profiles
 
 from .test_run_outputs import FE, run
+from testkit.child_run import run_pytest
 
 FB = "GatewayFrontendClientCertificateValidationInsecureFallback"
 
@@ -73,8 +72,7 @@ def test_a_profile_file_is_read_and_its_mistakes_named(tmp_path):
 
 
 def test_list_features_prints_the_registry():
-    out = subprocess.run([sys.executable, "-m", "pytest", "--list-features"], capture_output=True,
-                         text=True, check=True).stdout
+    out = run_pytest("--list-features", check=True).stdout
     lines = out.splitlines()
     assert lines[0].split() == ["FEATURE", "PROFILE", "SUPPORT", "ORIGIN", "CHANNEL", "DESCRIPTION"]
     rows = {line.split()[0]: line.split()[1:5] for line in lines[1:]}

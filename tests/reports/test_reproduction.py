@@ -22,7 +22,7 @@ from mtls_conformance.local import LocalTarget
 from mtls_conformance.profiles import REFGATEWAY
 from mtls_conformance.target import ObjectRef
 
-from ..selfcheck.runner import gateway_command
+from testkit.child_run import refgateway_command
 
 HOST = "example.com"
 NAMESPACE = "repro"
@@ -74,7 +74,7 @@ def backends():
 
 
 def test_reproduction_command_shows_the_same_failure(pki, backends):
-    broken = LocalTarget(gateway_class="repro-broken", command=gateway_command("accept-any-client-cert"))
+    broken = LocalTarget(gateway_class="repro-broken", command=refgateway_command(faults=["accept-any-client-cert"]))
     try:
         client = deploy(broken, pki, backends)
         with pytest.raises(ExpectationFailed) as info:
@@ -94,7 +94,7 @@ def test_reproduction_command_shows_the_same_failure(pki, backends):
     finally:
         broken.close()
 
-    correct = LocalTarget(gateway_class="repro-correct", command=gateway_command())
+    correct = LocalTarget(gateway_class="repro-correct", command=refgateway_command())
     try:
         client = deploy(correct, pki, backends)
         client.expect_rejected(8443, sni=HOST, cert=pki["untrusted"])

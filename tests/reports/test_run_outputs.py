@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -18,7 +16,8 @@ import yaml
 
 from mtls_conformance import matrix
 
-from ..selfcheck.runner import ROOT, gateway_command
+from testkit.child_run import PytestRun, refgateway_command, run_pytest
+from testkit.procs import ROOT
 from . import upstream_shape
 
 MODULE = ROOT / "mtls_conformance" / "scenarios" / "test_frontend_default.py"
@@ -28,11 +27,10 @@ UNTRUSTED = "test_frontend_default::test_untrusted_client_certificate_is_rejecte
 
 
 def run(*args: str, faults: tuple[str, ...] = (), workers: int = 0, cwd: Path = ROOT,
-        nodeids: list[str] | None = None) -> subprocess.CompletedProcess:
+        nodeids: list[str] | None = None) -> PytestRun:
     xdist = ["-n", str(workers)] if workers else ["-p", "no:xdist"]
-    argv = [sys.executable, "-m", "pytest", *(nodeids or [str(MODULE)]), "-p", "no:cacheprovider", *xdist,
-            "-q", f"--gateway-command={gateway_command(*faults)}", "--max-time-to-consistency=1", *args]
-    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600)
+    return run_pytest(*(nodeids or [str(MODULE)]), *xdist, "-q", f"--gateway-command={refgateway_command(faults=faults)}",
+                      "--max-time-to-consistency=1", *args, cwd=cwd, timeout=600)
 
 
 def junit_cases(path: Path) -> dict[str, ET.Element]:

@@ -12,11 +12,9 @@ import functools
 import json
 import os
 import re
-import shlex
-import subprocess
-import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
+
+from testkit.child_run import refgateway_command, run_pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "mtls_conformance" / "scenarios"
@@ -106,25 +104,14 @@ def assign_tests(nodeids: list[str], expected: dict[str, list[str]],
     return assigned
 
 
-def gateway_command(*faults: str) -> str:
-    argv = [sys.executable, "-m", "refgateway", "--config-dir", "{config_dir}",
-            "--state-dir", "{state_dir}", "--system-ca-bundle", "{system_ca_bundle}"]
-    for fault in faults:
-        argv += ["--fault", fault]
-    return shlex.join(argv)
-
-
 def run_suite(tmp_path: Path, *faults: str, args: list[str] = (), only: list[str] = (),
               timeout: float = 900) -> SuiteRun:
     """The scenario suite (or only the node ids ``only``, relative to mtls_conformance/scenarios/) in a
     child pytest against refgateway with ``faults``."""
-    junit = tmp_path / "junit.xml"
     selection = [str(SCENARIOS / nodeid) for nodeid in only] or [str(SCENARIOS)]
-    argv = [sys.executable, "-m", "pytest", *selection, "-p", "no:cacheprovider", "-p", "no:xdist",
-            "-q", f"--junitxml={junit}", f"--gateway-command={gateway_command(*faults)}", *FAST, *args]
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    outcomes, messages = parse_junit(junit) if junit.exists() else ({}, {})
-    return SuiteRun(proc.returncode, outcomes, messages, proc.stdout + proc.stderr)
+    run = run_pytest(*selection, "-p", "no:xdist", "-q", f"--gateway-command={refgateway_command(faults=faults)}",
+                     *FAST, *args, junit=tmp_path / "junit.xml", timeout=timeout)
+    return SuiteRun(run.returncode, run.outcomes, run.messages, run.output)
 
 
 def correct_run(tmp_path_factory) -> SuiteRun:
@@ -145,23 +132,3 @@ def correct_run(tmp_path_factory) -> SuiteRun:
         run = run_suite(cache)
         saved.write_text(json.dumps(dataclasses.asdict(run)))
         return run
-
-
-def parse_junit(path: Path) -> tuple[dict[str, str], dict[str, str]]:
-    outcomes: dict[str, str] = {}
-    messages: dict[str, str] = {}
-    for case in ET.parse(path).getroot().iter("testcase"):
-        module = case.get("classname", "").rsplit(".", 1)[-1]
-        nodeid = f"{module}.py::{case.get('name')}"
-        failure = case.find("failure")
-        if failure is None:
-            failure = case.find("error")
-        if failure is not None:
-            outcomes[nodeid] = "failed"
-            messages[nodeid] = (failure.get("message") or "") + "\n" + (failure.text or "")
-        elif case.find("skipped") is not None:
-            outcomes.setdefault(nodeid, "skipped")
-            messages.setdefault(nodeid, case.find("skipped").get("message") or "")
-        else:
-            outcomes.setdefault(nodeid, "passed")
-    return outcomes, messages

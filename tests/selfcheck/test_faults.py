@@ -20,6 +20,8 @@ import sys
 
 import pytest
 
+from testkit.child_run import run_pytest
+
 from .expected_failures import EXPECTED_FAILURES, NOT_YET_COVERED, OPT_IN
 from .runner import SCENARIOS, assign_tests, correct_run, judge_fault_run, matches, run_suite
 
@@ -31,8 +33,7 @@ def refgateway_faults() -> list[str]:
 
 
 def collected_scenarios() -> list[str]:
-    out = subprocess.run([sys.executable, "-m", "pytest", str(SCENARIOS), "--collect-only", "-q",
-                          "-p", "no:cacheprovider"], capture_output=True, text=True).stdout
+    out = run_pytest(str(SCENARIOS), "--collect-only", "-q").stdout
     return [line.split("/", 1)[-1].removeprefix("scenarios/") for line in out.splitlines()
             if "::" in line]
 

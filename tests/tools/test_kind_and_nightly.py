@@ -17,10 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools" / "kind"))
-
-import flow  # noqa: E402
+from testkit.procs import ROOT
+from tools.kind import flow
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +109,7 @@ def test_gate_needs_both_the_exit_status_and_the_report(tmp_path):
 def test_refgateway_manifests_pass_server_side_dry_run(tmp_path):
     """What the flow applies for refgateway (deploy/refgateway, image replaced) is valid for a
     real API server; the one-node tier applies the same objects for real."""
-    from tests.cluster import testcluster
+    from testkit import testcluster
 
     if not testcluster.go_available() and not testcluster._complete(testcluster.cache_dir()):
         pytest.skip(f"kube-apiserver/etcd are not built and Go is not installed ({testcluster.BUILD_COMMAND})")

@@ -4,22 +4,17 @@ starts imports the mutated copy, not this checkout's refgateway."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import shutil
-import sys
 
 import pytest
 
-from tests.selfcheck.runner import ROOT
+from testkit.procs import ROOT
+from tools import mutants
 
 
 @pytest.fixture(scope="module")
 def mutants_tool():
-    spec = importlib.util.spec_from_file_location("mutants_tool", ROOT / "tools" / "mutants.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return mutants
 
 
 def test_every_mutant_compiles_and_differs_from_the_source(mutants_tool):

@@ -3,16 +3,9 @@ may leave out, and what the table must never hide."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("upstream_differential", ROOT / "tools" / "upstream" / "differential.py")
-differential = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(differential)
-
-from tests.selfcheck.expected_failures import EXPECTED_FAILURES  # noqa: E402
+from testkit.procs import ROOT
+from tests.selfcheck.expected_failures import EXPECTED_FAILURES
+from tools.upstream import differential
 
 TESTS = differential.run.TLS_TESTS
 

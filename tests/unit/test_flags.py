@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from mtls_conformance.flags import parse_timeouts
+from testkit.child_run import run_pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,13 +30,12 @@ def test_timeout_overrides_refuse_what_upstream_would_skip_silently(bad):
 
 def test_a_run_with_upstreams_flags_writes_their_values_in_the_report(tmp_path):
     report = tmp_path / "report.yaml"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "mtls_conformance/scenarios/test_frontend_default.py", "-q", "-p", "no:cacheprovider",
-         "--organization=Acme", "--project=acme-gw", "--url=https://acme.example", "--contact=@acme,@ops",
-         "--implementation-version=v9", "--mode=default", "--conformance-profiles=GATEWAY-HTTP",
-         "--timeout-config-overrides=MaxTimeToConsistency:20;RequestTimeout:5",
-         "--cleanup-base-resources=false", f"--report-output={report}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = run_pytest(
+        "mtls_conformance/scenarios/test_frontend_default.py", "-q",
+        "--organization=Acme", "--project=acme-gw", "--url=https://acme.example", "--contact=@acme,@ops",
+        "--implementation-version=v9", "--mode=default", "--conformance-profiles=GATEWAY-HTTP",
+        "--timeout-config-overrides=MaxTimeToConsistency:20;RequestTimeout:5",
+        "--cleanup-base-resources=false", f"--report-output={report}", timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     implementation = yaml.safe_load(report.read_text())["implementation"]
     assert implementation == {"organization": "Acme", "project": "acme-gw", "url": "https://acme.example",

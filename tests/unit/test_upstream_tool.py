@@ -3,16 +3,9 @@ go test's exit status, the per-test lines of -test.v, and the ConformanceReport.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("upstream_run", ROOT / "tools" / "upstream" / "run.py")
-run = sys.modules["upstream_run"] = importlib.util.module_from_spec(_spec)  # dataclasses look it up
-_spec.loader.exec_module(run)
+from testkit import upstream as run
 
 VERBOSE = """\
 === RUN   TestConformance

@@ -150,9 +150,9 @@ python_image() { # name ref containerfile paths...
     link "$name" "$key" "$ref"
 }
 python_image refgateway docker.io/library/refgateway:dev deploy/refgateway/Containerfile \
-    pyproject.toml README.md refgateway mtls_conformance
+    pyproject.toml README.md testkit/build_backend.py refgateway mtls_conformance
 python_image mtls-echo docker.io/library/mtls-echo:dev deploy/echo/Containerfile \
-    pyproject.toml README.md refgateway mtls_conformance
+    pyproject.toml README.md testkit/build_backend.py refgateway mtls_conformance
 
 mv "$OUT/.images.txt" "$OUT/images.txt"
 log "done in $(( $(date +%s) - T0 ))s: $OUT"

@@ -2,8 +2,8 @@
 
     python tools/traefik/run.py [--out reports/traefik] [--skip-ours] [--skip-upstream]
 
-Starts a throwaway API server (tests/cluster/testcluster.py) with the upstream suite's v1.7.0
-CRDs, the stand-in kubelet (tests/cluster/kubelet_standin.py: every Deployment runs as a
+Starts a throwaway API server (testkit/testcluster.py) with the upstream suite's v1.7.0
+CRDs, the stand-in kubelet (testkit/kubelet_standin.py: every Deployment runs as a
 process in a network namespace; the upstream suite's echo-basic image as the locally built
 echo-basic, other images as our echo backend or Debian's nginx), and Traefik
 (tools/traefik/build.sh) as a process with a kubeconfig: its Kubernetes Gateway provider,
@@ -23,21 +23,15 @@ controllers take addresses from, so that other gateways on this machine cannot c
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-_spec = importlib.util.spec_from_file_location("upstream_run", ROOT / "tools" / "upstream" / "run.py")
-run = sys.modules.setdefault("upstream_run", importlib.util.module_from_spec(_spec))
-if not hasattr(run, "run_suite"):
-    _spec.loader.exec_module(run)
+from testkit import upstream as run
+from testkit.procs import ROOT, run_build, stop_process_group
 
 ADDRESS = "127.77.0.1"
 #: Listener ports of our scenarios and of the upstream TLS tests -> entrypoint names.
@@ -49,11 +43,7 @@ GATEWAY_CLASS = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayC
 
 
 def build() -> Path:
-    proc = subprocess.run(["bash", str(ROOT / "tools" / "traefik" / "build.sh")], cwd=ROOT,
-                          stdout=subprocess.PIPE, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"bash tools/traefik/build.sh failed (exit {proc.returncode})")
-    return Path(proc.stdout.strip().splitlines()[-1]) / "bin" / "traefik"
+    return run_build("tools/traefik/build.sh", what="Traefik", error=SystemExit) / "bin" / "traefik"
 
 
 def start_traefik(binary: Path, kubeconfig: Path, log: Path) -> subprocess.Popen:
@@ -119,13 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 result.disagreements += [f"stand-in kubelet: {e}" for e in kubelet.errors]
                 summary["upstream"] = result.as_dict()
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            stop_process_group(proc)
     summary["kubelet_errors"] = kubelet.errors
     print(json.dumps(summary, indent=2))
     return 0

@@ -25,13 +25,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import contextlib
 import datetime
 import fcntl
-import importlib.util
 import json
-import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,13 +37,10 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-_spec = importlib.util.spec_from_file_location("upstream_run", Path(__file__).with_name("run.py"))
-run = sys.modules["upstream_run"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(run)
-
-from refgateway.faults import FAULTS  # noqa: E402
+from refgateway.faults import FAULTS
+from testkit import upstream as run
+from testkit.child_run import refgateway_command
+from testkit.procs import ROOT, stop_process_group
 
 UPSTREAM_TIMEOUTS = ("GatewayMustHaveAddress:30;GatewayMustHaveCondition:30;GatewayStatusMustHaveListeners:20;"
                      "GatewayListenersMustHaveConditions:20;HTTPRouteMustHaveCondition:20;RouteMustHaveParents:20;"
@@ -83,18 +76,6 @@ RUNNING: set[subprocess.Popen] = set()
 STOPPING = threading.Event()
 
 
-def end_session(proc: subprocess.Popen) -> None:
-    """SIGTERM to the run's whole session (pytest and what it started), SIGKILL after 10 s."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-
-
 #: The scenario modules' folder, relative to the checkout (our runs' working directory).
 SCENARIOS = "mtls_conformance/scenarios"
 
@@ -123,9 +104,7 @@ def ours(fault: str | None, workdir: Path, scope: str = "all") -> tuple[dict[str
     argv = [sys.executable, "-m", "pytest", *modules, "-p", "no:cacheprovider", "-p", "no:randomly", "-q",
             f"--report-dir={report_dir}", *OURS_FAST]
     if fault:
-        command = [sys.executable, "-m", "refgateway", "--config-dir", "{config_dir}", "--state-dir",
-                   "{state_dir}", "--system-ca-bundle", "{system_ca_bundle}", "--fault", fault]
-        argv.append("--gateway-command=" + " ".join(command))
+        argv.append(f"--gateway-command={refgateway_command(faults=[fault])}")
     with open(workdir / "ours.log", "w") as log:
         # A session of its own: ending it ends the local refgateway it started too.
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -134,7 +113,7 @@ def ours(fault: str | None, workdir: Path, scope: str = "all") -> tuple[dict[str
             proc.wait(timeout=1800)
         finally:
             RUNNING.discard(proc)
-            end_session(proc)
+            stop_process_group(proc)  # the run's whole session: pytest and what it started
     # Recorded relative to the scenarios folder, "scenarios" for all of it (as differential.json has it).
     ran = {"modules": ["scenarios" if m == SCENARIOS else m.removeprefix(f"{SCENARIOS}/") for m in modules]}
     found = sorted(report_dir.glob("*-verdicts.yaml"))
@@ -334,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         STOPPING.set()
         pool.shutdown(wait=False, cancel_futures=True)
         for proc in list(RUNNING):
-            end_session(proc)
+            stop_process_group(proc)  # the run's whole session: pytest and what it started
         pool.shutdown(wait=True)
     return write(record(), args, everything)
 

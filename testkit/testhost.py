@@ -6,7 +6,7 @@ API server refuses loopback endpoints, so the backends run in a network namespac
 to this one by a veth pair. That is the project's own test setup, not something a vendor
 needs, so it is a plugin of the test tier and not part of the shipped harness:
 
-    pytest -p tests.cluster.testhost scenarios --gateway-class=refgateway --backend-mode=local-process
+    pytest -p testkit.testhost mtls_conformance/scenarios --gateway-class=refgateway --backend-mode=local-process
 
 (from the root of a clone; root, or CAP_NET_ADMIN). kubelet_standin.py uses it too.
 """

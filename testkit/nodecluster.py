@@ -6,10 +6,10 @@
 
 or, for a human (root):
 
-    python -m tests.node.nodecluster up     # prints: export KUBECONFIG=...
-    python -m tests.node.nodecluster down
+    python -m testkit.nodecluster up     # prints: export KUBECONFIG=...
+    python -m testkit.nodecluster down
 
-What it is: tests.cluster.testcluster's kube-apiserver + etcd (reused, not copied:
+What it is: testkit.testcluster's kube-apiserver + etcd (reused, not copied:
 NodeCluster is a TestCluster with the admission plugins and endpoint reconciler a
 real cluster has), plus kube-controller-manager, kube-scheduler, kube-proxy and a
 kubelet of the same Kubernetes version (tools/node/build.sh), Debian's containerd
@@ -59,12 +59,12 @@ import time
 from pathlib import Path
 from typing import IO, Sequence
 
-from tests.cluster import testcluster
-from tests.cluster.testcluster import ClusterStartError, TestCluster
+from testkit import testcluster
+from testkit.procs import run_build, stop_process_group
+from testkit.testcluster import ClusterStartError, TestCluster
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-NODE_BUILD_SH = REPO_ROOT / "tools" / "node" / "build.sh"
-IMAGES_BUILD_SH = REPO_ROOT / "tools" / "images" / "build.sh"
+NODE_BUILD_SCRIPT = "tools/node/build.sh"
+IMAGES_BUILD_SCRIPT = "tools/images/build.sh"
 NODE_NAME = "mtls-node"
 #: Addresses of the node's veth pair (a /30 per cluster) and of its pods (a /24).
 NODE_LINK_RANGE = ipaddress.ip_network("10.251.0.0/16")
@@ -104,23 +104,14 @@ def prerequisites() -> list[str]:
     return missing
 
 
-def _build(script: Path, what: str, log: IO[str] | None) -> Path:
-    """Run an idempotent build script; its last stdout line is its cache dir."""
-    proc = subprocess.run(["bash", str(script)], stdout=subprocess.PIPE, stderr=log or subprocess.DEVNULL,
-                          text=True, env={**os.environ, "PYTHON": os.environ.get("PYTHON", sys.executable)})
-    if proc.returncode != 0:
-        raise ClusterStartError(f"{what}: bash {script.relative_to(REPO_ROOT)} failed with exit code "
-                                f"{proc.returncode} (its log is above)")
-    return Path(proc.stdout.strip().splitlines()[-1])
-
-
 def ensure_node_binaries(log: IO[str] | None = sys.stderr) -> Path:
-    return _build(NODE_BUILD_SH, "kubelet, kube-controller-manager, kube-scheduler, kube-proxy", log) / "bin"
+    return run_build(NODE_BUILD_SCRIPT, what="kubelet, kube-controller-manager, kube-scheduler, kube-proxy",
+                     log=log, error=ClusterStartError) / "bin"
 
 
 def ensure_images(log: IO[str] | None = sys.stderr) -> dict[str, tuple[str, Path]]:
     """Build (or find cached) the images; name -> (image reference, docker-archive tarball)."""
-    out = _build(IMAGES_BUILD_SH, "the images", log)
+    out = run_build(IMAGES_BUILD_SCRIPT, what="the images", log=log, error=ClusterStartError)
     images = {}
     for line in (out / "images.txt").read_text().splitlines():
         name, ref, tarball = line.split()
@@ -658,15 +649,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     def _stop_proc(self, name: str) -> None:
         p = self._procs.pop(name, None)
-        if p is None:
-            return
-        testcluster._signal_group(p.pid, signal.SIGTERM)
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            testcluster._signal_group(p.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=5)
+        if p is not None:
+            stop_process_group(p, grace=15)
 
     def _our_processes(self) -> list[int]:
         """Processes whose command line names this run's directory (shims, pause, stragglers)."""
@@ -718,7 +702,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tests.node.nodecluster",
+    ap = argparse.ArgumentParser(prog="python -m testkit.nodecluster",
                                  description="A one-node cluster (kubelet + containerd) on this machine, in the "
                                              "foreground; Ctrl-C stops it and removes everything it made.")
     ap.add_argument("cmd", choices=["up", "build"])

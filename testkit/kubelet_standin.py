@@ -42,9 +42,9 @@ from typing import Any
 
 import trustme
 
-from testhost import TestHost as _TestHost
+from testkit.procs import ROOT
+from testkit.testhost import TestHost as _TestHost
 
-ROOT = Path(__file__).resolve().parents[2]
 NODE = "test-kubelet"
 PART_OF = "app.kubernetes.io/part-of=mtls-conformance"
 SLICE_MANAGER = "test-kubelet"

@@ -6,9 +6,9 @@
 
 or, for a human:
 
-    python -m tests.cluster.testcluster up        # prints: export KUBECONFIG=...
+    python -m testkit.testcluster up        # prints: export KUBECONFIG=...
     kubectl get crds
-    python -m tests.cluster.testcluster down
+    python -m testkit.testcluster down
 
 What it is: etcd and kube-apiserver (built from the Go module proxy by
 ``tools/apiserver/build.sh`` into a cache dir outside the repo), started on free
@@ -65,6 +65,8 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Iterable, Sequence
 
+from testkit.procs import ROOT as REPO_ROOT, BuildFailed, run_build, signal_group, spawn, stop_process_group
+
 __all__ = [
     "TestCluster",
     "ClusterStartError",
@@ -76,10 +78,10 @@ __all__ = [
     "GATEWAY_CRDS",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLS_DIR = REPO_ROOT / "tools" / "apiserver"
-BUILD_SH = TOOLS_DIR / "build.sh"
-BUILD_COMMAND = "bash tools/apiserver/build.sh"
+BUILD_SCRIPT = "tools/apiserver/build.sh"
+BUILD_SH = REPO_ROOT / BUILD_SCRIPT
+BUILD_COMMAND = f"bash {BUILD_SCRIPT}"
 
 #: Gateway API CRDs that tests can count on in the standard channel.
 GATEWAY_CRDS = (
@@ -189,15 +191,11 @@ def ensure_binaries(log: IO[str] | None = sys.stderr) -> Path:
         )
     if _complete(d):
         # Cheap check of kubectl/CRD version too: build.sh exits at once if all is there.
-        mode = ["--check"]
-        if subprocess.run(["bash", str(BUILD_SH), *mode], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL).returncode == 0:
+        with contextlib.suppress(BuildFailed):
+            run_build(BUILD_SCRIPT, "--check", what="kube-apiserver and etcd", log=None)
             return d
     _log(log, f"building kube-apiserver and etcd with {BUILD_COMMAND} (a cold build takes 10+ minutes)")
-    proc = subprocess.run(["bash", str(BUILD_SH)], stdout=subprocess.PIPE, stderr=log or subprocess.DEVNULL, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{BUILD_COMMAND} failed with exit code {proc.returncode}")
-    out = Path(proc.stdout.strip().splitlines()[-1])
+    out = run_build(BUILD_SCRIPT, what="kube-apiserver and etcd", log=log)
     if not _complete(out):
         raise RuntimeError(f"{BUILD_COMMAND} finished but {out} is incomplete")
     return out
@@ -224,16 +222,6 @@ def _tail(path: Path, lines: int = 40) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(data[-lines:])
-
-
-def _set_pdeathsig() -> None:  # runs in the child between fork and exec
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
 
 
 def _write_pki(d: Path) -> dict[str, Path]:
@@ -334,10 +322,9 @@ class TestCluster:
         extra_apiserver_args: appended to the kube-apiserver command line.
         log: where progress goes (stderr by default; None for silence).
         detached: leave the processes running when this Python process exits
-            (for the CLI's ``up``); otherwise they get SIGKILL if it dies
-            (PR_SET_PDEATHSIG: that is tied to the *thread* that started them, so
-            start a non-detached cluster from a thread that outlives it, e.g. the
-            main thread, as pytest fixtures are).
+            (for the CLI's ``up``); otherwise they get SIGTERM if it dies
+            (testkit.procs.spawn: set only from the main thread, as pytest
+            fixtures run; a cluster started from another thread relies on stop()).
         keep_tmp: do not remove the tmp dir (data, certs, logs) at stop().
     """
 
@@ -463,29 +450,17 @@ class TestCluster:
             p = self._procs.pop(name, None)
             if p is None:
                 continue
-            _signal_group(p.pid, signal.SIGTERM)
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_group(p.pid, signal.SIGKILL)  # also any stragglers in the group
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=5)
+            stop_process_group(p)
         self._procs.clear()
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         assert self.dir is not None
         logf = open(self.dir / f"{name}.log", "ab")
         self._logfiles.append(logf)
-        p = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            cwd=self.dir,
-            start_new_session=True,  # own process group: stop() kills the group
-            preexec_fn=None if self.detached else _set_pdeathsig,
-        )
+        # A session of its own (stop() ends the group), and SIGTERM if we die unless detached.
+        p = (subprocess.Popen if self.detached else spawn)(
+            argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, cwd=self.dir,
+            start_new_session=True)
         self._procs[name] = p
         return p
 
@@ -659,13 +634,15 @@ class TestCluster:
         return c
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
-        """Run the cached kubectl against this cluster (text output)."""
+        """Run the cached kubectl against this cluster (text output); with ``check``, a
+        failure raises KubectlFailed, whose message is kubectl's command line and output."""
         if self.kubectl_path is None:
             raise RuntimeError("kubectl was not built (BUILD_KUBECTL=0?)")
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig))
-        return subprocess.run(
-            [str(self.kubectl_path), *args], env=env, input=input, text=True, capture_output=True, check=check
-        )
+        proc = subprocess.run([str(self.kubectl_path), *args], env=env, input=input, text=True, capture_output=True)
+        if check and proc.returncode != 0:
+            raise KubectlFailed(proc.returncode, proc.args, proc.stdout, proc.stderr)
+        return proc
 
     # ----------------------------------------------------------------- CRDs
 
@@ -812,9 +789,11 @@ class _PortTaken(ClusterStartError):
     pass
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)  # the child is its session's and group's leader
+class KubectlFailed(subprocess.CalledProcessError):
+    """kubectl exited non-zero: the message has what it was asked and what it said."""
+
+    def __str__(self) -> str:
+        return f"kubectl {' '.join(self.cmd[1:])} exited {self.returncode}:\n{self.stdout}{self.stderr}"
 
 
 # --------------------------------------------------------------------------- CLI
@@ -842,7 +821,7 @@ def _down(name: str) -> int:
     live = [p for p in pids if p and _ours(p, st["dir"])]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for p in live:
-            _signal_group(p, sig)
+            signal_group(p, sig)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(_ours(p, st["dir"]) for p in live):
             time.sleep(0.1)
@@ -854,7 +833,7 @@ def _down(name: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m tests.cluster.testcluster",
+        prog="python -m testkit.testcluster",
         description="Start/stop a real kube-apiserver + etcd with the Gateway API CRDs on loopback.",
     )
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -913,7 +892,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"export KUBECONFIG={tc.kubeconfig}")
     if tc.kubectl_path:
         print(f"export PATH={tc.bin_dir}:$PATH")
-    print(f"# stop with: python -m tests.cluster.testcluster down --name {args.name}")
+    print(f"# stop with: python -m testkit.testcluster down --name {args.name}")
     return 0
 
 
