@@ -26,11 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from tests.selfcheck.expected_failures import EXPECTED_FAILURES  # noqa: E402
-from tests.selfcheck.runner import judge_fault_run, run_suite  # noqa: E402
+from tests.selfcheck.expected_failures import EXPECTED_FAILURES
+from tests.selfcheck.runner import judge_fault_run, run_suite
 
 WINDOW = 30.0  # the default --max-time-to-consistency
 DEFAULT_TIMING = [f"--max-time-to-consistency={WINDOW:g}", "--condition-timeout=60"]

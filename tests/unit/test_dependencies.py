@@ -106,7 +106,7 @@ def test_the_layers_import_one_way():
 
 # -- the shape of the tree ----------------------------------------------------------------
 #: Every folder of Python the repository holds: product, tests, tools, benchmarks.
-TREE = ("mtls_conformance", "refgateway", "tests", "tools", "benchmarks", "examples")
+TREE = ("mtls_conformance", "refgateway", "testkit", "tests", "tools", "benchmarks", "examples")
 #: A product module longer than this does more than one job (issue 22: _kube.py did six).
 MAX_PRODUCT_LINES = 700
 
