@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
+
 from testkit.child_run import run_pytest
 
 ROOT = Path(__file__).resolve().parents[2]
