@@ -74,11 +74,12 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
     "edge": (
         ["refgateway/_core.py:choose_listener", "refgateway/_core.py:verify",
          "refgateway/_core.py:_record_identity", "refgateway/_core.py:_identity_headers",
-         "refgateway/_core.py:_handle", "refgateway/_core.py:_h2_dispatch",
+         "refgateway/_core.py:_handle", "refgateway/_core_h2.py:_h2_dispatch",
          "refgateway/_edge.py:forward_headers", "refgateway/_edge.py:send"],
-        ["scenarios/test_frontend_default.py", "scenarios/test_frontend_bad_client_certs.py",
-         "scenarios/test_frontend_insecure_fallback.py", "scenarios/test_frontend_pinning.py",
-         "scenarios/test_frontend_misdirected.py", "scenarios/test_frontend_misdirected_upstream.py"],
+        ["mtls_conformance/scenarios/test_frontend_default.py", "mtls_conformance/scenarios/test_frontend_bad_client_certs.py",
+         "mtls_conformance/scenarios/test_frontend_insecure_fallback.py", "mtls_conformance/scenarios/test_frontend_pinning.py",
+         "mtls_conformance/scenarios/test_frontend_misdirected.py",
+         "mtls_conformance/scenarios/test_frontend_misdirected_upstream.py"],
     ),
 }
 
