@@ -14,10 +14,9 @@ from __future__ import annotations
 
 __all__ = ["FAULTS", "UnknownFault", "check_faults"]
 
-# One constant per fault: refgateway's modules test ``NAME in faults`` with these, never
-# with the string, so the places a fault acts in are a search for its constant away
-# (docs/refgateway.md's fault table lists them; tests/refgateway/test_fault_names.py
-# keeps the strings out of the other modules).
+# One constant per fault. refgateway's other modules test ``CONSTANT in faults`` and never
+# spell the name out (tests/refgateway/test_fault_names.py), so a search for the constant
+# finds every place the fault acts; docs/refgateway.md's fault table lists them ("acts in").
 ACCEPT_ANY_CLIENT_CERT = "accept-any-client-cert"
 ACCEPT_NO_CLIENT_CERT = "accept-no-client-cert"
 ACCEPT_EXPIRED_CLIENT_CERT = "accept-expired-client-cert"
