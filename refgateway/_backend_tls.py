@@ -11,6 +11,7 @@ from typing import Mapping
 
 from ._plan import (GW_GROUP, BackendTLS, _cond, _decode_secret, _gen, _Index, _meta, _missing_bundles_only,
                     _resolve_ca_ref, _valid_keypair)
+from .faults import BACKEND_FAIL_OPEN, IGNORE_SECTION_NAME, REVERSE_POLICY_CONFLICT_ORDER
 
 
 def _client_certificate(idx: _Index, gw: Mapping) -> tuple[tuple[bytes, bytes] | None, tuple[str, str] | None]:
@@ -92,7 +93,7 @@ def _policy(idx: _Index, obj: Mapping, faults: frozenset[str]) -> _Policy:
         p.refuse("TargetNotFound", "the policy has no targetRefs")
     for ref in spec.get("targetRefs") or []:
         group, kind, svc_name = ref.get("group") or "", ref.get("kind") or "", ref.get("name") or ""
-        section = None if "ignore-section-name" in faults else ref.get("sectionName") or None
+        section = None if IGNORE_SECTION_NAME in faults else ref.get("sectionName") or None
         if group != "" or kind != "Service":
             p.refuse("TargetNotFound", f"targetRef {group}/{kind} {svc_name} is not a core Service")
             continue
@@ -109,7 +110,7 @@ def _policy(idx: _Index, obj: Mapping, faults: frozenset[str]) -> _Policy:
 
     validation = spec.get("validation") or {}
     anchors, system, bad_refs, anchors_problem = _policy_anchors(idx, ns, validation)
-    fail_open = "backend-fail-open" in faults or _missing_bundles_only(idx, validation.get("caCertificateRefs") or [])
+    fail_open = BACKEND_FAIL_OPEN in faults or _missing_bundles_only(idx, validation.get("caCertificateRefs") or [])
     if bad_refs and not fail_open:
         p.resolved = (False, bad_refs[0][0], "; ".join(m for _, m in bad_refs))
     if anchors_problem and not fail_open:
@@ -140,7 +141,7 @@ def _backend_policies(idx: _Index, faults: frozenset[str]) -> tuple[
             claims.setdefault((p.namespace, svc, section), []).append(p)
     governing = {}
     for target, contenders in sorted(claims.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")):
-        contenders.sort(key=lambda p: p.order, reverse="reverse-policy-conflict-order" in faults)
+        contenders.sort(key=lambda p: p.order, reverse=REVERSE_POLICY_CONFLICT_ORDER in faults)
         winner = governing[target] = contenders[0]
         where = f"Service {target[0]}/{target[1]}" + (f" port {target[2]}" if target[2] else "")
         for loser in contenders[1:]:

@@ -50,6 +50,10 @@ from ._core_h2 import HOP_BY_HOP, H2Side
 from ._tls import (ALERT_HANDSHAKE_FAILURE, leaf_identity, needs_verify_callback, overrules_rule, pin_mismatch, set_verify,
                    short_reason, verify_mode, version_refusal)
 from ._plan import ALLOW_INSECURE_FALLBACK, BackendTLS, Listener
+from .faults import (ACCEPT_ANY_CLIENT_CERT, BACKEND_SNI_FROM_HOST, FIRST_LISTENER_CERTIFICATE_PER_PORT,
+                     IGNORE_MISDIRECTED_REQUESTS, KEEP_CLIENT_IDENTITY_HEADERS, MISDIRECTED_ONLY_WITH_CLIENT_VALIDATION,
+                     MISDIRECTED_ON_ANY_HOST_MISMATCH, NO_SNI_SKIPS_CLIENT_VALIDATION, REFUSE_AFTER_PROXYING,
+                     REPORT_FALLBACK_AS_VERIFIED, ROUTE_HOST_WITH_PORT, UNMATCHED_HOST_TO_FIRST_ROUTE)
 
 __all__ = ["EdgeCore", "ProxyRequest", "Linger", "Close", "on_sni", "on_verify", "HOP_BY_HOP", "LINGER"]
 
@@ -355,7 +359,7 @@ class EdgeCore(H2Side):
             ls = next((x for x in self.port.listeners if x.hostname is None), self.port.listeners[0])
         self.listener = ls
         ctx = self.contexts.get(ls.name)
-        if "first-listener-certificate-per-port" in self.faults:
+        if FIRST_LISTENER_CERTIFICATE_PER_PORT in self.faults:
             ctx = self.contexts.get(self.port.listeners[0].name) or ctx
         if not ls.servable or ctx is None:
             self.reject = True
@@ -364,7 +368,7 @@ class EdgeCore(H2Side):
             self.reject = True  # a fatal alert; the client starts afresh on its next connection
             return
         conn.set_context(ctx)
-        if "no-sni-skips-client-validation" in self.faults and not name:
+        if NO_SNI_SKIPS_CLIENT_VALIDATION in self.faults and not name:
             conn.set_verify(SSL.VERIFY_NONE, on_verify)
             return
         version = conn.get_protocol_version_name()  # already negotiated when OpenSSL calls back for SNI
@@ -411,7 +415,7 @@ class EdgeCore(H2Side):
                 ok = 0
         if v is not None and v.mode == ALLOW_INSECURE_FALLBACK:
             return True
-        if "accept-any-client-cert" in self.faults or "refuse-after-proxying" in self.faults:
+        if ACCEPT_ANY_CLIENT_CERT in self.faults or REFUSE_AFTER_PROXYING in self.faults:
             return True  # refuse-after-proxying: the verdict is applied to the backend's answer
         return bool(ok)
 
@@ -420,7 +424,7 @@ class EdgeCore(H2Side):
         refused only now, when the backend's answer is back (as a gateway that checks the
         client certificate in a filter on the response path, after the router, would)."""
         v = self.listener.validation if self.listener else None
-        if "refuse-after-proxying" not in self.faults or v is None or v.mode == ALLOW_INSECURE_FALLBACK:
+        if REFUSE_AFTER_PROXYING not in self.faults or v is None or v.mode == ALLOW_INSECURE_FALLBACK:
             return False
         return self.verify_error is not None or self.tls.get_peer_certificate() is None
 
@@ -435,7 +439,7 @@ class EdgeCore(H2Side):
             verdict = "NONE"
         elif self.verify_error is None:
             verdict = "SUCCESS"
-        elif v.mode == ALLOW_INSECURE_FALLBACK and "report-fallback-as-verified" in self.faults:
+        elif v.mode == ALLOW_INSECURE_FALLBACK and REPORT_FALLBACK_AS_VERIFIED in self.faults:
             verdict = "SUCCESS"
         else:
             verdict = "FAILED:" + short_reason(self.verify_error)
@@ -544,18 +548,18 @@ class EdgeCore(H2Side):
         """An immediate answer (status, headers, body), or None after queueing a ProxyRequest."""
         headers = [(k.lower(), v) for k, v in req.headers]
         host = next((v.decode("latin-1") for k, v in headers if k == b"host"), "")
-        host = host.strip().lower() if "route-host-with-port" in self.faults else routing.split_host(host)
+        host = host.strip().lower() if ROUTE_HOST_WITH_PORT in self.faults else routing.split_host(host)
         port = self.site.port  # current plan, for routing
         if port.protocol == "HTTPS":
             sni = self.listener
             if sni is None:
                 return 421, [], b"misdirected request\n"
-            if "ignore-misdirected-requests" in self.faults or (
-                    "misdirected-only-with-client-validation" in self.faults
+            if IGNORE_MISDIRECTED_REQUESTS in self.faults or (
+                    MISDIRECTED_ONLY_WITH_CLIENT_VALIDATION in self.faults
                     and all(x.validation is None for x in port.listeners)):
                 sni = routing.select_listener(port.listeners, host) or sni
             elif routing.misdirected(port, sni, host) or (
-                    "misdirected-on-any-host-mismatch" in self.faults and self.tls.get_servername()
+                    MISDIRECTED_ON_ANY_HOST_MISMATCH in self.faults and self.tls.get_servername()
                     and self.tls.get_servername().decode("ascii", "replace").lower() != host):
                 return 421, [], b"misdirected request: Host does not belong to the TLS listener\n"
             listener = next((x for x in port.listeners if x.name == sni.name), sni)
@@ -569,7 +573,7 @@ class EdgeCore(H2Side):
                 return 400, [], b"client certificate required\n"
         if not listener.servable:
             return 404, [], b"listener is not programmed\n"
-        if "keep-client-identity-headers" not in self.faults:
+        if KEEP_CLIENT_IDENTITY_HEADERS not in self.faults:
             headers = [(k, v) for k, v in headers if not k.startswith(IDENTITY_PREFIX)]
         headers += self.identity
         target = req.target.decode("latin-1")
@@ -578,7 +582,7 @@ class EdgeCore(H2Side):
         rule = routing.select_rule(rules, host=host, path=target, method=req.method.decode(),
                                    headers={k.decode("latin-1"): v.decode("latin-1") for k, v in headers
                                             if k.decode("latin-1") in wanted} if wanted else {})
-        if rule is None and "unmatched-host-to-first-route" in self.faults and listener.rules:
+        if rule is None and UNMATCHED_HOST_TO_FIRST_ROUTE in self.faults and listener.rules:
             rule = listener.rules[0]
         if rule is None:
             return 404, [], b"no route\n"
@@ -587,7 +591,7 @@ class EdgeCore(H2Side):
             return status, [], b"no usable backend for this rule\n"
         upstream = None
         if backend.tls is not None:
-            sni = host if "backend-sni-from-host" in self.faults else backend.tls.hostname
+            sni = host if BACKEND_SNI_FROM_HOST in self.faults else backend.tls.hostname
             upstream = (backend.tls, sni)
         self._events.append(ProxyRequest(ref, endpoint, req, headers, body, upstream))
         return None

@@ -58,6 +58,7 @@ from ._kube_api import RESOURCES
 from ._kube_informer import Cache, Reflector
 from ._kube_status import StatusWriter
 from ._server import BACKLOG, Gateway, Site
+from .faults import STALE_INSECURE_CONDITION
 
 log = logging.getLogger("refgateway")
 
@@ -256,7 +257,7 @@ class KubeGateway(Gateway):
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
         self.cache = Cache(self._wake)
-        sticky = frozenset({"InsecureFrontendValidationMode"}) if "stale-insecure-condition" in self.faults else frozenset()
+        sticky = frozenset({"InsecureFrontendValidationMode"}) if STALE_INSECURE_CONDITION in self.faults else frozenset()
         self.writer = StatusWriter(self.api, self.cache, self.controller, sticky)
         if self.service_namespace:
             self.services = GatewayServices(self.api, self.cache, self.service_namespace, self.service_selector,

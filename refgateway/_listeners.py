@@ -17,6 +17,9 @@ from ._backend_tls import _client_certificate
 from ._plan import (ALLOW_INSECURE_FALLBACK, ALLOW_VALID_ONLY, GW_GROUP, OPTION_DOMAIN, PIN_HASH_KEYS,
                     PIN_SAN_KEYS, Validation, _decode_secret, _Index, _meta, _missing_bundles_only,
                     _parse_hash_pins, _resolve_ca_ref, _valid_keypair)
+from .faults import (CERTIFICATE_REFS_DENY_CROSS_NAMESPACE, CERTIFICATE_REFS_IGNORE_REFERENCE_GRANT,
+                     FAIL_OPEN_INVALID_CA, HIDE_PARTIALLY_INVALID_CA_REFS, IGNORE_PER_PORT, IGNORE_PINNING,
+                     REJECT_INSECURE_FALLBACK, REPORT_VALID_CA_UNRESOLVED)
 
 
 @dataclass
@@ -72,7 +75,7 @@ def _resolve_ca_refs(idx: _Index, gw_ns: str, refs: list) -> tuple[list[bytes], 
 
 def _frontend_for_port(spec: Mapping, port: int, faults: frozenset[str]) -> Mapping | None:
     frontend = (spec.get("tls") or {}).get("frontend") or {}
-    if "ignore-per-port" not in faults:
+    if IGNORE_PER_PORT not in faults:
         for pp in frontend.get("perPort") or []:
             if pp.get("port") == port:
                 return pp.get("tls") or {}
@@ -103,10 +106,10 @@ def _check_listener_tls(idx: _Index, gw: Mapping, ls: _ListenerState, faults: fr
         if group != "" or kind != "Secret":
             ls.unresolved("InvalidCertificateRef", f"certificateRef {kind} {ns}/{name} is not a core Secret")
             continue
-        if ns != gw_ns and ("certificate-refs-deny-cross-namespace" in faults or not idx.granted(
+        if ns != gw_ns and (CERTIFICATE_REFS_DENY_CROSS_NAMESPACE in faults or not idx.granted(
                 GW_GROUP, "Gateway", gw_ns, "", "Secret", ns, name)):
             ls.unresolved("RefNotPermitted", f"certificateRef Secret {ns}/{name} is not permitted by a ReferenceGrant")
-            if "certificate-refs-ignore-reference-grant" not in faults:
+            if CERTIFICATE_REFS_IGNORE_REFERENCE_GRANT not in faults:
                 continue
         secret = idx.get("Secret", ns, name)
         if secret is None:
@@ -131,7 +134,7 @@ def _check_listener_tls(idx: _Index, gw: Mapping, ls: _ListenerState, faults: fr
         if key.startswith(OPTION_DOMAIN) and key not in PIN_SAN_KEYS + PIN_HASH_KEYS:
             ls.refuse("UnsupportedValue", f"unknown listener option {key!r}")
     if not validation:
-        if pins_requested and "ignore-pinning" not in faults:
+        if pins_requested and IGNORE_PINNING not in faults:
             ls.refuse("UnsupportedValue",
                       "invalid option: certificate pinning options need spec.tls.frontend validation "
                       "(caCertificateRefs) for this port")
@@ -141,15 +144,15 @@ def _check_listener_tls(idx: _Index, gw: Mapping, ls: _ListenerState, faults: fr
         ls.refuse("UnsupportedValue", f"validation.mode {mode!r} is not supported")
         return
     good, bad = _resolve_ca_refs(idx, gw_ns, validation.get("caCertificateRefs") or [])
-    if "fail-open-invalid-ca" in faults and not good:
+    if FAIL_OPEN_INVALID_CA in faults and not good:
         return  # serve without client verification and say nothing
     if _missing_bundles_only(idx, validation.get("caCertificateRefs") or []):
         return  # the same, only for ClusterTrustBundles that do not exist
     for reason, msg in bad:
-        if good and "hide-partially-invalid-ca-refs" in faults:
+        if good and HIDE_PARTIALLY_INVALID_CA_REFS in faults:
             break
         ls.unresolved(reason, msg)
-    if not bad and "report-valid-ca-unresolved" in faults:
+    if not bad and REPORT_VALID_CA_UNRESOLVED in faults:
         ls.unresolved("InvalidCACertificateRef", "caCertificateRefs could not be resolved")
     if not good:
         ls.refuse("NoValidCACertificate",
@@ -158,7 +161,7 @@ def _check_listener_tls(idx: _Index, gw: Mapping, ls: _ListenerState, faults: fr
         return
     sans: set[str] = set()
     hashes: set[str] = set()
-    if "ignore-pinning" not in faults:
+    if IGNORE_PINNING not in faults:
         for key in PIN_SAN_KEYS:
             if key in options:
                 items = {s.strip() for s in str(options[key]).split(",") if s.strip()}
@@ -171,7 +174,7 @@ def _check_listener_tls(idx: _Index, gw: Mapping, ls: _ListenerState, faults: fr
                 if err:
                     ls.refuse("UnsupportedValue", f"invalid option {key}: {err}")
                 hashes |= parsed
-    if "reject-insecure-fallback" in faults:
+    if REJECT_INSECURE_FALLBACK in faults:
         mode = ALLOW_VALID_ONLY
     ls.validation = Validation(mode, tuple(good), frozenset(sans), frozenset(hashes))
 

@@ -17,6 +17,8 @@ from typing import Mapping
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from .faults import CLUSTER_TRUST_BUNDLE_FAIL_OPEN, CLUSTER_TRUST_BUNDLE_SIGNER_WIDE, NO_CLUSTER_TRUST_BUNDLES
+
 DEFAULT_CONTROLLER = "mtls-conformance.dev/refgateway"
 GW_GROUP = "gateway.networking.k8s.io"
 OPTION_DOMAIN = "refgateway.mtls-conformance.dev/"
@@ -309,7 +311,7 @@ def _load_trust_bundle(idx: _Index, ref: Mapping) -> tuple[bytes | None, str | N
     """A ClusterTrustBundle ref -> (PEM, None, None), or (None, kind problem, ref problem)."""
     name = ref.get("name") or ""
     where = f"caCertificateRef {CTB_KIND} {name}"
-    if not idx.cluster_trust_bundles or "no-cluster-trust-bundles" in idx.faults:
+    if not idx.cluster_trust_bundles or NO_CLUSTER_TRUST_BUNDLES in idx.faults:
         return None, f"{where}: the API server does not serve {CTB_GROUP} {CTB_KIND}", None
     if ref.get("namespace"):
         return None, None, f"{where} names namespace {ref['namespace']!r}; a {CTB_KIND} is cluster-scoped"
@@ -319,7 +321,7 @@ def _load_trust_bundle(idx: _Index, ref: Mapping) -> tuple[bytes | None, str | N
     spec = obj.get("spec") or {}
     bundles = [spec.get("trustBundle")]
     signer = spec.get("signerName")
-    if signer and "cluster-trust-bundle-signer-wide" in idx.faults:
+    if signer and CLUSTER_TRUST_BUNDLE_SIGNER_WIDE in idx.faults:
         bundles += [(o.get("spec") or {}).get("trustBundle") for (k, _, n), o in sorted(idx.objects.items())
                     if k == CTB_KIND and n != name and (o.get("spec") or {}).get("signerName") == signer]
     pem = "\n".join(b for b in bundles if isinstance(b, str)).encode()
@@ -330,7 +332,7 @@ def _load_trust_bundle(idx: _Index, ref: Mapping) -> tuple[bytes | None, str | N
 
 def _missing_bundles_only(idx: _Index, refs: list) -> bool:
     """Fault cluster-trust-bundle-fail-open: every ref names a ClusterTrustBundle that is absent."""
-    return ("cluster-trust-bundle-fail-open" in idx.faults and bool(refs)
+    return (CLUSTER_TRUST_BUNDLE_FAIL_OPEN in idx.faults and bool(refs)
             and all(_is_bundle_ref(r) and idx.get(CTB_KIND, "", r.get("name") or "") is None for r in refs))
 
 

@@ -13,6 +13,7 @@ from typing import Mapping
 from ._backend_tls import _Policy
 from ._listeners import _ListenerState
 from ._plan import GW_GROUP, Backend, BackendTLS, Rule, _cond, _gen, _Index, _meta, host_matches
+from .faults import BACKEND_PLAINTEXT_FALLBACK
 
 
 def _ns_labels(idx: _Index, ns: str) -> Mapping:
@@ -80,7 +81,7 @@ class _BackendTLSContext:
         if policy is None:
             return True, None
         if policy.tls is None:
-            return "backend-plaintext-fallback" in self.faults, None
+            return BACKEND_PLAINTEXT_FALLBACK in self.faults, None
         return True, replace(policy.tls, client_cert=self.client_cert)
 
 

@@ -33,6 +33,8 @@ from OpenSSL import SSL
 from . import translator
 from ._edge import Edge, Timeouts, on_sni, on_verify
 from ._tls import MAX_CLIENT_CHAIN_DEPTH, BackendContexts, ContextCache, SessionMemory
+from .faults import (IGNORE_BACKEND_TLS_POLICY_DELETION, IGNORE_CA_ROTATION, IGNORE_CERTIFICATE_ROTATION,
+                     IGNORE_CLUSTER_TRUST_BUNDLE_ROTATION, SESSIONS_SURVIVE_CA_CHANGE, STALE_INSECURE_CONDITION)
 
 log = logging.getLogger("refgateway")
 
@@ -232,15 +234,15 @@ class Gateway:
 
     async def reload(self) -> None:
         objects, errors = self.load()
-        if "ignore-cluster-trust-bundle-rotation" in self.faults:
+        if IGNORE_CLUSTER_TRUST_BUNDLE_ROTATION in self.faults:
             objects = translator.sticky_bundles(objects, self.bundle_memory)
-        if "ignore-backend-tls-policy-deletion" in self.faults:
+        if IGNORE_BACKEND_TLS_POLICY_DELETION in self.faults:
             objects = translator.sticky_policies(objects, self.policy_memory)
         plan, statuses = translator.translate(objects, controller=self.controller, faults=self.faults,
                                               cluster_trust_bundles=self.cluster_trust_bundles_served())
-        if "ignore-ca-rotation" in self.faults:
+        if IGNORE_CA_ROTATION in self.faults:
             plan = translator.sticky_cas(plan, self.ca_memory)
-        if "ignore-certificate-rotation" in self.faults:
+        if IGNORE_CERTIFICATE_ROTATION in self.faults:
             plan = translator.sticky_certs(plan, self.cert_memory)
         self._reloads += 1
         if self.apply_delay and self._reloads > 1:
@@ -254,7 +256,7 @@ class Gateway:
 
     def _scope(self, key: tuple[str, str, int], ls) -> bytes:
         scope = self.contexts.scope(ls)
-        if "sessions-survive-ca-change" in self.faults:
+        if SESSIONS_SURVIVE_CA_CHANGE in self.faults:
             # The session scope of the listener's first configuration, kept across changes
             # (Go CVE-2025-68121: resumption after ClientCAs changed).
             scope = self.scope_memory.setdefault((key, ls.name), scope)
@@ -363,7 +365,7 @@ class LocalGateway(Gateway):
 
     def _write_status(self, statuses: dict) -> None:
         now = _now()
-        sticky = frozenset({"InsecureFrontendValidationMode"}) if "stale-insecure-condition" in self.faults else frozenset()
+        sticky = frozenset({"InsecureFrontendValidationMode"}) if STALE_INSECURE_CONDITION in self.faults else frozenset()
         new_written = {}
         for key, doc in sorted(statuses.items()):
             old = self.written_status.get(key)

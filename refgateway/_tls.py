@@ -51,6 +51,15 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
 
 from ._plan import ALLOW_INSECURE_FALLBACK, BackendTLS, Listener, Validation
+from .faults import (ACCEPT_ANY_CLIENT_CERT, ACCEPT_ANY_ON_TLS12, ACCEPT_ANY_ON_TLS13, ACCEPT_BAD_CERTIFICATE_SIGNATURE,
+                     ACCEPT_EXPIRED_CLIENT_CERT, ACCEPT_NON_CA_INTERMEDIATE, ACCEPT_NO_CLIENT_CERT,
+                     BACKEND_IGNORE_SUBJECT_ALT_NAMES, BACKEND_SKIP_CHAIN_VERIFICATION,
+                     BACKEND_SKIP_HOSTNAME_VERIFICATION, BACKEND_TRUST_SYSTEM_ROOTS, CHECK_LEAF_VALIDITY_ONLY,
+                     CLIENT_SECURITY_LEVEL_0, CLIENT_SECURITY_LEVEL_1, DISTRUST_CLIENT_CA, FAIL_TLS_BACKENDS,
+                     FALLBACK_WITHOUT_CERT_REQUEST, IGNORE_CA_KEY_USAGE, IGNORE_CHAIN_DEPTH, IGNORE_NAME_CONSTRAINTS,
+                     IGNORE_PATH_LENGTH, IGNORE_UNKNOWN_CRITICAL_EXTENSIONS, INTERNAL_ERROR_FOR_BAD_CLIENT_CERT,
+                     KEEP_LAST_BACKEND_CLIENT_CERT, REFUSE_AFTER_PROXYING, RESUMPTION_CHECKS_LEAF_EXPIRY_ONLY,
+                     SESSIONS_ACROSS_LISTENERS, TLS13_ONLY_ACCEPT_ANY)
 
 __all__ = ["ContextCache", "set_verify", "verify_mode", "needs_verify_callback", "overrules_rule", "short_reason", "pin_mismatch", "leaf_identity", "ALERT_HANDSHAKE_FAILURE",
            "BackendContexts", "BackendIdentityError", "backend_identity_problem",
@@ -129,7 +138,7 @@ def set_verify(target: SSL.Context | SSL.Connection, mode: int, callback: Callab
 
     target.set_verify(mode, callback)
     inner = target._verify_callback
-    internal_error = "internal-error-for-bad-client-cert" in faults
+    internal_error = INTERNAL_ERROR_FOR_BAD_CLIENT_CERT in faults
 
     def outer(ok, store_ctx):
         result = inner(ok, store_ctx)
@@ -153,7 +162,7 @@ ALERT_PROTOCOL_VERSION = b"\x15\x03\x03\x00\x02\x02\x46"
 
 def version_refusal(v: Validation | None, faults: frozenset[str], version: str | None) -> bytes | None:
     """The alert record a listener refuses this TLS version with (tls13-only-accept-any), or None."""
-    if "tls13-only-accept-any" in faults and v is not None and v.mode != ALLOW_INSECURE_FALLBACK \
+    if TLS13_ONLY_ACCEPT_ANY in faults and v is not None and v.mode != ALLOW_INSECURE_FALLBACK \
             and version == "TLSv1.2":
         return ALERT_PROTOCOL_VERSION
     return None
@@ -165,19 +174,18 @@ def verify_mode(v: Validation | None, faults: frozenset[str], version: str | Non
     if v is None:
         return SSL.VERIFY_NONE
     if v.mode != ALLOW_INSECURE_FALLBACK and (
-            (version == "TLSv1.2" and "accept-any-on-tls12" in faults)
-            or (version == "TLSv1.3" and ("accept-any-on-tls13" in faults or "tls13-only-accept-any" in faults))):
+            (version == "TLSv1.2" and ACCEPT_ANY_ON_TLS12 in faults)
+            or (version == "TLSv1.3" and (ACCEPT_ANY_ON_TLS13 in faults or TLS13_ONLY_ACCEPT_ANY in faults))):
         return SSL.VERIFY_NONE
     if v.mode == ALLOW_INSECURE_FALLBACK:
-        return SSL.VERIFY_NONE if "fallback-without-cert-request" in faults else SSL.VERIFY_PEER
-    if "accept-no-client-cert" in faults or "refuse-after-proxying" in faults:
+        return SSL.VERIFY_NONE if FALLBACK_WITHOUT_CERT_REQUEST in faults else SSL.VERIFY_PEER
+    if ACCEPT_NO_CLIENT_CERT in faults or REFUSE_AFTER_PROXYING in faults:
         return SSL.VERIFY_PEER
     return SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
 
 
 #: Faults that make refgateway's verify callback overrule OpenSSL's verdict.
-_CALLBACK_FAULTS = frozenset({"accept-any-client-cert", "internal-error-for-bad-client-cert",
-                              "refuse-after-proxying"})
+_CALLBACK_FAULTS = frozenset({ACCEPT_ANY_CLIENT_CERT, INTERNAL_ERROR_FOR_BAD_CLIENT_CERT, REFUSE_AFTER_PROXYING})
 
 # X509_V_ERR_* numbers of OpenSSL 3 (x509_vfy.h; INVALID_CA was 24 before 3.0).
 _CERT_SIGNATURE_FAILURE, _CERT_NOT_YET_VALID, _CERT_HAS_EXPIRED = 7, 9, 10
@@ -193,15 +201,15 @@ _UNHANDLED_CRITICAL_EXTENSION, _PERMITTED_VIOLATION, _EXCLUDED_VIOLATION, _INVAL
 #: parsed URI name constraints but did not enforce them (CVE-2026-5263).
 _RULE_FAULTS: dict[str, tuple[frozenset[int], bool]] = {
     # OpenSSL reports a non-CA intermediate as INVALID_CA and, for the sslclient purpose, INVALID_PURPOSE.
-    "accept-non-ca-intermediate": (frozenset({_INVALID_CA, _INVALID_PURPOSE}), True),
-    "ignore-path-length": (frozenset({_PATH_LENGTH_EXCEEDED}), False),
+    ACCEPT_NON_CA_INTERMEDIATE: (frozenset({_INVALID_CA, _INVALID_PURPOSE}), True),
+    IGNORE_PATH_LENGTH: (frozenset({_PATH_LENGTH_EXCEEDED}), False),
     # CA-ness from basicConstraints alone: the three errors a CA without keyCertSign causes,
     # overruled only where the certificate asserts cA=TRUE (_asserts_ca).
-    "ignore-ca-key-usage": (frozenset({_INVALID_CA, _INVALID_PURPOSE, _KEYUSAGE_NO_CERTSIGN}), True),
-    "ignore-name-constraints": (frozenset({_PERMITTED_VIOLATION, _EXCLUDED_VIOLATION}), False),
-    "ignore-unknown-critical-extensions": (frozenset({_UNHANDLED_CRITICAL_EXTENSION}), False),
-    "accept-bad-certificate-signature": (frozenset({_CERT_SIGNATURE_FAILURE}), False),
-    "check-leaf-validity-only": (frozenset({_CERT_HAS_EXPIRED, _CERT_NOT_YET_VALID}), True),
+    IGNORE_CA_KEY_USAGE: (frozenset({_INVALID_CA, _INVALID_PURPOSE, _KEYUSAGE_NO_CERTSIGN}), True),
+    IGNORE_NAME_CONSTRAINTS: (frozenset({_PERMITTED_VIOLATION, _EXCLUDED_VIOLATION}), False),
+    IGNORE_UNKNOWN_CRITICAL_EXTENSIONS: (frozenset({_UNHANDLED_CRITICAL_EXTENSION}), False),
+    ACCEPT_BAD_CERTIFICATE_SIGNATURE: (frozenset({_CERT_SIGNATURE_FAILURE}), False),
+    CHECK_LEAF_VALIDITY_ONLY: (frozenset({_CERT_HAS_EXPIRED, _CERT_NOT_YET_VALID}), True),
 }
 
 
@@ -209,7 +217,7 @@ def overrules_rule(faults: frozenset[str], errno: int, depth: int, cert) -> bool
     """Whether one of the RFC 5280 rule faults turns this verification error into success."""
     for fault, (errors, intermediates_only) in _RULE_FAULTS.items():
         if fault in faults and errno in errors and (depth > 0 or not intermediates_only):
-            if fault != "ignore-ca-key-usage" or _asserts_ca(cert):
+            if fault != IGNORE_CA_KEY_USAGE or _asserts_ca(cert):
                 return True
     return False
 
@@ -225,9 +233,9 @@ def _asserts_ca(cert) -> bool:
 #: chains with RSA keys under 2048 bits and SHA-1 signatures (level 1 refuses SHA-1 only);
 #: refgateway's profile (refused_weak_crypto) says so. The cipher list stays OpenSSL's DEFAULT.
 def _security_level(faults: frozenset[str]) -> int:
-    if "client-security-level-0" in faults:
+    if CLIENT_SECURITY_LEVEL_0 in faults:
         return 0
-    return 1 if "client-security-level-1" in faults else 2
+    return 1 if CLIENT_SECURITY_LEVEL_1 in faults else 2
 
 
 def needs_verify_callback(v: Validation | None, faults: frozenset[str]) -> bool:
@@ -254,7 +262,7 @@ def session_scope(v: Validation | None, faults: frozenset[str], max_chain_depth:
     Fault ``sessions-across-listeners``: one scope for every listener (one session cache
     and ticket key for the whole gateway, nginx CVE-2014-3616 / CVE-2025-23419).
     """
-    if "sessions-across-listeners" in faults:
+    if SESSIONS_ACROSS_LISTENERS in faults:
         return hashlib.sha256(b"refgateway one session scope").digest()
     h = hashlib.sha256(b"refgateway session scope v1\0")
     if v is None:
@@ -315,7 +323,7 @@ class SessionMemory:
         if entry is None:
             return "unknown", None
         not_after, error = entry
-        if "resumption-checks-leaf-expiry-only" in self._faults and leaf is not None:
+        if RESUMPTION_CHECKS_LEAF_EXPIRY_ONLY in self._faults and leaf is not None:
             not_after = leaf.get_notAfter() or b""  # Go CVE-2025-68121 (#77217): the leaf only
         return (None if _now_generalized() < not_after else "expired"), error
 
@@ -367,7 +375,7 @@ class ContextCache:
         Fault ``sessions-across-listeners``: one session context for the whole gateway.
         """
         key = hashlib.sha256(b"".join(sorted(set(scopes)))).digest()
-        if "sessions-across-listeners" in self._faults:
+        if SESSIONS_ACROSS_LISTENERS in self._faults:
             key = b"\0" * 32
         ctx = self._sessions.get(key)
         if ctx is None:
@@ -379,7 +387,7 @@ class ContextCache:
             ctx.set_tlsext_servername_callback(self._sni)
             # A connection keeps the verify parameters of the context it started on (the
             # SNI switch does not copy them): the verify depth must be set here.
-            if "ignore-chain-depth" not in self._faults:
+            if IGNORE_CHAIN_DEPTH not in self._faults:
                 ctx.set_verify_depth(self._max_chain_depth)
         return ctx
 
@@ -421,15 +429,15 @@ class ContextCache:
         if v is not None:
             store = ctx.get_cert_store()
             seen = set()
-            for pem in () if "distrust-client-ca" in self._faults else v.ca_pems:
+            for pem in () if DISTRUST_CLIENT_CA in self._faults else v.ca_pems:
                 for ca in self._certs(pem):
                     fp = ca.digest("sha256")
                     if fp not in seen:  # duplicates across refs make add_cert fail
                         seen.add(fp)
                         store.add_cert(ca)
-            if "accept-expired-client-cert" in self._faults:
+            if ACCEPT_EXPIRED_CLIENT_CERT in self._faults:
                 store.set_flags(_X509_V_FLAG_NO_CHECK_TIME)
-            if "ignore-chain-depth" not in self._faults:
+            if IGNORE_CHAIN_DEPTH not in self._faults:
                 ctx.set_verify_depth(self._max_chain_depth)
         # OpenSSL verifies client certificates for the purpose "sslclient" by default
         # on the server side, so a serverAuth-only certificate fails with bad-purpose.
@@ -470,7 +478,7 @@ def backend_identity_problem(der: bytes | None, tls: BackendTLS, faults: frozens
     With subjectAltNames, one of them must be in the certificate and the hostname is not
     used for authentication; without, the hostname must match a DNS SAN.
     """
-    if not tls.verify or "backend-skip-hostname-verification" in faults:
+    if not tls.verify or BACKEND_SKIP_HOSTNAME_VERIFICATION in faults:
         return None
     if der is None:
         return "the backend sent no certificate"
@@ -480,7 +488,7 @@ def backend_identity_problem(der: bytes | None, tls: BackendTLS, faults: frozens
         dns, uris = san.get_values_for_type(x509.DNSName), san.get_values_for_type(x509.UniformResourceIdentifier)
     except (ValueError, x509.ExtensionNotFound):
         dns, uris = [], []
-    wanted = tls.subject_alt_names if "backend-ignore-subject-alt-names" not in faults else ()
+    wanted = tls.subject_alt_names if BACKEND_IGNORE_SUBJECT_ALT_NAMES not in faults else ()
     if wanted:
         for kind, value in wanted:
             if kind == "Hostname" and any(_dns_match(d, value) or d.lower() == value.lower() for d in dns):
@@ -525,13 +533,13 @@ class BackendContexts:
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def context(self, tls: BackendTLS) -> ssl.SSLContext:
-        if "keep-last-backend-client-cert" in self._faults:
+        if KEEP_LAST_BACKEND_CLIENT_CERT in self._faults:
             shared = replace(tls, client_cert=None)
             if tls.client_cert is not None:
                 self._last_client_cert[shared] = tls.client_cert
             else:
                 tls = replace(tls, client_cert=self._last_client_cert.get(shared))
-        system = tls.system or "backend-trust-system-roots" in self._faults
+        system = tls.system or BACKEND_TRUST_SYSTEM_ROOTS in self._faults
         key = (tls, self._bundle_version() if system else None)
         ctx = self._cache.get(key)
         if ctx is None:
@@ -546,9 +554,9 @@ class BackendContexts:
         ctx.options |= ssl.OP_NO_TICKET
         ctx.set_alpn_protocols(["http/1.1"])
         ctx.check_hostname = False  # backend_identity_problem() checks the identity
-        if "fail-tls-backends" in self._faults:
+        if FAIL_TLS_BACKENDS in self._faults:
             pass  # CERT_REQUIRED with an empty trust store: nothing verifies
-        elif not tls.verify or "backend-skip-chain-verification" in self._faults:
+        elif not tls.verify or BACKEND_SKIP_CHAIN_VERIFICATION in self._faults:
             ctx.verify_mode = ssl.CERT_NONE
         elif system:
             if self._bundle is None:

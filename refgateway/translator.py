@@ -41,6 +41,8 @@ from ._plan import (ALLOW_INSECURE_FALLBACK, ALLOW_VALID_ONLY, CTB_GROUP, CTB_KI
                     host_matches, host_rank)
 from ._routes import _BackendTLSContext, _route
 from ._status_memory import sticky_bundles, sticky_cas, sticky_certs, sticky_policies, stamp_transitions
+from .faults import (INVALID_CA_THROWAWAY_CERTIFICATE, NO_INSECURE_CONDITION, OMIT_BACKEND_CLIENT_CERT,
+                     REPORT_CLIENT_CERTIFICATE_REF_RESOLVED, STALE_OBSERVED_GENERATION, VALIDATE_HTTP_LISTENERS)
 
 __all__ = [
     "DEFAULT_CONTROLLER",
@@ -115,7 +117,7 @@ def translate(objects: Mapping[Key, Mapping], *, controller: str = DEFAULT_CONTR
     policies, governing = _backend_policies(idx, faults)
     backend_tls = {}
     for key, extra in extras.items():
-        client_cert = None if "omit-backend-client-cert" in faults else extra["client_cert"]
+        client_cert = None if OMIT_BACKEND_CLIENT_CERT in faults else extra["client_cert"]
         backend_tls[key] = _BackendTLSContext(governing, client_cert, faults)
     services_used: dict[tuple[str, str], set[tuple[str, str]]] = {}
     for (kind, ns, name), route in sorted(objects.items()):
@@ -159,14 +161,14 @@ def translate(objects: Mapping[Key, Mapping], *, controller: str = DEFAULT_CONTR
                   "gateway is programmed on 127.0.0.1" if any_programmed or not listeners else "no listener can be programmed", gen),
         ]
         cert_problem = extras[(ns, name)]["client_cert_problem"]
-        if cert_problem and "report-client-certificate-ref-resolved" not in faults:
+        if cert_problem and REPORT_CLIENT_CERTIFICATE_REF_RESOLVED not in faults:
             gconds.append(_cond("ResolvedRefs", False, *cert_problem, gen))
         elif any(not ls.resolved[0] for ls in listeners):
             gconds.append(_cond("ResolvedRefs", False, "ListenersNotResolved",
                                 "some listeners have unresolved references", gen))
         else:
             gconds.append(_cond("ResolvedRefs", True, "ResolvedRefs", "all references are resolved", gen))
-        if extras[(ns, name)]["insecure"] and "no-insecure-condition" not in faults:
+        if extras[(ns, name)]["insecure"] and NO_INSECURE_CONDITION not in faults:
             gconds.append(_cond("InsecureFrontendValidationMode", True, "ConfigurationChanged",
                                 "client certificate validation allows insecure fallback", gen))
         statuses[("Gateway", ns, name)] = _doc("gateway.networking.k8s.io/v1", "Gateway", gw, {
@@ -185,9 +187,9 @@ def translate(objects: Mapping[Key, Mapping], *, controller: str = DEFAULT_CONTR
                 servable = ls.usable and not ls.fail_closed and (protocol == "HTTP" or ls.cert is not None)
                 validation = ls.validation if servable else None
                 cert = ls.cert
-                if ls.fail_closed and "invalid-ca-throwaway-certificate" in faults:
+                if ls.fail_closed and INVALID_CA_THROWAWAY_CERTIFICATE in faults:
                     servable, validation, cert = True, None, _throwaway_certificate()
-                if protocol == "HTTP" and "validate-http-listeners" in faults \
+                if protocol == "HTTP" and VALIDATE_HTTP_LISTENERS in faults \
                         and ((gw.get("spec") or {}).get("tls") or {}).get("frontend"):
                     validation = Validation(ALLOW_VALID_ONLY, ())
                 plan_listeners.append(Listener(
@@ -198,7 +200,7 @@ def translate(objects: Mapping[Key, Mapping], *, controller: str = DEFAULT_CONTR
                 ))
             ports[(ns, name, port)] = Port(ns, name, port, protocol, tuple(plan_listeners))
 
-    if "stale-observed-generation" in faults:
+    if STALE_OBSERVED_GENERATION in faults:
         statuses = {k: _stale_generation(v) for k, v in statuses.items()}
     return Plan(ports=ports, gateways=tuple(sorted(owned))), statuses
 
