@@ -28,7 +28,7 @@ flock -n 9 || { log "another build holds $OUT/.lock; waiting for it"; flock 9; }
 
 image() { # name ref containerfile binary
     local name="$1" ref="$2" cf="$3" bin="$4"
-    local key; key="$(cat "$cf" "$bin" | sha256sum | cut -c1-16)"
+    local key; key="$(cat "$cf" "$bin" /etc/ssl/certs/ca-certificates.crt | sha256sum | cut -c1-16)"
     if [[ ! -s "$OUT/$name-$key.tar" ]]; then
         log "building $ref"
         local ctx; ctx="$(mktemp -d)"
@@ -40,6 +40,10 @@ image() { # name ref containerfile binary
             mkdir -p "$ctx/rootfs$(dirname "$lib")"
             cp -L "$lib" "$ctx/rootfs$lib"
         done
+        # The system trust store EG's Envoy configuration names for wellKnownCACertificates:
+        # System (/etc/ssl/certs/ca-certificates.crt, which EG's distroless images carry).
+        mkdir -p "$ctx/rootfs/etc/ssl/certs"
+        cp /etc/ssl/certs/ca-certificates.crt "$ctx/rootfs/etc/ssl/certs/"
         nice -n "${BUILD_NICE:-10}" podman build -q -f "$cf" -t "$ref" "$ctx" >/dev/null
         rm -rf "$ctx"
         rm -f "$OUT/$name"-*.tar

@@ -173,7 +173,9 @@ def install(node, eg: Path, images: dict[str, tuple[str, Path]], work: Path, eg_
         log(f"waiting for deployment/{dep['metadata']['name']}")
         kubectl(node, "-n", NAMESPACE, "rollout", "status", f"deployment/{dep['metadata']['name']}",
                 f"--timeout={ROLLOUT_TIMEOUT}")
-    kubectl(node, "apply", "-f", str(DEPLOY / "gatewayclass.yaml"))
+    xds = kubectl(node, "-n", NAMESPACE, "get", "service", "envoy-gateway", "-o", "jsonpath={.spec.clusterIP}")
+    kubectl(node, "apply", "-f", "-",
+            input=(DEPLOY / "gatewayclass.yaml").read_text().replace("${EG_XDS_ADDRESS}", xds.strip()))
 
 
 def published_features(node, timeout: float = 120) -> list[str]:
