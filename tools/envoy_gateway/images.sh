@@ -36,7 +36,7 @@ image() { # name ref containerfile binary
         chmod 1777 "$ctx/rootfs/tmp"
         cp "$bin" "$ctx/rootfs/usr/local/bin/"
         # The shared libraries the binary is linked against (none for the static EG binary).
-        ldd "$bin" 2>/dev/null | grep -o '/[^ ]*\.so[^ ]*' | sort -u | while read -r lib; do
+        { ldd "$bin" 2>/dev/null || true; } | { grep -o '/[^ ]*\.so[^ ]*' || true; } | sort -u | while read -r lib; do
             mkdir -p "$ctx/rootfs$(dirname "$lib")"
             cp -L "$lib" "$ctx/rootfs$lib"
         done
