@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-ours", action="store_true")
     p.add_argument("--skip-upstream", action="store_true")
     p.add_argument("--keep", action="store_true", help="leave the node up at the end until Ctrl-C")
+    p.add_argument("--lock-wait", type=float, default=1800,
+                   help="seconds to wait for another node on this machine to stop (one node at a time)")
     p.add_argument("pytest_args", nargs="*", help="more arguments for pytest (after --)")
     args = p.parse_args(argv)
     upstream.exit_on_sigterm()
@@ -239,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict = {"versions": ran, "work": str(work)}
     log(f"Envoy Gateway {ran['envoy_gateway']}, Envoy {ran['envoy']}; logs in {work}")
     with open(work / "node.log", "w") as node_log, \
-            NodeCluster(images=("pause", "echo-basic", "nginx"), log=node_log) as node:
+            NodeCluster(images=("pause", "echo-basic", "nginx"), log=node_log,
+                        lock_wait=args.lock_wait) as node:
         t0 = time.monotonic()
         install(node, eg, images, work, ran["envoy_gateway"])
         published = accepted_class(node)
