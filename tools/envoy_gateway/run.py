@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="leave the node up at the end until Ctrl-C")
     p.add_argument("--lock-wait", type=float, default=1800,
                    help="seconds to wait for another node on this machine to stop (one node at a time)")
+    p.add_argument("--scenarios", nargs="+", default=["scenarios"],
+                   help="scenario modules or directories for our suite (default: all of scenarios/)")
     p.add_argument("pytest_args", nargs="*", help="more arguments for pytest (after --)")
     args = p.parse_args(argv)
     upstream.exit_on_sigterm()
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.skip_ours:
                 echo, nginx = node.import_image("echo-basic"), node.import_image("nginx")
                 t0 = time.monotonic()
-                pytest_argv = [sys.executable, "-m", "pytest", "scenarios", "-p", "no:cacheprovider", "-rA",
+                pytest_argv = [sys.executable, "-m", "pytest", *args.scenarios, "-p", "no:cacheprovider", "-rA",
                                "--durations=20", f"--gateway-class={GATEWAY_CLASS}",
                                f"--kubeconfig={node.kubeconfig}", "--backend-mode=deployment",
                                f"--echo-image={echo}", f"--nginx-image={nginx}",
