@@ -164,7 +164,11 @@ ENVOY_GATEWAY = Profile(
              "reports/envoy-gateway/run.json"),
     notes="documents ClusterTrustBundle caCertificateRefs for BackendTLSPolicy only (certificates.k8s.io/"
           "v1beta1), not for frontend validation, so the ClusterTrustBundle feature is not claimed; "
-          "--supported-features can add it",
+          "--supported-features can add it. Envoy (1.39.1, BoringSSL) refuses in the handshake, never with "
+          "an HTTP status: TLS 1.2 handshake alert 'unknown ca'; TLS 1.3 on the first read 'unknown ca', "
+          "'certificate required' (none sent), 'certificate expired' (also not yet valid), 'unsupported "
+          "certificate' (server-auth-only EKU); the same over HTTP/2 (run of 2026-12-06, "
+          "docs/implementations/envoy-gateway.md)",
 )
 
 ISTIO = Profile(
