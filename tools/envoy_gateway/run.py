@@ -226,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds to wait for another node on this machine to stop (one node at a time)")
     p.add_argument("--scenarios", nargs="+", default=["scenarios"],
                    help="scenario modules or directories for our suite (default: all of scenarios/)")
+    # Measured 2026-12-06 on a loaded 2-core node: EG's proxy pod for a new Gateway (one
+    # Deployment each, startup probe every 10 s) took more than the suite's default 30 s to
+    # be ready, less than 120 s (docs/implementations/envoy-gateway.md, the upstream suite).
+    p.add_argument("--upstream-timeouts", default="MaxTimeToConsistency:120",
+                   help="the upstream suite's --timeout-config-overrides ('' for its defaults)")
     p.add_argument("pytest_args", nargs="*", help="more arguments for pytest (after --)")
     args = p.parse_args(argv)
     upstream.exit_on_sigterm()
@@ -278,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 node.import_image("echo-basic", *UPSTREAM_ECHO_REFS)
                 result = upstream.run_suite(cache, node.node_kubeconfig, GATEWAY_CLASS, features,
                                             args.out / "upstream", upstream.TLS_TESTS,
+                                            timeout_overrides=args.upstream_timeouts or None,
                                             prefix=tuple(node.in_node([])))
                 summary["upstream"] = result.as_dict()
                 log(f"upstream suite: {result.as_dict()['verdicts']}")
