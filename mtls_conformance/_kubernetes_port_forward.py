@@ -58,7 +58,12 @@ class PortForwards:
     def _port_forward(self, gateway: ObjectRef, port: int) -> tuple[str, int]:
         key = (gateway, port)
         if key in self._forwards:
-            return self._forwards[key][1]
+            if self._forwards[key][0].poll() is None:
+                return self._forwards[key][1]
+            # kubectl port-forward ends when the pod it streams to goes away, e.g. when an
+            # implementation rolls its proxy Deployment because a Gateway's ports changed
+            # (Envoy Gateway does). The next probe needs a forward to the pod serving now.
+            del self._forwards[key]
         kubectl = shutil.which("kubectl")
         if kubectl is None:
             raise TargetError("--gateway-address-mode=port-forward runs `kubectl port-forward` and kubectl is not "

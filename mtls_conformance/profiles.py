@@ -163,10 +163,20 @@ ENVOY_GATEWAY = Profile(
     supported_features=frozenset((*_CORE, *_FE, *_BACKEND, "BackendTLSPolicySANValidation")),
     contact=("https://github.com/envoyproxy/gateway/blob/main/GOVERNANCE.md",),
     sources=(f"{_REPORTS}/v1.6/envoy-gateway/experimental-v1.9.0-default-report.yaml",
-             "envoyproxy/gateway#6353 and #6714 (ClusterTrustBundle in BackendTLSPolicy caCertificateRefs)"),
+             "envoyproxy/gateway#6353 and #6714 (ClusterTrustBundle in BackendTLSPolicy caCertificateRefs)",
+             # v1.9.1 translates spec.tls.frontend default and perPort, both modes; it publishes
+             # no supportedFeatures in the GatewayClass status (commented out), so these come
+             # from the report above. Run here: docs/implementations/envoy-gateway.md.
+             "envoyproxy/gateway v1.9.1 internal/gatewayapi/listener.go:43-140, "
+             "internal/gatewayapi/status/gatewayclass.go:33-36",
+             "reports/envoy-gateway/run.json"),
     notes="documents ClusterTrustBundle caCertificateRefs for BackendTLSPolicy only (certificates.k8s.io/"
           "v1beta1), not for frontend validation, so the ClusterTrustBundle feature is not claimed; "
-          "--supported-features can add it",
+          "--supported-features can add it. Envoy (1.39.1, BoringSSL) refuses in the handshake, never with "
+          "an HTTP status: TLS 1.2 handshake alert 'unknown ca'; TLS 1.3 on the first read 'unknown ca', "
+          "'certificate required' (none sent), 'certificate expired' (also not yet valid), 'unsupported "
+          "certificate' (server-auth-only EKU); the same over HTTP/2 (run of 2026-12-06, "
+          "docs/implementations/envoy-gateway.md)",
 )
 
 ISTIO = Profile(

@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                 argv = [sys.executable, "-m", "pytest", "mtls_conformance/scenarios", "-p", "no:cacheprovider", "-rA",
                         "--gateway-class=traefik", f"--kubeconfig={cluster.kubeconfig}",
                         "--backend-mode=deployment", f"--report-dir={args.out}",
+                        # The version that ran: build.sh's cache dir is traefik-<version>.
+                        f"--implementation-version={traefik.parents[1].name.removeprefix('traefik-')}",
                         f"--junitxml={work / 'ours.xml'}", *args.pytest_args]
                 with open(work / "ours.log", "w") as log:
                     ours = subprocess.run(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=3600)
