@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import time
 from pathlib import Path
 
@@ -293,7 +294,10 @@ class ExpiringChains:
                  ".key": lkey.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                             serialization.NoEncryption())}
         for suffix, data in files.items():
-            Path(f"{stem}{suffix}").write_bytes(data)
+            # The key 0600, as every key the PKI factory writes (tests/harness/test_secrets_hygiene.py).
+            fd = os.open(f"{stem}{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if suffix == ".key" else 0o644)
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
         return Client(name, Path(f"{stem}.chain.pem"), Path(f"{stem}.key"), Path(f"{stem}.crt"))
 
 

@@ -43,8 +43,9 @@ class StandIn:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 host = self.headers.get("Host") or ""
-                standin.seen.append((self.path, host))
-                if self.path == "/" and host.rsplit(":", 1)[0] == NAME:
+                path = self.path.split("?", 1)[0]  # every probe carries its id in the query
+                standin.seen.append((path, host))
+                if path == "/" and host.rsplit(":", 1)[0] == NAME:
                     status, body = standin.answer
                 else:
                     status, body = 404, b"<html>no such page on this host</html>\n"
