@@ -79,7 +79,8 @@ GROUPS: dict[str, tuple[list[str], list[str]]] = {
         ["mtls_conformance/scenarios/test_frontend_default.py", "mtls_conformance/scenarios/test_frontend_bad_client_certs.py",
          "mtls_conformance/scenarios/test_frontend_insecure_fallback.py", "mtls_conformance/scenarios/test_frontend_pinning.py",
          "mtls_conformance/scenarios/test_frontend_misdirected.py",
-         "mtls_conformance/scenarios/test_frontend_misdirected_upstream.py"],
+         "mtls_conformance/scenarios/test_frontend_misdirected_upstream.py",
+         "mtls_conformance/scenarios/test_frontend_resumption.py"],
     ),
 }
 
