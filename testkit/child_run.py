@@ -20,6 +20,7 @@ import dataclasses
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -110,6 +111,13 @@ def run_pytest(*args: str, cwd: Path = ROOT, junit: Path | None = None, env: dic
     return PytestRun(proc.returncode, proc.stdout, proc.stderr, outcomes, messages)
 
 
+def _terminal_signals() -> None:
+    """In the child, SIGINT as a terminal's command has it. A command started in the
+    background by a shell without job control (``cmd &`` in a script, as CI may run
+    ``.ci/run``) inherits SIGINT ignored, and a Ctrl-C test would then see no interrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Child:
     """A child pytest run, tagged so that everything it starts can be found afterwards."""
 
@@ -127,7 +135,7 @@ class Child:
                                      stderr=subprocess.STDOUT, text=True,
                                      # A process group of its own, as a shell gives a command,
                                      # so that Ctrl-C can be sent the way a terminal sends it.
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_terminal_signals)
         self.output = ""
 
     def wait(self, timeout: float = 180) -> Child:
