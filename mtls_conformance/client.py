@@ -470,11 +470,10 @@ class GatewayClient:
         # Each attempt's verdict as it was judged (whether the session was resumed changes
         # from attempt to attempt), for the check that no refused request reached a backend.
         sent: list[SentProbe] = []
-        verdicts: list[bool] = []
+        verdicts: dict[int, str | None] = {}  # id(outcome) -> its judgement when it was made
 
         def judging(outcome: Outcome) -> str | None:
-            why = judge(outcome)
-            verdicts.append(why is None)
+            verdicts[id(outcome)] = why = judge(outcome)
             return why
 
         context = self._context(port, sni, cert, request)
@@ -491,12 +490,8 @@ class GatewayClient:
                 f"curl's --ssl-sessions, or openssl s_client -sess_out/-sess_in)", evidence=exc.evidence) from None
         finally:
             self._sent = None
-        deciding: list[SentProbe] = []
-        for probe, ok in reversed(list(zip(sent, verdicts))):
-            if not ok:
-                break
-            deciding.append(probe)
-        self._expect_not_forwarded(deciding[::-1], time.monotonic(), port=port, sni=sni, cert=cert,
+        deciding = deciding_attempts(sent, lambda outcome: verdicts[id(outcome)])
+        self._expect_not_forwarded(deciding, time.monotonic(), port=port, sni=sni, cert=cert,
                                    request=request, what=what)
         if resumption.reused:
             how = f"resumed, then refused: {where_rejected(outcome)}"
