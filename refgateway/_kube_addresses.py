@@ -180,7 +180,11 @@ class GatewayServices:
                 continue
             answer.setdefault("apiVersion", "v1")
             answer.setdefault("kind", "Service")
-            self.cache.put(("Service", self.namespace, answer["metadata"]["name"]), answer, wake=False)
+            key = ("Service", self.namespace, answer["metadata"]["name"])
+            if svc is None:
+                self.cache.put(key, answer, wake=False)  # ours: no one else deletes it
+            else:
+                self.cache.refresh(key, answer)  # unless it was deleted meanwhile after all
         for gw, svc in sorted(current.items()):
             if gw in wanted:
                 continue

@@ -60,6 +60,18 @@ class Cache:
         if changed and wake:
             self._wake()
 
+    def refresh(self, key, obj: dict) -> None:
+        """Record the answer of one of our own writes (a status write, a Service patch),
+        without waking the loop, but only while the object is still here: the answer may
+        arrive after the watch's DELETED event, and putting it back then would leave an
+        object the API server no longer has in the cache until the next full list (a
+        Gateway kept serving, its Service never deleted)."""
+        with self._lock:
+            old = self._objects.get(key)
+            if old is None or (_rv(old) and _rv(obj) and _rv_newer(_rv(old), _rv(obj))):
+                return
+            self._objects[key] = obj
+
     def delete(self, key) -> None:
         with self._lock:
             changed = self._objects.pop(key, None) is not None

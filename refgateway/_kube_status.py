@@ -97,7 +97,8 @@ class StatusWriter:
         self.writes += 1
         answer.setdefault("apiVersion", res.api_version)
         answer.setdefault("kind", res.kind)
-        # Only the status changed: record it without waking the loop.
-        self.cache.put(key, answer, wake=False)
+        # Only the status changed: record it without waking the loop (and not at all if
+        # the object was deleted while the write was on its way).
+        self.cache.refresh(key, answer)
         log.info("status of %s %s written (generation %s)", key[0], "/".join(filter(None, key[1:])),
                  (answer.get("metadata") or {}).get("generation"))

@@ -574,6 +574,49 @@ def test_reflector_follows_changes_across_watch_reconnects(cluster, api, ns, mon
     assert not r.is_alive(), "the reflector thread did not stop"
 
 
+def test_a_status_write_answered_after_the_delete_does_not_bring_the_gateway_back(cluster, api, ns, monkeypatch):
+    """A Gateway deleted while its status write is on the way: the watch's DELETED event
+    may come before the write's answer. The answer must not put the Gateway back in the
+    cache, or refgateway serves it, and keeps its Service, until the next full list (CI
+    on the node tier: a deleted Gateway's Service still there 180 s later). The race is
+    forced here: the write's answer is handed back only once the reflector has seen the
+    delete."""
+    from refgateway import _kube_api, _kube_informer, _kube_status
+
+    kube = _kube_api.connect(str(cluster.kubeconfig), None)
+    stop = threading.Event()
+    cache = _kube_informer.Cache(lambda: None)
+    r = _kube_informer.Reflector(kube, (_kube_api.Resource("Gateway", f"{GROUP}/v1", "gateways", True),), cache, stop)
+    r.start()
+    key = ("Gateway", ns, "doomed")
+    co = client.CustomObjectsApi(api)
+    real_request = _kube_status.request
+
+    def request_then_delete(api_, method, path, **kw):
+        answer = real_request(api_, method, path, **kw)
+        if method == "PATCH" and path.endswith("/doomed/status"):
+            co.delete_namespaced_custom_object(GROUP, "v1", ns, "gateways", "doomed")
+            wait_until(lambda: key not in cache.snapshot(), what="the reflector to see the delete")
+        return answer
+
+    monkeypatch.setattr(_kube_status, "request", request_then_delete)
+    try:
+        assert r.synced.wait(10), "no first list"
+        co.create_namespaced_custom_object(GROUP, "v1", ns, "gateways", gateway_body("doomed"))
+        wait_until(lambda: cache.get(key), what="Gateway doomed in the cache")
+        writer = _kube_status.StatusWriter(kube, cache, CONTROLLER, frozenset())
+        accepted = {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "",
+                    "observedGeneration": 1}
+        assert writer.sync({key: {"status": {"conditions": [accepted]}}})
+        assert writer.writes == 1, "the status write did not happen"
+        assert key not in cache.snapshot(), "the write's answer brought the deleted Gateway back into the cache"
+    finally:
+        stop.set()
+        r.close()
+        r.join(5)
+        kube.close()
+
+
 def test_privileged_port_without_capability_is_port_unavailable(cluster, api, backend, pki, ns, tmp_path):
     """Without CAP_NET_BIND_SERVICE, a listener on 443 is reported, not silently missing."""
     if shutil.which("setpriv") is None:
