@@ -213,7 +213,8 @@ def test_the_suite_with_deployment_backends_and_port_forward_passes(node, refgat
         # slow: the Service of Gateway mtls-invalid-ca was still there after 180 s because a
         # status write's answer had put the deleted Gateway back into refgateway's cache
         # (fixed: Cache.refresh; tests/cluster's status_write_answered_after_the_delete test).
-        # In that run every other Service went within 6 s of its Gateway; the bound stays 180 s.
+        # In that run's log every other Service went in the reload that closed its Gateway's
+        # ports (tens of ms after); the bound stays 180 s.
         wait_until("refgateway deletes the Services of the run's Gateways", lambda: not run_services(), timeout=180)
     except AssertionError:
         still = [s["metadata"]["name"] for s in run_services()]
