@@ -104,18 +104,25 @@ def test_listener_with_a_valid_ca_keeps_serving(gateways, case, valid_client, un
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_invalid_content_is_reported(gateways, case):
+def test_invalid_content_is_reported(gateways, case, valid_client):
     gw, (what, _, _, reason) = gateways[case], CONTENT[case]
     condition = wait_listener(gw, INVALID_PORT, "ResolvedRefs", "False", reason)
     assert condition.get("message"), (f"listener {listener_name(INVALID_PORT)} ({what}): ResolvedRefs=False "
                                       f"without a message naming the reference")
     wait_listener(gw, INVALID_PORT, "Accepted", "False", "NoValidCACertificate")
     wait_listener(gw, INVALID_PORT, "Programmed", "False")
+    # What the conditions promise (docs/status-and-traffic.md): nobody in on this port, while
+    # the Gateway's other listener serves.
+    gw.expect_fail_closed(INVALID_PORT, sni=HOSTNAME, clients=[None, valid_client], serving_port=VALID_PORT,
+                          serving_client=valid_client,
+                          what=f"ResolvedRefs=False, Accepted=False/NoValidCACertificate ({what}): the port fails "
+                               f"closed")
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_listener_with_invalid_content_fails_closed(gateways, case, valid_client):
-    """Probed without verifying the port's certificate (see expect_fail_closed)."""
+    """Traffic alone, whatever the status says: probed without verifying the port's
+    certificate (see expect_fail_closed)."""
     gw, what = gateways[case], CONTENT[case][0]
     gw.expect_fail_closed(INVALID_PORT, sni=HOSTNAME, clients=[None, valid_client], serving_port=VALID_PORT,
                           serving_client=valid_client,
