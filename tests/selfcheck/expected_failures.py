@@ -853,6 +853,17 @@ EXPECTED_FAILURES.update({
         "test_backend_tls_policy_foreign_status.py::test_other_controllers_ancestor_entry_is_kept[*]",
     ],
 })
+# The same modules under the faults before them (each module run under every fault):
+_CONTENT = "test_frontend_invalid_ca_content.py"
+for _fault in ("accept-any-client-cert", "accept-no-client-cert", "report-valid-ca-unresolved", "accept-any-on-tls13",
+               "tls13-only-accept-any", "internal-error-for-bad-client-cert", "refuse-after-proxying"):
+    EXPECTED_FAILURES[_fault].append(f"{_CONTENT}::test_listener_with_a_valid_ca_keeps_serving[*]")
+for _fault in ("ignore-per-port", "fail-open-invalid-ca", "invalid-ca-throwaway-certificate"):
+    EXPECTED_FAILURES[_fault] += [f"{_CONTENT}::test_invalid_content_is_reported[*]",
+                                  f"{_CONTENT}::test_listener_with_invalid_content_fails_closed[*]"]
+EXPECTED_FAILURES["distrust-client-ca"].append(f"{_CONTENT}::*")
+EXPECTED_FAILURES["stale-observed-generation"].append(
+    "test_backend_tls_policy_foreign_status.py::test_other_controllers_ancestor_entry_is_kept[*]")
 
 #: Scenario tests that run only with an option the selfcheck cannot give (they need the
 #: internet), with that option: skipped in the child runs, exempt from "can fail".
