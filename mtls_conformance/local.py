@@ -70,7 +70,7 @@ def _read_yaml(path: Path) -> dict | None:
 
 
 @contextlib.contextmanager
-def status_lock(state_dir: Path) -> Iterator[None]:
+def _status_lock(state_dir: Path) -> Iterator[None]:
     """state_dir/status.lock, held while a status file is read and rewritten by anyone but
     its only writer (docs/local-target.md): the gateway holds it for files it shares."""
     with open(state_dir / "status.lock", "a") as lock:
@@ -268,7 +268,7 @@ class LocalTarget(Target):
         if obj is None:
             raise TargetError(f"{ref} does not exist")
         path = self._path(ref, self.state_dir / "status")
-        with status_lock(self.state_dir):
+        with _status_lock(self.state_dir):
             doc = _read_yaml(path) or {"apiVersion": obj["apiVersion"], "kind": ref.kind,
                                        "metadata": {k: v for k, v in obj["metadata"].items()
                                                     if k in ("name", "namespace", "generation")}}

@@ -35,8 +35,9 @@ from OpenSSL import SSL
 from . import translator
 from ._edge import Edge, Timeouts, on_sni, on_verify
 from ._tls import MAX_CLIENT_CHAIN_DEPTH, BackendContexts, ContextCache, SessionMemory
-from .faults import (DROPS_FOREIGN_POLICY_STATUS, IGNORE_BACKEND_TLS_POLICY_DELETION, IGNORE_CA_ROTATION, IGNORE_CERTIFICATE_ROTATION,
-                     IGNORE_CLUSTER_TRUST_BUNDLE_ROTATION, SESSIONS_SURVIVE_CA_CHANGE, STALE_INSECURE_CONDITION)
+from .faults import (DROPS_FOREIGN_POLICY_STATUS, IGNORE_BACKEND_TLS_POLICY_DELETION, IGNORE_CA_ROTATION,
+                     IGNORE_CERTIFICATE_ROTATION, IGNORE_CLUSTER_TRUST_BUNDLE_ROTATION, SESSIONS_SURVIVE_CA_CHANGE,
+                     STALE_INSECURE_CONDITION)
 
 log = logging.getLogger("refgateway")
 
