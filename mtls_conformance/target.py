@@ -264,12 +264,12 @@ class Target(abc.ABC):
     def get(self, ref: ObjectRef) -> dict | None:
         """The object as the API sees it (metadata, spec and the gateway's status)."""
 
-    @abc.abstractmethod
     def add_status_entry(self, ref: ObjectRef, field: str, entry: dict) -> dict:
         """Append ``entry`` to the list ``status.<field>`` of an object through a status write,
         as another controller shares a BackendTLSPolicy's ``ancestors`` or an HTTPRoute's
         ``parents`` with the gateway; returns the entry as stored (an API server truncates
-        ``lastTransitionTime`` to seconds)."""
+        ``lastTransitionTime`` to seconds). Both targets can; another may not."""
+        raise TargetCannot(f"the {self.kind} target cannot write an object's status as another controller")
 
     @abc.abstractmethod
     def publish_service(self, namespace: str, name: str, ports: list[ServicePort]) -> None:

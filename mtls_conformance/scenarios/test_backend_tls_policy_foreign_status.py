@@ -28,7 +28,7 @@ import datetime
 import pytest
 
 from mtls_conformance import manifests as m
-from mtls_conformance.target import ObjectRef
+from mtls_conformance.target import ObjectRef, TargetCannot
 
 from mtls_conformance.fixtures.guide import BACKEND_HOSTNAME, BACKEND_OTHER_HOSTNAME, HOSTNAME
 
@@ -77,8 +77,10 @@ def test_other_controllers_ancestor_entry_is_kept(gw, case, mtls_namespace, mtls
     mtls_target.wait_for_policy_condition(ref, gw.gateway, "Accepted", "True", reason="Accepted", timeout=timeout)
 
     generation = mtls_target.get(ref)["metadata"]["generation"]
-    stored = mtls_target.add_status_entry(ref, "ancestors",
-                                          others_entry(ns, CASES[case] or GATEWAY, generation))
+    try:
+        stored = mtls_target.add_status_entry(ref, "ancestors", others_entry(ns, CASES[case] or GATEWAY, generation))
+    except TargetCannot as exc:  # both targets of this harness can; a target of someone else's may not
+        pytest.skip(str(exc))
     # A spec change: the gateway must write its own entry again, at the new generation.
     mtls_target.apply(policy(service, ns, service, BACKEND_OTHER_HOSTNAME))
     mtls_target.wait_for_policy_condition(ref, gw.gateway, "Accepted", "True", reason="Accepted", timeout=timeout)
