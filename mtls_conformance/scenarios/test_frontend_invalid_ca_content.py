@@ -29,11 +29,13 @@ pinned: an implementation that checks the format sets "an implementation-specifi
 Accepted=False/NoValidCACertificate.
 
 Envoy Gateway v1.9.1 taught this module (docs/implementations/envoy-gateway.md, deviation
-1): it reported both kinds resolved, passed the bytes to Envoy, and Envoy refused the
-Gateway's whole TLS configuration, so the valid listener of the same Gateway closed every
+1): it reported both kinds resolved. Without ``ca.crt`` it took the CA under another key and
+let that CA's clients in on the port; the text that is not PEM went to Envoy, which refused
+the Gateway's whole TLS configuration, so the valid listener of the same Gateway closed every
 handshake while its status said Programmed. test_frontend_invalid_ca.py puts every invalid
-reference on one Gateway; here each kind of bad content is alone on a Gateway of its own,
-beside a listener with a valid CA, so a failure names the rule it breaks.
+reference on one Gateway, where the two could not be told apart; here each kind of bad
+content is alone on a Gateway of its own, beside a listener with a valid CA, so a failure
+names the rule it breaks.
 """
 
 from __future__ import annotations
