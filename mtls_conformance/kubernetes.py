@@ -441,6 +441,33 @@ class KubernetesTarget(KubernetesBackends, PortForwards, Target):
         except NotFoundError:
             return None
 
+    def add_status_entry(self, ref: ObjectRef, field: str, entry: dict) -> dict:
+        """Read, append, and write the status subresource with the read's resourceVersion;
+        a conflict (the gateway wrote meanwhile) reads again, as a controller does."""
+        from kubernetes.dynamic.exceptions import ConflictError, DynamicApiError
+
+        resource = self._resource(ref.api_version, ref.kind)
+        for _ in range(10):
+            obj = self.get(ref)
+            if obj is None:
+                raise TargetError(f"{ref} does not exist")
+            status = obj.get("status") or {}
+            status[field] = [*(status.get(field) or []), copy.deepcopy(entry)]
+            obj["status"] = status
+            try:
+                stored = resource.status.replace(body=obj, name=ref.name, namespace=ref.namespace).to_dict()
+            except ConflictError:
+                continue
+            except DynamicApiError as exc:
+                raise TargetError(f"the API server refused a status write to {ref}: {_api_message(exc)}") from None
+            same = [e for e in (stored.get("status") or {}).get(field) or []
+                    if e.get("controllerName") == entry.get("controllerName")
+                    and all(e.get(k) == entry[k] for k in ("ancestorRef", "parentRef") if k in entry)]
+            if not same:
+                raise TargetError(f"the API server dropped the status entry written to {ref}.status.{field}")
+            return same[-1]
+        raise TargetError(f"a status write to {ref} conflicted 10 times in a row with other writers")
+
     def _observe(self, ref: ObjectRef, deadline: float) -> Iterator[dict | None]:
         from kubernetes import watch
         from kubernetes.client.exceptions import ApiException

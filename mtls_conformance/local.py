@@ -8,8 +8,10 @@ reads back the status files and listener ports that the gateway writes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import datetime
+import fcntl
 import json
 import os
 import shlex
@@ -65,6 +67,18 @@ def _read_yaml(path: Path) -> dict | None:
         data = yaml.load(raw, Loader=_LOADER)
         cached = _parsed[path] = (raw, data if isinstance(data, dict) else None)
     return copy.deepcopy(cached[1])
+
+
+@contextlib.contextmanager
+def _status_lock(state_dir: Path) -> Iterator[None]:
+    """state_dir/status.lock, held while a status file is read and rewritten by anyone but
+    its only writer (docs/local-target.md): the gateway holds it for files it shares."""
+    with open(state_dir / "status.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def check_manifest(obj: Manifest) -> None:
@@ -245,6 +259,24 @@ class LocalTarget(Target):
         if written and written.get("status") is not None:
             obj["status"] = written["status"]
         return obj
+
+    def add_status_entry(self, ref: ObjectRef, field: str, entry: dict) -> dict:
+        """The status file stands for the status subresource, shared with the gateway as on
+        an API server: read, append, rewrite, under the lock docs/local-target.md names."""
+        self._check_alive()
+        obj = self._objects.get(ref)
+        if obj is None:
+            raise TargetError(f"{ref} does not exist")
+        path = self._path(ref, self.state_dir / "status")
+        with _status_lock(self.state_dir):
+            doc = _read_yaml(path) or {"apiVersion": obj["apiVersion"], "kind": ref.kind,
+                                       "metadata": {k: v for k, v in obj["metadata"].items()
+                                                    if k in ("name", "namespace", "generation")}}
+            status = doc.get("status") or {}
+            status[field] = [*(status.get(field) or []), copy.deepcopy(entry)]
+            doc["status"] = status
+            _atomic_write(path, yaml.safe_dump(doc, sort_keys=False))
+        return copy.deepcopy(entry)
 
     def _observe(self, ref: ObjectRef, deadline: float) -> Iterator[dict | None]:
         while True:

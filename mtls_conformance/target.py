@@ -264,6 +264,13 @@ class Target(abc.ABC):
     def get(self, ref: ObjectRef) -> dict | None:
         """The object as the API sees it (metadata, spec and the gateway's status)."""
 
+    def add_status_entry(self, ref: ObjectRef, field: str, entry: dict) -> dict:
+        """Append ``entry`` to the list ``status.<field>`` of an object through a status write,
+        as another controller shares a BackendTLSPolicy's ``ancestors`` or an HTTPRoute's
+        ``parents`` with the gateway; returns the entry as stored (an API server truncates
+        ``lastTransitionTime`` to seconds). Both targets can; another may not."""
+        raise TargetCannot(f"the {self.kind} target cannot write an object's status as another controller")
+
     @abc.abstractmethod
     def publish_service(self, namespace: str, name: str, ports: list[ServicePort]) -> None:
         """Make a Service whose endpoints are processes that the harness runs."""
@@ -491,7 +498,10 @@ class Target(abc.ABC):
             if obj is None:
                 return "the policy does not exist"
             generation = obj.get("metadata", {}).get("generation")
-            ancestors = (obj.get("status") or {}).get("ancestors") or []
+            # Only the gateway's own entries: others' are theirs to keep current (and upstream
+            # skips them too); an entry without controllerName counts as the gateway's.
+            ancestors = [e for e in (obj.get("status") or {}).get("ancestors") or []
+                         if e.get("controllerName") in (None, self.controller_name)]
             for entry in ancestors:
                 stale = [c for c in entry.get("conditions") or [] if c.get("observedGeneration") != generation]
                 if stale:

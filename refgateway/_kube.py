@@ -258,7 +258,7 @@ class KubeGateway(Gateway):
             self.loop.add_signal_handler(sig, self.stopping.set)
         self.cache = Cache(self._wake)
         sticky = frozenset({"InsecureFrontendValidationMode"}) if STALE_INSECURE_CONDITION in self.faults else frozenset()
-        self.writer = StatusWriter(self.api, self.cache, self.controller, sticky)
+        self.writer = StatusWriter(self.api, self.cache, self.controller, sticky, self.faults)
         if self.service_namespace:
             self.services = GatewayServices(self.api, self.cache, self.service_namespace, self.service_selector,
                                             self.controller)

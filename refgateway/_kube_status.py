@@ -13,6 +13,7 @@ from . import translator
 from ._kube_api import GW_GROUP, STATUS_KINDS, ApiError, Resource, request
 from ._kube_informer import Cache
 from ._server import _now
+from .faults import DROPS_FOREIGN_POLICY_STATUS
 
 log = logging.getLogger("refgateway")
 
@@ -27,8 +28,10 @@ def _ours_only(entries: list, controller: str) -> list:
 class StatusWriter:
     """Writes the differences between wanted and current status; blocking, so run in a thread."""
 
-    def __init__(self, api, cache: Cache, controller: str, sticky: frozenset[str]):
+    def __init__(self, api, cache: Cache, controller: str, sticky: frozenset[str],
+                 faults: frozenset[str] = frozenset()):
         self.api, self.cache, self.controller, self.sticky = api, cache, controller, sticky
+        self.faults = faults
         self.writes = 0  # for tests and logs: how many status writes reached the API server
 
     def sync(self, statuses: dict) -> bool:
@@ -80,6 +83,8 @@ class StatusWriter:
             if new == old:
                 return
             others = [e for e in current if not (isinstance(e, dict) and e.get("controllerName") == self.controller)]
+            if DROPS_FOREIGN_POLICY_STATUS in self.faults and key[0] == "BackendTLSPolicy":
+                others = []
             body = copy.deepcopy(obj)
             body.setdefault("status", {})[shared] = others + new
             try:

@@ -15,11 +15,11 @@ from cryptography.hazmat.primitives import serialization
 
 from ._backend_tls import _client_certificate
 from ._plan import (ALLOW_INSECURE_FALLBACK, ALLOW_VALID_ONLY, GW_GROUP, OPTION_DOMAIN, PIN_HASH_KEYS,
-                    PIN_SAN_KEYS, Validation, _decode_secret, _Index, _meta, _missing_bundles_only,
-                    _parse_hash_pins, _resolve_ca_ref, _valid_keypair)
+                    PIN_SAN_KEYS, Validation, _decode_secret, _Index, _is_bundle_ref, _meta,
+                    _missing_bundles_only, _parse_hash_pins, _resolve_ca_ref, _valid_keypair)
 from .faults import (CERTIFICATE_REFS_DENY_CROSS_NAMESPACE, CERTIFICATE_REFS_IGNORE_REFERENCE_GRANT,
                      FAIL_OPEN_INVALID_CA, HIDE_PARTIALLY_INVALID_CA_REFS, IGNORE_PER_PORT, IGNORE_PINNING,
-                     REJECT_INSECURE_FALLBACK, REPORT_VALID_CA_UNRESOLVED)
+                     INVALID_CA_TAKES_DOWN_GATEWAY, REJECT_INSECURE_FALLBACK, REPORT_VALID_CA_UNRESOLVED)
 
 
 @dataclass
@@ -37,6 +37,7 @@ class _ListenerState:
     cert: tuple[bytes, bytes] | None = None
     validation: Validation | None = None
     fail_closed: bool = False
+    takes_down_gateway: bool = False  # the invalid-ca-takes-down-gateway fault
     attached: int = 0
     rules: list = field(default_factory=list)
 
@@ -55,22 +56,28 @@ class _ListenerState:
         return self.accepted[0] and not self.conflicted[0]
 
 
-def _resolve_ca_refs(idx: _Index, gw_ns: str, refs: list) -> tuple[list[bytes], list[tuple[str, str]]]:
-    """Resolve validation.caCertificateRefs: (valid PEM bundles, [(reason, message)])."""
+def _resolve_ca_refs(idx: _Index, gw_ns: str, refs: list) -> tuple[list[bytes], list[tuple[str, str]], int]:
+    """Resolve validation.caCertificateRefs: (valid PEM bundles, [(reason, message)], how many
+    refs the invalid-ca-takes-down-gateway fault took as resolved)."""
     def not_permitted(kind: str, ns: str, name: str, where: str) -> str | None:
         if ns != gw_ns and not idx.granted(GW_GROUP, "Gateway", gw_ns, "", kind, ns, name):
             return f"caCertificateRef {where} is in another namespace and no ReferenceGrant allows it"
         return None
 
-    good, bad = [], []
+    good, bad, unreadable = [], [], 0
     for ref in refs or []:
-        pem, problem = _resolve_ca_ref(idx, ref, ref.get("namespace") or gw_ns, "InvalidCACertificateKind",
-                                       not_permitted)
-        if problem:
+        ns = ref.get("namespace") or gw_ns
+        pem, problem = _resolve_ca_ref(idx, ref, ns, "InvalidCACertificateKind", not_permitted)
+        if problem and INVALID_CA_TAKES_DOWN_GATEWAY in idx.faults and problem[0] == "InvalidCACertificateRef" \
+                and not _is_bundle_ref(ref) and idx.get(ref.get("kind") or "", ns, ref.get("name") or "") is not None:
+            # The object exists, so it counts as resolved; its unparsed bytes go to the data
+            # plane, which refuses them, and with them the Gateway's whole TLS configuration.
+            unreadable += 1
+        elif problem:
             bad.append(problem)
         else:
             good.append(pem)
-    return good, bad
+    return good, bad, unreadable
 
 
 def _frontend_for_port(spec: Mapping, port: int, faults: frozenset[str]) -> Mapping | None:
@@ -143,7 +150,8 @@ def _check_listener_tls(idx: _Index, gw: Mapping, ls: _ListenerState, faults: fr
     if mode not in (ALLOW_VALID_ONLY, ALLOW_INSECURE_FALLBACK):
         ls.refuse("UnsupportedValue", f"validation.mode {mode!r} is not supported")
         return
-    good, bad = _resolve_ca_refs(idx, gw_ns, validation.get("caCertificateRefs") or [])
+    good, bad, unreadable = _resolve_ca_refs(idx, gw_ns, validation.get("caCertificateRefs") or [])
+    ls.takes_down_gateway = unreadable > 0  # reported as usable CAs: Accepted, Programmed
     if FAIL_OPEN_INVALID_CA in faults and not good:
         return  # serve without client verification and say nothing
     if _missing_bundles_only(idx, validation.get("caCertificateRefs") or []):
@@ -154,7 +162,7 @@ def _check_listener_tls(idx: _Index, gw: Mapping, ls: _ListenerState, faults: fr
         ls.unresolved(reason, msg)
     if not bad and REPORT_VALID_CA_UNRESOLVED in faults:
         ls.unresolved("InvalidCACertificateRef", "caCertificateRefs could not be resolved")
-    if not good:
+    if not good and not unreadable:
         ls.refuse("NoValidCACertificate",
                   f"none of the {len(bad)} caCertificateRefs of the validation for port {ls.port} is usable")
         ls.fail_closed = True

@@ -19,6 +19,8 @@ for as long as the port exists, whose plan and contexts are swapped in place.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -33,15 +35,20 @@ from OpenSSL import SSL
 from . import translator
 from ._edge import Edge, Timeouts, on_sni, on_verify
 from ._tls import MAX_CLIENT_CHAIN_DEPTH, BackendContexts, ContextCache, SessionMemory
-from .faults import (IGNORE_BACKEND_TLS_POLICY_DELETION, IGNORE_CA_ROTATION, IGNORE_CERTIFICATE_ROTATION,
-                     IGNORE_CLUSTER_TRUST_BUNDLE_ROTATION, SESSIONS_SURVIVE_CA_CHANGE, STALE_INSECURE_CONDITION)
+from .faults import (DROPS_FOREIGN_POLICY_STATUS, IGNORE_BACKEND_TLS_POLICY_DELETION, IGNORE_CA_ROTATION,
+                     IGNORE_CERTIFICATE_ROTATION, IGNORE_CLUSTER_TRUST_BUNDLE_ROTATION, SESSIONS_SURVIVE_CA_CHANGE,
+                     STALE_INSECURE_CONDITION)
 
 log = logging.getLogger("refgateway")
 
 POLL_INTERVAL = 0.025
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 #: Connections the kernel queues before the loop accepts them: many clients may connect at once.
 BACKLOG = 1024
 CLUSTER_SCOPED = {"GatewayClass", "Namespace", "ClusterTrustBundle"}
+#: Status lists shared with other controllers, each entry owned by its controllerName, as
+#: on an API server (the Kubernetes status sink does the same with resourceVersion).
+SHARED_STATUS = {"HTTPRoute": "parents", "BackendTLSPolicy": "ancestors"}
 
 
 # --------------------------------------------------------------------------- files
@@ -371,11 +378,48 @@ class LocalGateway(Gateway):
             old = self.written_status.get(key)
             doc = translator.stamp_transitions(doc, old, now, sticky_types=sticky)
             if doc != old:
-                atomic_write(self._status_path(key), yaml.safe_dump(doc, sort_keys=False))
+                self._write_status_file(key, doc)
             new_written[key] = doc
         for key in set(self.written_status) - set(new_written):
-            self._status_path(key).unlink(missing_ok=True)
+            self._write_status_file(key, None)
         self.written_status = new_written
+
+    def _write_status_file(self, key: tuple[str, str, str], doc: dict | None) -> None:
+        """Write (None: remove) our status of one object. A shared list keeps the entries of
+        other controllers, which a harness adds under state_dir/status.lock
+        (docs/local-target.md): read, merge and rewrite hold the same lock."""
+        path, shared = self._status_path(key), SHARED_STATUS.get(key[0])
+        if shared is None:
+            if doc is None:
+                path.unlink(missing_ok=True)
+            else:
+                atomic_write(path, yaml.safe_dump(doc, sort_keys=False))
+            return
+        with self._status_lock():
+            try:
+                current = yaml.load(path.read_bytes(), Loader=_YAML_LOADER) or {}
+            except FileNotFoundError:
+                current = {}
+            others = [e for e in (current.get("status") or {}).get(shared) or []
+                      if isinstance(e, dict) and e.get("controllerName") != self.controller]
+            if DROPS_FOREIGN_POLICY_STATUS in self.faults and key[0] == "BackendTLSPolicy":
+                others = []
+            if doc is None and not others:
+                path.unlink(missing_ok=True)
+                return
+            base = doc if doc is not None else current
+            ours = ((doc or {}).get("status") or {}).get(shared) or []
+            merged = {**base, "status": {**(base.get("status") or {}), shared: others + ours}}
+            atomic_write(path, yaml.safe_dump(merged, sort_keys=False))
+
+    @contextlib.contextmanager
+    def _status_lock(self):
+        with open(self.state_dir / "status.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

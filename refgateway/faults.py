@@ -82,6 +82,8 @@ REFUSE_AFTER_PROXYING = "refuse-after-proxying"
 SESSIONS_ACROSS_LISTENERS = "sessions-across-listeners"
 SESSIONS_SURVIVE_CA_CHANGE = "sessions-survive-ca-change"
 RESUMPTION_CHECKS_LEAF_EXPIRY_ONLY = "resumption-checks-leaf-expiry-only"
+INVALID_CA_TAKES_DOWN_GATEWAY = "invalid-ca-takes-down-gateway"
+DROPS_FOREIGN_POLICY_STATUS = "drops-foreign-policy-status"
 
 FAULTS: dict[str, str] = {
     ACCEPT_ANY_CLIENT_CERT: "AllowValidOnly accepts any presented client certificate (no certificate is still rejected)",
@@ -149,6 +151,8 @@ FAULTS: dict[str, str] = {
     SESSIONS_ACROSS_LISTENERS: "one session cache and ticket key for every listener and port: a session resumes wherever it is offered, whatever validation made it (nginx CVE-2014-3616, CVE-2025-23419)",
     SESSIONS_SURVIVE_CA_CHANGE: "a listener's sessions keep the scope of its first validation: sessions made before a CA bundle change still resume after it (Go CVE-2025-68121, golang/go#77113)",
     RESUMPTION_CHECKS_LEAF_EXPIRY_ONLY: "a resumed session is refused when the client's leaf has expired, but not when another certificate of its verified chain has (Go CVE-2025-68121, golang/go#77217)",
+    INVALID_CA_TAKES_DOWN_GATEWAY: "a CA ConfigMap or Secret without a PEM certificate under ca.crt (another key, or not PEM) is reported resolved, and the data plane then refuses the Gateway's whole TLS configuration: no HTTPS listener of that Gateway completes a handshake while status says Programmed (Envoy Gateway v1.9.1 with a ca.crt that is not PEM)",
+    DROPS_FOREIGN_POLICY_STATUS: "a BackendTLSPolicy status write replaces the whole status.ancestors list: entries of other controllers are removed (Envoy Gateway v1.9.1, upstream BackendTLSPolicyPreserveForeignStatus)",
 }
 
 

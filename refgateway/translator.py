@@ -41,8 +41,9 @@ from ._plan import (ALLOW_INSECURE_FALLBACK, ALLOW_VALID_ONLY, CTB_GROUP, CTB_KI
                     host_matches, host_rank)
 from ._routes import _BackendTLSContext, _route
 from ._status_memory import sticky_bundles, sticky_cas, sticky_certs, sticky_policies, stamp_transitions
-from .faults import (INVALID_CA_THROWAWAY_CERTIFICATE, NO_INSECURE_CONDITION, OMIT_BACKEND_CLIENT_CERT,
-                     REPORT_CLIENT_CERTIFICATE_REF_RESOLVED, STALE_OBSERVED_GENERATION, VALIDATE_HTTP_LISTENERS)
+from .faults import (INVALID_CA_TAKES_DOWN_GATEWAY, INVALID_CA_THROWAWAY_CERTIFICATE, NO_INSECURE_CONDITION,
+                     OMIT_BACKEND_CLIENT_CERT, REPORT_CLIENT_CERTIFICATE_REF_RESOLVED, STALE_OBSERVED_GENERATION,
+                     VALIDATE_HTTP_LISTENERS)
 
 __all__ = [
     "DEFAULT_CONTROLLER",
@@ -176,6 +177,8 @@ def translate(objects: Mapping[Key, Mapping], *, controller: str = DEFAULT_CONTR
             "conditions": gconds,
             "listeners": lstatus,
         })
+        # One unreadable CA bundle makes the data plane refuse the Gateway's whole TLS configuration.
+        tls_down = INVALID_CA_TAKES_DOWN_GATEWAY in faults and any(ls.takes_down_gateway for ls in listeners)
         by_port: dict[int, list[_ListenerState]] = {}
         for ls in listeners:
             if ls.protocol in ("HTTP", "HTTPS") and 0 < ls.port < 65536:
@@ -185,6 +188,8 @@ def translate(objects: Mapping[Key, Mapping], *, controller: str = DEFAULT_CONTR
             plan_listeners = []
             for ls in group:
                 servable = ls.usable and not ls.fail_closed and (protocol == "HTTP" or ls.cert is not None)
+                if protocol == "HTTPS" and tls_down:
+                    servable = False
                 validation = ls.validation if servable else None
                 cert = ls.cert
                 if ls.fail_closed and INVALID_CA_THROWAWAY_CERTIFICATE in faults:

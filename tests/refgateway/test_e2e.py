@@ -260,3 +260,32 @@ def test_expired_client_cert(mtls_setup, start_gateway, pki, tmp_path, faults, e
         assert https_get(port, pki, cert="old")[0] == 200
     else:
         assert alert_of(lambda: https_get(port, pki, cert="old")) == expect
+
+
+def test_other_controllers_route_status_entries_are_kept_and_outlive_ours(mtls_setup, start_gateway):
+    """HTTPRoute status.parents is shared with other controllers (docs/local-target.md): an
+    entry someone else adds under state_dir/status.lock survives our rewrite at the next
+    generation, and stays alone in the file once our status of the route is gone."""
+    import fcntl
+
+    gw = start_gateway()
+    gw.wait_condition("Gateway", "mtls", "Programmed")
+    path = gw.state_dir / "status" / NS / "HTTPRoute" / "echo.yaml"
+    wait_until(lambda: path.exists(), what="the route's status file")
+    theirs = {"parentRef": {"name": "elsewhere"}, "controllerName": "example.net/other", "conditions": []}
+    with open(gw.state_dir / "status.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        doc = yaml.safe_load(path.read_text())
+        doc["status"]["parents"].append(theirs)
+        path.write_text(yaml.safe_dump(doc))
+
+    def parents() -> list:
+        return ((gw.status("HTTPRoute", "echo") or {}).get("status") or {}).get("parents") or []
+
+    mtls_setup.apply(http_route("echo", "mtls"))  # generation 2: our entry is written again
+    wait_until(lambda: any(c.get("observedGeneration") == 2 for p in parents() if p is not None
+                           and p.get("controllerName") != theirs["controllerName"] for c in p.get("conditions") or []),
+               what="our parents entry at generation 2")
+    assert theirs in parents()
+    mtls_setup.delete("HTTPRoute", "echo")
+    wait_until(lambda: parents() == [theirs], what="only the other controller's entry left")

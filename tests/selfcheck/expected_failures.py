@@ -836,6 +836,35 @@ for _fault in ("accept-any-client-cert", "distrust-client-ca", "accept-any-on-tl
 EXPECTED_FAILURES["accept-expired-client-cert"] += [f"{_RULE}[expired-intermediate]",
                                                     f"{_RULE}[not-yet-valid-intermediate]"]
 
+# Issue 19 item 6, from Envoy Gateway v1.9.1 (docs/implementations/envoy-gateway.md).
+# A CA object that exists but holds no PEM under ca.crt, taken as resolved, takes the whole
+# Gateway down: every test on a Gateway that has one fails, and no other.
+EXPECTED_FAILURES.update({
+    "invalid-ca-takes-down-gateway": [
+        "test_frontend_invalid_ca_content.py::*",
+        "test_frontend_invalid_ca.py::test_valid_reference_resolves",
+        "test_frontend_invalid_ca.py::test_invalid_reference_is_reported[*]",
+        "test_frontend_invalid_ca.py::test_listener_without_a_valid_ca_is_not_accepted[*]",
+        "test_frontend_invalid_ca.py::test_listener_without_a_valid_ca_fails_closed[*]",
+        "test_frontend_invalid_ca.py::test_valid_ca_still_works_next_to_an_invalid_one",
+        "test_frontend_invalid_ca.py::test_invalid_reference_is_reported_next_to_a_valid_one",
+    ],
+    "drops-foreign-policy-status": [
+        "test_backend_tls_policy_foreign_status.py::test_other_controllers_ancestor_entry_is_kept[*]",
+    ],
+})
+# The same modules under the faults before them (each module run under every fault):
+_CONTENT = "test_frontend_invalid_ca_content.py"
+for _fault in ("accept-any-client-cert", "accept-no-client-cert", "report-valid-ca-unresolved", "accept-any-on-tls13",
+               "tls13-only-accept-any", "internal-error-for-bad-client-cert", "refuse-after-proxying"):
+    EXPECTED_FAILURES[_fault].append(f"{_CONTENT}::test_listener_with_a_valid_ca_keeps_serving[*]")
+for _fault in ("ignore-per-port", "fail-open-invalid-ca", "invalid-ca-throwaway-certificate"):
+    EXPECTED_FAILURES[_fault] += [f"{_CONTENT}::test_invalid_content_is_reported[*]",
+                                  f"{_CONTENT}::test_listener_with_invalid_content_fails_closed[*]"]
+EXPECTED_FAILURES["distrust-client-ca"].append(f"{_CONTENT}::*")
+EXPECTED_FAILURES["stale-observed-generation"].append(
+    "test_backend_tls_policy_foreign_status.py::test_other_controllers_ancestor_entry_is_kept[*]")
+
 #: Scenario tests that run only with an option the selfcheck cannot give (they need the
 #: internet), with that option: skipped in the child runs, exempt from "can fail".
 OPT_IN: dict[str, str] = {
