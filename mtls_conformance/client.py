@@ -20,7 +20,7 @@ from .expect import (ExpectationFailed, Timing, backend_saw_plaintext, backend_s
                      judge_backend_refused, judge_ok, judge_rejected, reached_backend)
 from .probe import Outcome, ProbeFailure, Rejection, Response, Resumption
 from .profiles import Profile
-from .target import ObjectRef, Target, conditions_of, find_condition
+from .target import NotListening, ObjectRef, Target, conditions_of, find_condition
 
 
 #: User properties (name, value) that record how each rejection reached the client and
@@ -188,6 +188,12 @@ def describe_forwarded(hits: Sequence[tuple[SentProbe, Any, dict]], deciding: in
             f"expected none: a refused request must never reach a backend")
 
 
+def nothing_listens(exc: NotListening) -> Rejection:
+    """What a client would see where the target knows nothing listens: connection refused."""
+    return Rejection(phase="connect", kind="refused", alert=None, detail=str(exc), tls=None,
+                     note=f"nothing listens: {exc}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Pair:
     """What :meth:`GatewayClient.expect_pair` saw: the accepted client's answer, and how the
@@ -254,11 +260,16 @@ class GatewayClient:
         ``resumption``: the client's session to offer and keep (see probe.Resumption).
         """
         probe_id = secrets.token_hex(8)
-        outcome = _probe.probe(self.address(port), sni=sni, host=host or sni, path=with_probe_id(path, probe_id),
-                               client_cert=cert, trust_pem=self.trust.cert_pem if verify_server else None,
-                               headers=headers, method=method, body=body, http2=http2, tls_version=tls_version,
-                               plaintext=plaintext, timeout=self.settings.timing.request_timeout,
-                               resumption=resumption)
+        try:
+            address = self.address(port)
+        except NotListening as exc:
+            outcome: Outcome = nothing_listens(exc)
+        else:
+            outcome = _probe.probe(address, sni=sni, host=host or sni, path=with_probe_id(path, probe_id),
+                                   client_cert=cert, trust_pem=self.trust.cert_pem if verify_server else None,
+                                   headers=headers, method=method, body=body, http2=http2,
+                                   tls_version=tls_version, plaintext=plaintext,
+                                   timeout=self.settings.timing.request_timeout, resumption=resumption)
         if self._sent is not None:
             self._sent.append(SentProbe(probe_id, outcome))
         return outcome
@@ -266,7 +277,11 @@ class GatewayClient:
     def request_coalesced(self, port: int, *, sni: str, authorities: Sequence[str], cert: Any = None,
                           path: str = "/") -> list[Outcome]:
         """HTTP/2 requests for several authorities over one connection (see probe_coalesced)."""
-        return _probe.probe_coalesced(self.address(port), sni=sni, authorities=authorities, path=path,
+        try:
+            address = self.address(port)
+        except NotListening as exc:
+            return [nothing_listens(exc)] * len(authorities)
+        return _probe.probe_coalesced(address, sni=sni, authorities=authorities, path=path,
                                       client_cert=cert, trust_pem=self.trust.cert_pem,
                                       timeout=self.settings.timing.request_timeout)
 

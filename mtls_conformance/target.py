@@ -45,6 +45,14 @@ class TargetError(Exception):
     """The system under test cannot be used: the message says what to fix."""
 
 
+class NotListening(TargetError):
+    """Nothing listens on a listener port, as the target found out without connecting: e.g.
+    the Service the harness forwards to has no such port (the implementation did not program
+    the listener), or the pod behind it is not running (yet). A client there would get
+    connection refused, and GatewayClient judges it so: a connect-phase Rejection of kind
+    "refused" that names this message, tried again within the consistency window."""
+
+
 class TargetCannot(TargetError):
     """This target cannot do what was asked (a capability it lacks, not a failure).
 
