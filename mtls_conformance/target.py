@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Manifest", "Progress", "PROGRESS_AFTER", "WORKLOAD_LABEL", "CLUSTER_SCOPED_KINDS",
-           "TargetError", "TargetCannot", "SystemRootsUnavailable", "settled", "WaitTimeout",
+           "TargetError", "TargetCannot", "NotListening", "SystemRootsUnavailable", "settled", "WaitTimeout",
            "ObjectRef", "ServicePort", "SystemRootsFile", "ProcessHost", "conditions_of",
            "find_condition", "describe_conditions", "Target"]
 
