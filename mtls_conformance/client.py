@@ -101,6 +101,8 @@ def where_rejected(outcome: Outcome) -> str:
         return f"{outcome.phase} probe failure ({outcome.cause})"
     if isinstance(outcome, Rejection):
         text = f"{outcome.phase} {outcome.kind}"
+        if outcome.note:  # the target found out without connecting (NotListening)
+            text += f" ({outcome.note})"
         return f"{text} {outcome.alert!r}" if outcome.alert else text
     return f"HTTP {outcome.status} after the handshake"
 

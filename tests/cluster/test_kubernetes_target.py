@@ -545,7 +545,7 @@ def test_port_forward_to_a_starting_pod_or_a_missing_port_is_nothing_listening(t
     Envoy Gateway makes a proxy Deployment per Gateway and leaves an unprogrammed listener's
     port off the Service (docs/implementations/envoy-gateway.md). No scheduler here: the pod
     stays Pending, and kubectl port-forward says so."""
-    from mtls_conformance.client import GatewayClient, Settings
+    from mtls_conformance.client import GatewayClient, Settings, where_rejected
     from mtls_conformance.expect import ExpectationFailed, Timing
 
     namespace = f"mtls-forward-{uuid.uuid4().hex[:6]}"
@@ -577,7 +577,11 @@ def test_port_forward_to_a_starting_pod_or_a_missing_port_is_nothing_listening(t
     message = str(info.value)
     assert f"got connection refused on connect (nothing listens: {pending})" in message, message
     assert int(re.search(r"after (\d+) attempts", message).group(1)) >= 2, message  # tried again, not ended
-    gw.expect_rejected(8443, sni="example.com", listener_may_be_down=True, what="a listener left off the Service")
+    refused = gw.expect_rejected(8443, sni="example.com", listener_may_be_down=True,
+                                 what="a listener left off the Service")
+    assert where_rejected(refused) == (  # what the reports record (mtls_rejection)
+        f"connect refused (nothing listens: kubectl port-forward to {namespace}/service/g-proxy port 8443: "
+        "Service g-proxy does not have a service port 8443)")
 
 
 def test_deployment_backends_wait_for_a_ready_endpoint(cluster, dyn, controller):
