@@ -239,9 +239,11 @@ def test_section_name_of_no_port_is_target_not_found(gw, mtls_namespace, mtls_ta
     deploy(service, tls=False)
     p = policy(service, mtls_namespace, service, section="no-such-port")
     mtls_target.apply(p)
+    def has_entry(obj: dict | None) -> str | None:
+        return None if _entry_for(obj, gw.gateway, mtls_target.controller_name) else "no entry"
+
     try:
-        mtls_target.wait_for(ObjectRef.of(p), lambda obj: None if _entry_for(obj, gw.gateway, mtls_target.controller_name) else "no entry",
-                             what=f"a status.ancestors entry for Gateway {gw.gateway.name}",
+        mtls_target.wait_for(ObjectRef.of(p), has_entry, what=f"a status.ancestors entry for Gateway {gw.gateway.name}",
                              timeout=gw.settings.timing.condition_timeout)
     except WaitTimeout:
         pass  # not relevant for this Gateway: allowed (above)
