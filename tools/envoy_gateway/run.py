@@ -292,16 +292,17 @@ def main(argv: list[str] | None = None) -> int:
                 proc = node.kubectl(*argv, check=False)
                 (work / f"{what}.txt").write_text(proc.stdout + proc.stderr)
             (work / "run.json").write_text(json.dumps(summary, indent=2))
+            # Before --keep's wait: SIGTERM ends that wait without unwinding to the end of main.
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "run.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "work"},
+                                                          indent=2) + "\n")
             if args.keep:
-                log(f"--keep: KUBECONFIG={node.kubeconfig}; Ctrl-C stops the node")
+                log(f"--keep: KUBECONFIG={node.kubeconfig}; Ctrl-C (or SIGTERM, when started in the background) stops the node")
                 try:
                     while True:
                         time.sleep(3600)
                 except KeyboardInterrupt:
                     pass
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "run.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "work"}, indent=2)
-                                       + "\n")
     print(json.dumps(summary, indent=2))
     return 0
 
