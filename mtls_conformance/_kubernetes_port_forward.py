@@ -12,9 +12,14 @@ import signal
 import subprocess
 
 from .processes import spawn
-from .target import ObjectRef, TargetError
+from .target import NotListening, ObjectRef, TargetError
 
 PORT_FORWARD_TIMEOUT = 30.0
+#: What kubectl port-forward says when nothing can listen on the port (yet): the Service has
+#: no such port, e.g. for a listener the implementation did not program (kubectl v0.35.8
+#: pkg/util/service_port.go:47), or the pod it picked is not Running, e.g. a proxy pod
+#: that is still starting (pkg/cmd/portforward/portforward.go:429).
+NOTHING_LISTENS = re.compile(r"does not have a service port \d+|unable to forward port because pod is not running")
 
 
 class PortForwards:
@@ -80,6 +85,9 @@ class PortForwards:
         match = re.search(r"Forwarding from 127\.0\.0\.1:(\d+)", first)
         if not match:
             _stop_process(proc)
+            said = first.strip().removeprefix("error: ")
+            if NOTHING_LISTENS.search(said):
+                raise NotListening(f"kubectl port-forward to {namespace}/{what} port {port}: {said}")
             raise TargetError(f"kubectl port-forward to {namespace}/{what} port {port} failed: "
                               f"{first.strip() or 'it exited'}")
         address = ("127.0.0.1", int(match.group(1)))

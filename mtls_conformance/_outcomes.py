@@ -175,6 +175,9 @@ class Rejection:
     alert: str | None  # kind "alert": the alert received from the gateway
     detail: str
     tls: TLSInfo | None
+    #: Why the target knows nothing listens, where it found out without connecting (kind
+    #: "refused"; see target.NotListening); describe() says it.
+    note: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in REJECTION_KINDS:
@@ -198,6 +201,8 @@ class Rejection:
         text = f"{what} {_WHERE[self.phase]}"
         if self.tls is not None and (self.tls.version or self.tls.certificate_requested is not None):
             text += f" ({self.tls.describe()})"
+        if self.note:
+            text += f" ({self.note})"
         return text
 
 

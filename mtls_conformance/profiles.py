@@ -175,8 +175,9 @@ ENVOY_GATEWAY = Profile(
           "--supported-features can add it. Envoy (1.39.1, BoringSSL) refuses in the handshake, never with "
           "an HTTP status: TLS 1.2 handshake alert 'unknown ca'; TLS 1.3 on the first read 'unknown ca', "
           "'certificate required' (none sent), 'certificate expired' (also not yet valid), 'unsupported "
-          "certificate' (server-auth-only EKU); the same over HTTP/2 (run of 2026-12-06, "
-          "docs/implementations/envoy-gateway.md)",
+          "certificate' (server-auth-only EKU), 'certificate unknown' (a chain that breaks name constraints "
+          "or carries an unknown critical extension), 'decrypt error' (a leaf whose signature does not "
+          "verify); the same over HTTP/2 (runs of 2026-12-06, docs/implementations/envoy-gateway.md)",
 )
 
 ISTIO = Profile(

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["Manifest", "Progress", "PROGRESS_AFTER", "WORKLOAD_LABEL", "CLUSTER_SCOPED_KINDS",
-           "TargetError", "TargetCannot", "SystemRootsUnavailable", "settled", "WaitTimeout",
+           "TargetError", "TargetCannot", "NotListening", "SystemRootsUnavailable", "settled", "WaitTimeout",
            "ObjectRef", "ServicePort", "SystemRootsFile", "ProcessHost", "conditions_of",
            "find_condition", "describe_conditions", "Target"]
 
@@ -43,6 +43,14 @@ CLUSTER_SCOPED_KINDS = frozenset({"Namespace", "GatewayClass", "ClusterRole", "C
 
 class TargetError(Exception):
     """The system under test cannot be used: the message says what to fix."""
+
+
+class NotListening(TargetError):
+    """Nothing listens on a listener port, as the target found out without connecting: e.g.
+    the Service the harness forwards to has no such port (the implementation did not program
+    the listener), or the pod behind it is not running (yet). A client there would get
+    connection refused, and GatewayClient judges it so: a connect-phase Rejection of kind
+    "refused" that names this message, tried again within the consistency window."""
 
 
 class TargetCannot(TargetError):

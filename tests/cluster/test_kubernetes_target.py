@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 import uuid
 from pathlib import Path
 
@@ -43,7 +44,7 @@ from kubernetes import dynamic  # noqa: E402
 
 from mtls_conformance.kubernetes import (CRD_INSTALL, MANAGED_LABEL, RUN_LABEL, KubernetesTarget,  # noqa: E402
                                     echo_backend_manifests)
-from mtls_conformance.target import ObjectRef, TargetError  # noqa: E402
+from mtls_conformance.target import NotListening, ObjectRef, TargetError  # noqa: E402
 from mtls_conformance.fixtures.nginx import nginx_manifests  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("testcluster")
@@ -535,6 +536,52 @@ def test_port_forward_needs_kubectl_and_a_service_of_the_gateway(target, dyn, mo
         target.listener_address(gateway, 443)
     assert str(info.value) == ("--gateway-address-mode=port-forward runs `kubectl port-forward` and kubectl is "
                                "not on PATH; install kubectl or use --gateway-address-mode=status")
+
+
+def test_port_forward_to_a_starting_pod_or_a_missing_port_is_nothing_listening(target, dyn):
+    """A proxy pod that is not running yet, or a listener port the implementation left off its
+    Service, is what a client would see as connection refused: tried again within the
+    consistency window, then judged (fails closed, does not serve), not an error of the test.
+    Envoy Gateway makes a proxy Deployment per Gateway and leaves an unprogrammed listener's
+    port off the Service (docs/implementations/envoy-gateway.md). No scheduler here: the pod
+    stays Pending, and kubectl port-forward says so."""
+    from mtls_conformance.client import GatewayClient, Settings, where_rejected
+    from mtls_conformance.expect import ExpectationFailed, Timing
+
+    namespace = f"mtls-forward-{uuid.uuid4().hex[:6]}"
+    target.create_namespace(namespace)
+    proxy = {"gateway.networking.k8s.io/gateway-name": "g"}
+    apply(dyn, {"apiVersion": f"{GROUP}/v1", "kind": "Gateway", "metadata": {"name": "g", "namespace": namespace},
+                "spec": {"gatewayClassName": "nobody-controls-this",
+                         "listeners": [{"name": "h", "port": 443, "protocol": "HTTPS"}]}},
+          {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "g-proxy", "namespace": namespace,
+                                                                 "labels": proxy},
+           "spec": {"selector": proxy, "ports": [{"name": "https-443", "port": 443, "targetPort": 10443}]}},
+          {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "g-proxy-0", "namespace": namespace,
+                                                             "labels": proxy},
+           "spec": {"containers": [{"name": "envoy", "image": "example/envoy:1"}]}})
+    gateway = ObjectRef("Gateway", "g", namespace)
+    with pytest.raises(NotListening) as info:
+        target.listener_address(gateway, 8443)
+    assert str(info.value) == (f"kubectl port-forward to {namespace}/service/g-proxy port 8443: Service g-proxy "
+                               "does not have a service port 8443")
+    pending = (f"kubectl port-forward to {namespace}/service/g-proxy port 443: unable to forward port because "
+               "pod is not running. Current status=Pending")
+    with pytest.raises(NotListening) as info:
+        target.listener_address(gateway, 443)
+    assert str(info.value) == pending
+    gw = GatewayClient(target, gateway, trust=None, profile=types.SimpleNamespace(rejection_statuses=frozenset()),
+                       settings=Settings(timing=Timing(max_time_to_consistency=3, required_consecutive=1)))
+    with pytest.raises(ExpectationFailed) as info:
+        gw.expect_ok(443, sni="example.com", what="a proxy that is still starting")
+    message = str(info.value)
+    assert f"got connection refused on connect (nothing listens: {pending})" in message, message
+    assert int(re.search(r"after (\d+) attempts", message).group(1)) >= 2, message  # tried again, not ended
+    refused = gw.expect_rejected(8443, sni="example.com", listener_may_be_down=True,
+                                 what="a listener left off the Service")
+    assert where_rejected(refused) == (  # what the reports record (mtls_rejection)
+        f"connect refused (nothing listens: kubectl port-forward to {namespace}/service/g-proxy port 8443: "
+        "Service g-proxy does not have a service port 8443)")
 
 
 def test_deployment_backends_wait_for_a_ready_endpoint(cluster, dyn, controller):

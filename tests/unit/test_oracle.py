@@ -149,23 +149,28 @@ def serve() -> Iterator[Callable[..., Server]]:
 
 
 class StubTarget:
-    """Just enough of a Target for GatewayClient: every listener port maps to one address."""
+    """Just enough of a Target for GatewayClient: every listener port maps to one address;
+    ``gateway``, the Gateway object (spec and status) ``get`` returns."""
 
     _progress = None
 
-    def __init__(self, ports: dict[int, tuple[str, int]]) -> None:
+    def __init__(self, ports: dict[int, tuple[str, int]], gateway: dict | None = None) -> None:
         self.ports = ports
+        self.gateway = gateway
 
     def listener_address(self, gateway, port: int) -> tuple[str, int]:
         return self.ports[port]
 
+    def get(self, ref) -> dict | None:
+        return self.gateway
+
 
 def client_for(ports: dict[int, tuple[str, int]], server_ca, *, strict: bool = False,
-               rejection_statuses: frozenset[int] = frozenset()) -> GatewayClient:
+               rejection_statuses: frozenset[int] = frozenset(), gateway: dict | None = None) -> GatewayClient:
     settings = Settings(timing=Timing(max_time_to_consistency=0.3, required_consecutive=1, request_timeout=2),
                         strict_rejection=strict)
     profile = types.SimpleNamespace(rejection_statuses=rejection_statuses, identity=None)
-    return GatewayClient(StubTarget(ports), types.SimpleNamespace(namespace="ns"), trust=server_ca,
+    return GatewayClient(StubTarget(ports, gateway), types.SimpleNamespace(namespace="ns"), trust=server_ca,
                          profile=profile, settings=settings)
 
 
@@ -263,6 +268,45 @@ def test_no_h2_via_alpn_is_a_probe_failure(serve, server_ca, server_cred):
     assert isinstance(outcome, ProbeFailure), outcome.describe()
     assert outcome.cause == "alpn"
     assert "did not select h2 via ALPN" in judge_rejected(outcome)
+
+
+def overlapping_gateway(overlapping: str | None) -> dict:
+    """A Gateway with two HTTPS listeners on 443, ``exact`` (HOST) and ``wildcard``
+    (*.example.org), and listener ``overlapping``'s status OverlappingTLSConfig=True (as
+    Envoy Gateway v1.9.1 reports it where certificates overlap)."""
+    condition = {"type": "OverlappingTLSConfig", "status": "True", "reason": "OverlappingCertificates",
+                 "message": "The certificate SANs in the listener overlap with the certificate SANs in "
+                            "the listener wildcard. ALPN will default to HTTP/1.1."}
+    listeners = [{"name": "exact", "port": 443, "protocol": "HTTPS", "hostname": HOST},
+                 {"name": "wildcard", "port": 443, "protocol": "HTTPS", "hostname": "*.example.org"}]
+    return {"spec": {"listeners": listeners},
+            "status": {"listeners": [{"name": entry["name"], "conditions": [
+                {"type": "Accepted", "status": "True"},
+                *([condition] if entry["name"] == overlapping else [])]} for entry in listeners]}}
+
+
+def test_h2_withheld_by_a_listener_that_reports_overlapping_tls_skips(serve, server_ca, server_cred):
+    """GEP-3567 lets an implementation keep HTTP/2 off a listener whose TLS overlaps another's:
+    an h2 check there cannot be made, and says why (Envoy Gateway, guide steps [h2])."""
+    server = serve(tls_context(server_cred, alpn=["http/1.1"]))
+    gw = client_for({443: server.address}, server_ca, gateway=overlapping_gateway("exact"))
+    with pytest.raises(pytest.skip.Exception) as info:
+        gw.expect_ok(443, sni=HOST, http2=True, what="h2 on the exact listener")
+    assert str(info.value).startswith(
+        f"h2 on the exact listener: listener port 443 (SNI {HOST}, HTTP/2) with no client certificate: listener "
+        f"'exact' reports OverlappingTLSConfig=True (OverlappingCertificates: The certificate SANs")
+    assert "did not select h2 via ALPN (selected None)" in str(info.value)
+    assert "GEP-3567" in str(info.value)
+
+
+@pytest.mark.parametrize("overlapping", [None, "wildcard"], ids=["no-condition", "another-listener"])
+def test_h2_withheld_without_the_overlapping_condition_still_fails(serve, server_ca, server_cred, overlapping):
+    """Without OverlappingTLSConfig on the listener the SNI selects (the exact one beats the
+    wildcard), no h2 is a failed check as before: nothing in the status says why."""
+    server = serve(tls_context(server_cred, alpn=["http/1.1"]))
+    gw = client_for({443: server.address}, server_ca, gateway=overlapping_gateway(overlapping))
+    with pytest.raises(ExpectationFailed, match="did not select h2 via ALPN"):
+        gw.expect_ok(443, sni=HOST, http2=True, what="h2 on the exact listener")
 
 
 def test_malformed_http_is_a_probe_failure(serve, server_ca, server_cred):

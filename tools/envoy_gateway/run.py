@@ -24,8 +24,9 @@ Root; needs what the one-node tier needs (docs/node-tier.md) and Go. What it doe
    claims (its GatewayClass status publishes none: EG_REPORT_FEATURES, from its report), run in the node's network namespace where the
    Gateways' ClusterIPs are reachable; report and log in OUT/upstream.
 
-OUT/run.json records the versions that ran (EG's binary and Envoy's, as they print them),
-the features EG published and claims, the exit codes and times. Nothing of EG is patched.
+OUT/ours.junit.xml and OUT/upstream/result.json hold each suite's outcomes; OUT/run.json records
+the versions that ran (EG's binary and Envoy's, as they print them), the features EG published
+and claims, the exit codes and times. Nothing of EG is patched.
 """
 
 from __future__ import annotations
@@ -271,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                                           timeout=3 * 3600)
                 summary["ours"] = {"exit_code": ours.returncode, "seconds": round(time.monotonic() - t0),
                                    "log": str(work / "ours.log")}
+                if (work / "ours.xml").exists():  # each test's outcome and mtls_rejection, beside the report
+                    shutil.copyfile(work / "ours.xml", args.out / "ours.junit.xml")
                 log(f"our suite: exit {ours.returncode} in {summary['ours']['seconds']} s")
             if not args.skip_upstream:
                 # Built here, after our suite, not before the node: the node's time is the scarce part.
@@ -281,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                                             timeout_overrides=args.upstream_timeouts or None,
                                             prefix=tuple(node.in_node([])))
                 summary["upstream"] = result.as_dict()
+                (args.out / "upstream" / "result.json").write_text(json.dumps(result.as_dict(), indent=2) + "\n")
                 log(f"upstream suite: {result.as_dict()['verdicts']}")
         finally:
             for what, argv in (("pods", ["get", "pods", "-A", "-o", "wide"]),
@@ -288,16 +292,17 @@ def main(argv: list[str] | None = None) -> int:
                 proc = node.kubectl(*argv, check=False)
                 (work / f"{what}.txt").write_text(proc.stdout + proc.stderr)
             (work / "run.json").write_text(json.dumps(summary, indent=2))
+            # Before --keep's wait: SIGTERM ends that wait without unwinding to the end of main.
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "run.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "work"},
+                                                          indent=2) + "\n")
             if args.keep:
-                log(f"--keep: KUBECONFIG={node.kubeconfig}; Ctrl-C stops the node")
+                log(f"--keep: KUBECONFIG={node.kubeconfig}; Ctrl-C (or SIGTERM, when started in the background) stops the node")
                 try:
                     while True:
                         time.sleep(3600)
                 except KeyboardInterrupt:
                     pass
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "run.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "work"}, indent=2)
-                                       + "\n")
     print(json.dumps(summary, indent=2))
     return 0
 
