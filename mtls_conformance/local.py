@@ -110,18 +110,19 @@ class LocalTarget(Target):
         self.controller_name = controller_name
         self.command = command
         self._objects: dict[ObjectRef, dict] = {}
-        self._root = Path(tempfile.mkdtemp(prefix="mtls-local-", dir=parent))
+        self._proc: subprocess.Popen | None = None
+        with uninterrupted():  # a Ctrl-C now would leave the directory with no one to remove it
+            self._root = Path(tempfile.mkdtemp(prefix="mtls-local-", dir=parent))
         self.config_dir = self._root / "config"
         self.state_dir = self._root / "state"
-        self.config_dir.mkdir()
-        self.state_dir.mkdir()
         self._log_path = self._root / "gateway.log"
         #: Stands in for the gateway's system trust store, when its command takes
         #: {system_ca_bundle}: the CAs that trust_as_system_roots() added, in PEM.
         self.system_ca_bundle = self._root / "system-ca-bundle.pem"
-        self._system_roots = SystemRootsFile(self.system_ca_bundle)
-        self._proc: subprocess.Popen | None = None
         try:
+            self.config_dir.mkdir()
+            self.state_dir.mkdir()
+            self._system_roots = SystemRootsFile(self.system_ca_bundle)
             self._start(start_timeout)
             self.apply({
                 "apiVersion": "gateway.networking.k8s.io/v1",
@@ -147,7 +148,10 @@ class LocalTarget(Target):
             raise TargetError("--gateway-command is empty; leave it out to use the bundled refgateway")
         log = open(self._log_path, "wb")
         try:
-            self._proc = spawn(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            # Started and recorded in one step: a gateway that close() does not know of would
+            # outlive an interrupted run, and write its state directory again after removal.
+            with uninterrupted():
+                self._proc = spawn(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         except OSError as exc:
             raise TargetError(f"--gateway-command {self.command!r} could not be started: "
                               f"{exc.strerror or exc}: {argv[0]!r}") from exc
