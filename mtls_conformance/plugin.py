@@ -577,26 +577,42 @@ class _AheadFailed:
 
 @pytest.fixture(scope="module", autouse=True)
 def _mtls_configure_ahead(request: pytest.FixtureRequest) -> dict[str, object]:
-    """Each test's own configuration, applied for all the module's tests before the first
-    one runs (the tests marked configure_ahead), so that the consistency windows overlap.
+    """A scenario module's configuration, all of it applied before its first test runs:
+    the module-scoped fixtures its tests use (Gateways, Routes, backends), then the setups
+    of its tests marked configure_ahead (each test's own objects).
 
-    A check's window runs from the harness's last configuration change (expect.py
-    ``eventually``). A test that applies its configuration and then checks costs a broken
-    gateway a whole window per test; applied together at the start of the module, the
-    first failing check waits out one window and the later ones find it elapsed (issue 21,
-    benchmarks/results-2026-12-06.md). Nothing about the checks changes: each still gives
-    the gateway a whole window after the last change before a wrong answer counts. A setup
-    that raises fails (or skips) its own test only, in the test's call.
+    Why: a check's consistency window runs from the harness's last configuration change
+    (expect.py ``eventually``). Configured test by test, or fixture by fixture as tests
+    first ask for them, a broken gateway costs a whole window per change followed by a
+    failing check, one after the other; configured together, the module's first failing
+    check waits out the window and the later ones find it elapsed (issue 21,
+    benchmarks/results-2026-12-06.md). The checks do not change: each still gives the
+    gateway a whole window after the last change before a wrong answer counts.
+
+    Only tests of the harness (a ``features`` mark) whose features the implementation
+    supports and that are not marked skip: configuring a test that will be skipped would
+    only cost time, or fail on an implementation without the feature. A fixture or setup
+    that raises is left to its own tests: pytest keeps a fixture's error for every test
+    that asks for it, and a setup's error is raised in its test's call.
     """
-    items = [item for item in request.session.items
-             if item.get_closest_marker("configure_ahead") is not None and item.parent is not None
-             and item.getparent(pytest.Module) is request.node]
     suite = request.config.stash[SUITE_KEY]
+    items = [item for item in request.session.items
+             if item.parent is not None and item.getparent(pytest.Module) is request.node
+             and (item.get_closest_marker("features") or item.get_closest_marker("configure_ahead"))
+             and item.get_closest_marker("skip") is None and not suite.unsupported(features_of(item))]
+    for item in items:
+        for name in item.fixturenames:
+            definitions = getattr(item, "_fixtureinfo").name2fixturedefs.get(name) or ()
+            if (name != "_mtls_configure_ahead" and definitions and definitions[-1].scope == "module"
+                    and definitions[-1].params is None):
+                with contextlib.suppress(Exception, pytest.skip.Exception, pytest.fail.Exception):
+                    request.getfixturevalue(name)
     results: dict[str, object] = {}
     for item in items:
-        if suite.unsupported(features_of(item)):
-            continue  # skipped in its own setup; configuring it would only cost time
-        setup = item.get_closest_marker("configure_ahead").kwargs["setup"]
+        mark = item.get_closest_marker("configure_ahead")
+        if mark is None:
+            continue
+        setup = mark.kwargs["setup"]
         params = getattr(item, "callspec", None)
         params = params.params if params is not None else {}
         try:
