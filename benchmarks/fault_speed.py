@@ -128,7 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault", action="append", default=[],
                         help="measure only these (repeatable), in this order; default: every fault, slowest first")
     parser.add_argument("--first", action="append", default=[],
-                        help="measure these first (repeatable), then the others slowest first")
+                        help="measure these first (repeatable), then the others")
+    parser.add_argument("--fastest-first", action="store_true",
+                        help="the others fewest modules first (default: most modules first)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the rows --output already has (from an earlier run of this script) and "
+                             "measure only the other faults")
     parser.add_argument("--whole-suite", action="store_true",
                         help="run every scenario module per fault, not only those the fault must fail")
     parser.add_argument("--jobs", type=int, choices=(1, 2), default=1,
@@ -137,11 +142,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="write the table as Markdown here")
     args = parser.parse_args(argv)
     faults = args.fault or slowest_first(list(EXPECTED_FAILURES))
+    if args.fastest_first:
+        faults = faults[::-1]
     faults = args.first + [f for f in faults if f not in args.first]
     unknown = [f for f in faults if f not in EXPECTED_FAILURES]
     if unknown:
         parser.error(f"no expected failures for {', '.join(unknown)} (tests/selfcheck/expected_failures.py)")
     rows: dict[str, tuple[str, bool]] = {}
+    commands: list[str] = []
+    if args.resume and args.output and args.output.exists():
+        commands, rows = read(args.output)
+    command = " ".join(["benchmarks/fault_speed.py", *(argv if argv is not None else sys.argv[1:])])
+    commands.append(f"`python {command}` ({args.jobs} fault(s) at a time, from {load_now()})")
+    faults = [f for f in faults if f not in rows]
+    measured = list(rows)
     print("\n".join(HEADER), flush=True)
     with tempfile.TemporaryDirectory(prefix="fault-speed-") as tmp, \
             concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
@@ -150,9 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for done in concurrent.futures.as_completed(pending):
                 rows[pending[done]] = done.result()
+                measured.append(pending[done])
                 print(rows[pending[done]][0], flush=True)
                 if args.output:  # after every fault: an interrupted run still leaves what it measured
-                    write(args.output, argv, args.jobs, rows, faults)
+                    write(args.output, commands, rows, measured)
         except KeyboardInterrupt:
             for future in pending:
                 future.cancel()
@@ -160,19 +175,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write(path: Path, argv: list[str] | None, jobs: int, rows: dict[str, tuple[str, bool]],
-          faults: list[str]) -> None:
-    command = " ".join(["benchmarks/fault_speed.py", *(argv if argv is not None else sys.argv[1:])])
-    measured = [f for f in faults if f in rows]
+def load_now() -> str:
+    return f"{datetime.datetime.now(datetime.timezone.utc):%H:%M} UTC, load {load()}"
+
+
+def write(path: Path, commands: list[str], rows: dict[str, tuple[str, bool]], measured: list[str]) -> None:
     missing = [f for f in EXPECTED_FAILURES if f not in rows]
     within = sum(rows[f][1] for f in measured)
     text = [f"# Time to verdict per fault, {datetime.date.today().isoformat()}", "",
-            f"`python {command}` at nice 5, `-n 0`, default timing (window {WINDOW:g} s, condition timeout "
-            f"{CONDITION_TIMEOUT:g} s), {jobs} fault(s) at a time. Target: broken <= 2 x correct + {WINDOW:g} s.", "",
+            f"At nice 5, `-n 0`, default timing (window {WINDOW:g} s, condition timeout {CONDITION_TIMEOUT:g} s). "
+            f"Target: broken <= 2 x correct + {WINDOW:g} s. Rows in the order measured, by:", "",
+            *(f"- {c}" for c in commands), "",
             f"**Measured {len(measured)} of {len(EXPECTED_FAILURES)} faults**; {within} within 2 x correct + "
             f"{WINDOW:g} s with exactly their expected failures. Not measured: {', '.join(missing) or 'none'}.", "",
             *HEADER, *(rows[f][0] for f in measured), ""]
     path.write_text("\n".join(text))
+
+
+def read(path: Path) -> tuple[list[str], dict[str, tuple[str, bool]]]:
+    """The commands and rows an earlier run wrote (``write``), for --resume."""
+    commands, rows = [], {}
+    for line in path.read_text().splitlines():
+        if line.startswith("- `python benchmarks/fault_speed.py"):
+            commands.append(line[2:])
+        elif line.startswith("`python benchmarks/fault_speed.py"):  # one command, as the first version wrote it
+            commands.append(line.split(" at nice", 1)[0])
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in EXPECTED_FAILURES:
+            rows[cells[0]] = (line, cells[5] == "yes" and "not the expected failures" not in line)
+    return commands, rows
 
 
 if __name__ == "__main__":
