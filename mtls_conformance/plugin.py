@@ -602,7 +602,8 @@ def _mtls_configure_ahead(request: pytest.FixtureRequest) -> dict[str, object]:
              and item.get_closest_marker("skip") is None and not suite.unsupported(features_of(item))]
     for item in items:
         for name in item.fixturenames:
-            definitions = getattr(item, "_fixtureinfo").name2fixturedefs.get(name) or ()
+            # pytest's own record of the test's fixtures: no public API says a fixture's scope.
+            definitions = item._fixtureinfo.name2fixturedefs.get(name) or ()
             if (name != "_mtls_configure_ahead" and definitions and definitions[-1].scope == "module"
                     and definitions[-1].params is None):
                 with contextlib.suppress(Exception, pytest.skip.Exception, pytest.fail.Exception):
