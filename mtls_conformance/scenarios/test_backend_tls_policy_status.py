@@ -253,18 +253,12 @@ def test_unknown_well_known_ca_certificates_is_invalid(gw, tls, mtls_target, mtl
                         what="wellKnownCACertificates example.com/unknown-bundle is not recognised", sibling=sibling)
 
 
-def _no_such_section(mtls_namespace, mtls_target, deploy):
+def test_section_name_of_no_port_is_target_not_found(gw, mtls_namespace, mtls_target, deploy):
+    """The policy targets nothing; the port it does not name stays plain HTTP."""
     service = "no-such-section"
     deploy(service, tls=False)
     p = policy(service, mtls_namespace, service, section="no-such-port")
     mtls_target.apply(p)
-    return service, p
-
-
-@pytest.mark.configure_ahead(setup=_no_such_section)
-def test_section_name_of_no_port_is_target_not_found(gw, mtls_target, mtls_configured):
-    """The policy targets nothing; the port it does not name stays plain HTTP."""
-    service, p = mtls_configured
     wait_policy(mtls_target, gw, p, "Accepted", "False", "TargetNotFound")
     gw.expect_ok(HTTP_PORT, **request(gw, service), check=backend_saw_plaintext,
                  what="a policy for a port the Service does not have applies to none of its ports")
