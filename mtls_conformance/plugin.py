@@ -154,6 +154,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "features(*names): the Gateway API features a scenario checks; it is skipped "
                    "when the implementation does not support all of them")
+    config.addinivalue_line(
+        "markers", "configure_ahead(setup=function): run the function (its arguments: module or session fixtures, and the "
+                   "test's parameters) at the start of the module, for every test of the module that runs, "
+                   "and give its result to the test as the fixture mtls_configured")
     config.stash[RESULTS_KEY] = _report.Results()
     config.stash[SUITE_KEY] = Suite(config)
     config.pluginmanager.register(_Recorder(config), "mtls-recorder")
@@ -433,6 +437,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
     # Rejections a GatewayClient sees during the test are recorded on the test itself.
+    configured = item.funcargs.get("mtls_configured") if hasattr(item, "funcargs") else None
+    if isinstance(configured, _AheadFailed):
+        raise configured.error  # its setup ran ahead, with the module's; the test reports it
     token = _client.recording.set(item.user_properties)
     testing = _client.testing.set(_client.property_of(item.name))
     try:
@@ -559,6 +566,70 @@ def mtls_external_backend_host(pytestconfig: pytest.Config) -> tuple[str, int]:
 @pytest.fixture(scope="session")
 def mtls_gateway_class(mtls_target: Target) -> str:
     return mtls_target.gateway_class
+
+
+class _AheadFailed:
+    """What a configure_ahead setup raised, kept in place of its result for its test."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _mtls_configure_ahead(request: pytest.FixtureRequest) -> dict[str, object]:
+    """A scenario module's configuration, all of it applied before its first test runs:
+    the module-scoped fixtures its tests use (Gateways, Routes, backends), then the setups
+    of its tests marked configure_ahead (each test's own objects).
+
+    Why: a check's consistency window runs from the harness's last configuration change
+    (expect.py ``eventually``). Configured test by test, or fixture by fixture as tests
+    first ask for them, a broken gateway costs a whole window per change followed by a
+    failing check, one after the other; configured together, the module's first failing
+    check waits out the window and the later ones find it elapsed (issue 21,
+    benchmarks/results-2026-12-06.md). The checks do not change: each still gives the
+    gateway a whole window after the last change before a wrong answer counts.
+
+    Only tests of the harness (a ``features`` mark) whose features the implementation
+    supports and that are not marked skip: configuring a test that will be skipped would
+    only cost time, or fail on an implementation without the feature. A fixture or setup
+    that raises is left to its own tests: pytest keeps a fixture's error for every test
+    that asks for it, and a setup's error is raised in its test's call.
+    """
+    suite = request.config.stash[SUITE_KEY]
+    items = [item for item in request.session.items
+             if item.parent is not None and item.getparent(pytest.Module) is request.node
+             and (item.get_closest_marker("features") or item.get_closest_marker("configure_ahead"))
+             and item.get_closest_marker("skip") is None and not suite.unsupported(features_of(item))]
+    for item in items:
+        for name in item.fixturenames:
+            # pytest's own record of the test's fixtures: no public API says a fixture's scope.
+            definitions = item._fixtureinfo.name2fixturedefs.get(name) or ()
+            if (name != "_mtls_configure_ahead" and definitions and definitions[-1].scope == "module"
+                    and definitions[-1].params is None):
+                with contextlib.suppress(Exception, pytest.skip.Exception, pytest.fail.Exception):
+                    request.getfixturevalue(name)
+    results: dict[str, object] = {}
+    for item in items:
+        mark = item.get_closest_marker("configure_ahead")
+        if mark is None:
+            continue
+        setup = mark.kwargs["setup"]
+        params = getattr(item, "callspec", None)
+        params = params.params if params is not None else {}
+        try:
+            results[item.nodeid] = setup(**{name: params[name] if name in params else request.getfixturevalue(name)
+                                            for name in inspect.signature(setup).parameters})
+        except (Exception, pytest.skip.Exception, pytest.fail.Exception) as exc:
+            results[item.nodeid] = _AheadFailed(exc)
+    return results
+
+
+@pytest.fixture
+def mtls_configured(request: pytest.FixtureRequest, _mtls_configure_ahead: dict[str, object]) -> object:
+    """What this test's configure_ahead setup returned (see ``_mtls_configure_ahead``)."""
+    if request.node.get_closest_marker("configure_ahead") is None:
+        raise pytest.UsageError(f"{request.node.nodeid} asks for mtls_configured without a configure_ahead mark")
+    return _mtls_configure_ahead.get(request.node.nodeid)
 
 
 def _namespace_name(module_name: str, worker: str) -> str:

@@ -139,7 +139,7 @@ def test_certificate_from_another_ca_is_refused(gw, peer, mtls_target):
                               what=f"{peer.kind} presents a certificate for {HOSTNAME} that the CA ref does not sign")
 
 
-def test_expired_backend_certificate_is_refused(gw, mtls_namespace, mtls_pki, mtls_target, deploy_tls_backend):
+def _expiry(mtls_namespace, mtls_pki, mtls_target, deploy_tls_backend):
     ns = mtls_namespace
     now = datetime.datetime.now(datetime.timezone.utc)
     expired = mtls_pki.self_signed("expired-backend", HOSTNAME, not_before=now - datetime.timedelta(days=30),
@@ -150,22 +150,32 @@ def test_expired_backend_certificate_is_refused(gw, mtls_namespace, mtls_pki, mt
     policies = [policy(f"{name}-tls", ns, name, hostname=HOSTNAME, ca=f"{name}-ca") for name in backends]
     mtls_target.apply(m.ca_configmap("expired-ca", ns, expired.cert_pem), m.ca_configmap("fresh-ca", ns, fresh.cert_pem),
                       *policies, route("expiry", ns, *[(f"/{n}", (b.service, b.port)) for n, b in backends.items()]))
+    return backends
+
+
+@pytest.mark.configure_ahead(setup=_expiry)
+def test_expired_backend_certificate_is_refused(gw, mtls_configured):
+    backends = mtls_configured
     gw.expect_backend_refused(HTTP_PORT, sni=None, host=HOSTNAME, plaintext=True, path="/expired",
                               backend=backends["expired"], what="the backend certificate expired yesterday",
                               sibling=Sibling(service="fresh", backend_sni=HOSTNAME, path="/fresh"))
 
 
-def test_https_listener_reencrypts_with_the_policy_hostname_as_sni(gw, mtls_namespace, mtls_target, backend_ca,
-                                                                   backend_credential, deploy_tls_backend):
-    """Terminate and re-encrypt: the client's SNI and Host are the listener's, the
-    backend's SNI is the policy's hostname (upstream: "Re-encrypt HTTPS request")."""
+def _reencrypt(mtls_namespace, mtls_target, backend_ca, backend_credential, deploy_tls_backend):
     ns = mtls_namespace
     backend = deploy_tls_backend("echo", ns, "reencrypt", credential=backend_credential)
     tls_policy = policy("reencrypt", ns, "reencrypt", hostname=BACKEND_HOSTNAME, ca="tls-checks-ca-certificate")
     mtls_target.apply(m.ca_configmap("tls-checks-ca-certificate", ns, backend_ca.cert_pem), tls_policy,
                       route("reencrypt", ns, ("/", (backend.service, backend.port)), hostnames=[REENCRYPT_HOST],
                             section="https"))
-    wait_accepted(mtls_target, gw, tls_policy)
+    return tls_policy
+
+
+@pytest.mark.configure_ahead(setup=_reencrypt)
+def test_https_listener_reencrypts_with_the_policy_hostname_as_sni(gw, mtls_target, mtls_configured):
+    """Terminate and re-encrypt: the client's SNI and Host are the listener's, the
+    backend's SNI is the policy's hostname (upstream: "Re-encrypt HTTPS request")."""
+    wait_accepted(mtls_target, gw, mtls_configured)
     gw.expect_ok(HTTPS_PORT, sni=REENCRYPT_HOST, service="reencrypt", check=backend_saw_tls(sni=BACKEND_HOSTNAME),
                  what=f"HTTPS to the Gateway as {REENCRYPT_HOST}, re-encrypted to the backend")
 

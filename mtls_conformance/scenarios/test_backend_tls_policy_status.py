@@ -127,7 +127,7 @@ def expect_winner(target, gw, winner, loser, *, sni, service):
                  what=f"the governing policy {winner['metadata']['name']} has hostname {sni}")
 
 
-def test_older_policy_wins_a_conflict(gw, mtls_namespace, mtls_target, deploy):
+def _conflict_by_age(mtls_namespace, mtls_target, deploy):
     ns = mtls_namespace
     deploy("conflict-by-age")
     older = policy("z-older", ns, "conflict-by-age", hostname=BACKEND_OTHER_HOSTNAME)
@@ -135,6 +135,12 @@ def test_older_policy_wins_a_conflict(gw, mtls_namespace, mtls_target, deploy):
     mtls_target.apply(older)
     wait_for_next_second(_created(mtls_target, older))
     mtls_target.apply(younger)
+    return older, younger
+
+
+@pytest.mark.configure_ahead(setup=_conflict_by_age)
+def test_older_policy_wins_a_conflict(gw, mtls_target, mtls_configured):
+    older, younger = mtls_configured
     assert _created(mtls_target, older) < _created(mtls_target, younger)
     expect_winner(mtls_target, gw, older, younger, sni=BACKEND_OTHER_HOSTNAME, service="conflict-by-age")
 
@@ -143,7 +149,7 @@ def test_older_policy_wins_a_conflict(gw, mtls_namespace, mtls_target, deploy):
 SAME_SECOND_ATTEMPTS = 3
 
 
-def test_name_decides_between_policies_of_the_same_age(gw, mtls_namespace, mtls_target, deploy):
+def _conflict_by_name(gw, mtls_namespace, mtls_target, deploy):
     ns = mtls_namespace
     deploy("conflict-by-name")
     first_by_name = policy("a-policy", ns, "conflict-by-name", hostname=BACKEND_OTHER_HOSTNAME)
@@ -154,16 +160,20 @@ def test_name_decides_between_policies_of_the_same_age(gw, mtls_namespace, mtls_
         mtls_target.apply(second_by_name, first_by_name)  # created first: only the name may decide for a-policy
         ages = (_created(mtls_target, first_by_name), _created(mtls_target, second_by_name))
         if ages[0] == ages[1]:
-            break
+            return first_by_name, second_by_name
         # The apply straddled a second: the older would win by age, which is another test.
         mtls_target.delete(first_by_name, second_by_name)
         for p in (first_by_name, second_by_name):
             mtls_target.wait_for(ObjectRef.of(p), lambda obj: None if obj is None else "still exists",
                                  what="the policy deleted", timeout=gw.settings.timing.condition_timeout)
-    else:
-        pytest.skip(f"could not create two BackendTLSPolicies within one second of creationTimestamp in "
-                    f"{SAME_SECOND_ATTEMPTS} attempts (last: {ages[0]:%H:%M:%S} and {ages[1]:%H:%M:%S}); the "
-                    f"name tie-break needs two policies of the same age")
+    pytest.skip(f"could not create two BackendTLSPolicies within one second of creationTimestamp in "
+                f"{SAME_SECOND_ATTEMPTS} attempts (last: {ages[0]:%H:%M:%S} and {ages[1]:%H:%M:%S}); the "
+                f"name tie-break needs two policies of the same age")
+
+
+@pytest.mark.configure_ahead(setup=_conflict_by_name)
+def test_name_decides_between_policies_of_the_same_age(gw, mtls_target, mtls_configured):
+    first_by_name, second_by_name = mtls_configured
     expect_winner(mtls_target, gw, first_by_name, second_by_name, sni=BACKEND_OTHER_HOSTNAME,
                   service="conflict-by-name")
 
@@ -179,13 +189,19 @@ def expect_not_honoured(gw, target, p, backend, service, *, accepted_reason, res
                               what=f"{what}: the gateway answers 5xx and sends the backend nothing")
 
 
-@pytest.mark.parametrize("tls", BACKENDS)
-def test_invalid_kind_ca_ref(gw, tls, mtls_namespace, mtls_target, deploy, sibling):
+def _invalid_kind(tls, mtls_namespace, mtls_target, deploy, sibling):
     service = f"invalid-kind-{'tls' if tls else 'plain'}"
     backend = deploy(service, tls=tls)
     p = policy(service, mtls_namespace, service,
                ca_refs=[m.object_ref("invalid-kind", group="invalid.io", kind="InvalidKind")])
     mtls_target.apply(p)
+    return service, backend, p, sibling
+
+
+@pytest.mark.parametrize("tls", BACKENDS)
+@pytest.mark.configure_ahead(setup=_invalid_kind)
+def test_invalid_kind_ca_ref(gw, tls, mtls_target, mtls_configured):
+    service, backend, p, sibling = mtls_configured
     expect_not_honoured(gw, mtls_target, p, backend, service, accepted_reason="NoValidCACertificate",
                         resolved="InvalidKind", what="the only caCertificateRef is of kind invalid.io/InvalidKind",
                         sibling=sibling)
@@ -199,9 +215,7 @@ INVALID_CA_REFS = {
 }
 
 
-@pytest.mark.parametrize("tls", BACKENDS)
-@pytest.mark.parametrize("case", list(INVALID_CA_REFS))
-def test_invalid_ca_certificate_ref(gw, case, tls, mtls_namespace, mtls_target, deploy, sibling):
+def _invalid_ca_ref(case, tls, mtls_namespace, mtls_target, deploy, sibling):
     ns = mtls_namespace
     service = f"{case}-{'tls' if tls else 'plain'}"
     backend = deploy(service, tls=tls)
@@ -210,17 +224,31 @@ def test_invalid_ca_certificate_ref(gw, case, tls, mtls_namespace, mtls_target, 
         mtls_target.apply({**configmap, "metadata": {"name": case, "namespace": ns}})
     p = policy(service, ns, service, ca_refs=[m.object_ref(case)])
     mtls_target.apply(p)
+    return service, backend, p, sibling
+
+
+@pytest.mark.parametrize("tls", BACKENDS)
+@pytest.mark.parametrize("case", list(INVALID_CA_REFS))
+@pytest.mark.configure_ahead(setup=_invalid_ca_ref)
+def test_invalid_ca_certificate_ref(gw, case, tls, mtls_target, mtls_configured):
+    service, backend, p, sibling = mtls_configured
     expect_not_honoured(gw, mtls_target, p, backend, service, accepted_reason="NoValidCACertificate",
                         resolved="InvalidCACertificateRef", what=f"the only caCertificateRef is {case}",
                         sibling=sibling)
 
 
-@pytest.mark.parametrize("tls", BACKENDS)
-def test_unknown_well_known_ca_certificates_is_invalid(gw, tls, mtls_namespace, mtls_target, deploy, sibling):
+def _unknown_well_known(tls, mtls_namespace, mtls_target, deploy, sibling):
     service = f"unknown-well-known-{'tls' if tls else 'plain'}"
     backend = deploy(service, tls=tls)
     p = policy(service, mtls_namespace, service, well_known="example.com/unknown-bundle")
     mtls_target.apply(p)
+    return service, backend, p, sibling
+
+
+@pytest.mark.parametrize("tls", BACKENDS)
+@pytest.mark.configure_ahead(setup=_unknown_well_known)
+def test_unknown_well_known_ca_certificates_is_invalid(gw, tls, mtls_target, mtls_configured):
+    service, backend, p, sibling = mtls_configured
     expect_not_honoured(gw, mtls_target, p, backend, service, accepted_reason="Invalid",
                         what="wellKnownCACertificates example.com/unknown-bundle is not recognised", sibling=sibling)
 
