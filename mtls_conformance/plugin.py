@@ -595,6 +595,8 @@ def _mtls_configure_ahead(request: pytest.FixtureRequest) -> dict[str, object]:
     that raises is left to its own tests: pytest keeps a fixture's error for every test
     that asks for it, and a setup's error is raised in its test's call.
     """
+    if not _runs_whole_modules(request.config):
+        return {}  # each test configures itself (mtls_configured); see _runs_whole_modules
     suite = request.config.stash[SUITE_KEY]
     items = [item for item in request.session.items
              if item.parent is not None and item.getparent(pytest.Module) is request.node
@@ -608,28 +610,39 @@ def _mtls_configure_ahead(request: pytest.FixtureRequest) -> dict[str, object]:
                     and definitions[-1].params is None):
                 with contextlib.suppress(Exception, pytest.skip.Exception, pytest.fail.Exception):
                     request.getfixturevalue(name)
-    results: dict[str, object] = {}
-    for item in items:
-        mark = item.get_closest_marker("configure_ahead")
-        if mark is None:
-            continue
-        setup = mark.kwargs["setup"]
-        params = getattr(item, "callspec", None)
-        params = params.params if params is not None else {}
-        try:
-            results[item.nodeid] = setup(**{name: params[name] if name in params else request.getfixturevalue(name)
-                                            for name in inspect.signature(setup).parameters})
-        except (Exception, pytest.skip.Exception, pytest.fail.Exception) as exc:
-            results[item.nodeid] = _AheadFailed(exc)
-    return results
+    return {item.nodeid: _configure(item, request) for item in items
+            if item.get_closest_marker("configure_ahead") is not None}
+
+
+def _runs_whole_modules(config: pytest.Config) -> bool:
+    """Whether this process runs every selected test of a module it starts: without
+    xdist, or with a --dist that keeps a module on one worker. Under --dist load (and
+    loadgroup, worksteal) a worker gets single tests, and configuring the module's others
+    ahead would configure them on every worker; there the workers' windows overlap anyway."""
+    return not hasattr(config, "workerinput") or config.getoption("dist", "no") in ("loadscope", "loadfile")
+
+
+def _configure(item: pytest.Item, request: pytest.FixtureRequest) -> object:
+    """Run a test's configure_ahead setup; what it raised stays with the test (its call)."""
+    setup = item.get_closest_marker("configure_ahead").kwargs["setup"]
+    params = getattr(item, "callspec", None)
+    params = params.params if params is not None else {}
+    try:
+        return setup(**{name: params[name] if name in params else request.getfixturevalue(name)
+                        for name in inspect.signature(setup).parameters})
+    except (Exception, pytest.skip.Exception, pytest.fail.Exception) as exc:
+        return _AheadFailed(exc)
 
 
 @pytest.fixture
 def mtls_configured(request: pytest.FixtureRequest, _mtls_configure_ahead: dict[str, object]) -> object:
-    """What this test's configure_ahead setup returned (see ``_mtls_configure_ahead``)."""
+    """What this test's configure_ahead setup returned (see ``_mtls_configure_ahead``); run
+    now where the module was not configured ahead."""
     if request.node.get_closest_marker("configure_ahead") is None:
         raise pytest.UsageError(f"{request.node.nodeid} asks for mtls_configured without a configure_ahead mark")
-    return _mtls_configure_ahead.get(request.node.nodeid)
+    if request.node.nodeid not in _mtls_configure_ahead:
+        return _configure(request.node, request)
+    return _mtls_configure_ahead[request.node.nodeid]
 
 
 def _namespace_name(module_name: str, worker: str) -> str:

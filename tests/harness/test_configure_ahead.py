@@ -94,3 +94,37 @@ def test_module_configuration_is_applied_before_the_first_test(tmp_path):
         "test_ahead.py::test_last": "passed",
     }, run.stdout[-3000:]
     assert "the setup's own error" in run.messages["test_ahead.py::test_broken"]
+
+
+PER_TEST = '''
+import os
+import pytest
+
+pytestmark = pytest.mark.features("Gateway")
+
+
+def record(n):
+    with open(os.environ["AHEAD_EVENTS"], "a") as f:
+        f.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} setup {n}\\n")
+    return n
+
+
+@pytest.mark.parametrize("n", range(6))
+@pytest.mark.configure_ahead(setup=record)
+def test_numbered(n, mtls_configured):
+    assert mtls_configured == n
+'''
+
+
+def test_under_xdist_load_each_setup_runs_once_on_the_worker_of_its_test(tmp_path, monkeypatch):
+    """--dist load hands a worker single tests: configuring the module's other tests ahead
+    there would configure each test on every worker."""
+    path = tmp_path / "test_per_test.py"
+    path.write_text(textwrap.dedent(PER_TEST))
+    events = tmp_path / "events"
+    monkeypatch.setenv("AHEAD_EVENTS", str(events))
+    run = run_pytest(str(path), "-n", "2", "--dist", "load", "-q", f"--gateway-command={refgateway_command()}",
+                     junit=tmp_path / "junit.xml", timeout=120)
+    assert set(run.outcomes.values()) == {"passed"} and len(run.outcomes) == 6, run.stdout[-3000:]
+    setups = sorted(line.split(" ", 1)[1] for line in events.read_text().splitlines())
+    assert setups == [f"setup {n}" for n in range(6)], events.read_text()
