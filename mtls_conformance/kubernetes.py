@@ -415,7 +415,8 @@ class KubernetesTarget(KubernetesBackends, PortForwards, Target):
             except DynamicApiError as exc:
                 raise TargetError(f"the API server refused {ref}: {_api_message(exc)}") from None
             finally:
-                self.changed()  # also a refused one: part of a list may have been applied
+                # also a refused one: part of a list may have been applied
+                self.changed(for_all=not resource.namespaced and ref.kind != "Namespace")
             if not resource.namespaced and ref.kind != "Namespace":
                 self._cluster_objects[dataclasses.replace(ref, namespace=None)] = None
 
@@ -426,7 +427,7 @@ class KubernetesTarget(KubernetesBackends, PortForwards, Target):
             ref = obj if isinstance(obj, ObjectRef) else ObjectRef.of(obj)
             with contextlib.suppress(NotFoundError):
                 self._resource(ref.api_version, ref.kind).delete(name=ref.name, namespace=ref.namespace)
-            self.changed()
+            self.changed(for_all=self.read_by_all(ref))
 
     @staticmethod
     def _clean(obj: dict) -> dict:
@@ -515,7 +516,7 @@ class KubernetesTarget(KubernetesBackends, PortForwards, Target):
                 "the kubernetes target cannot add roots to the gateway's system trust store unless "
                 "--system-ca-bundle names the file the gateway reads them from")
         self.system_roots.add(ca_pem)
-        self.changed()
+        self.changed(for_all=True)
 
     # -- addresses -------------------------------------------------------------------
     def listener_address(self, gateway: ObjectRef, port: int) -> tuple[str, int]:

@@ -244,14 +244,14 @@ class LocalTarget(Target):
                     data[key] = base64.b64encode(value.encode()).decode()
             self._objects[ref] = new
             _atomic_write(self._path(ref, self.config_dir), yaml.safe_dump(new, sort_keys=False))
-            self.changed()
+            self.changed(for_all=self.read_by_all(ref))
 
     def delete(self, *objects: Manifest | ObjectRef) -> None:
         for obj in objects:
             ref = obj if isinstance(obj, ObjectRef) else ObjectRef.of(obj)
             self._objects.pop(ref, None)
             self._path(ref, self.config_dir).unlink(missing_ok=True)
-            self.changed()
+            self.changed(for_all=self.read_by_all(ref))
 
     def get(self, ref: ObjectRef) -> dict | None:
         self._check_alive()
@@ -317,7 +317,7 @@ class LocalTarget(Target):
                 f"--gateway-command {self.command!r} takes no {{system_ca_bundle}}, so the harness cannot "
                 "give the gateway a system trust store (docs/local-target.md)")
         self._system_roots.add(ca_pem)  # the file goes with the target's directory at close()
-        self.changed()
+        self.changed(for_all=True)
 
     def listener_address(self, gateway: ObjectRef, port: int) -> tuple[str, int]:
         ports_file = self.state_dir / "ports" / (gateway.namespace or "") / f"{gateway.name}.yaml"

@@ -43,7 +43,7 @@ FEATURES_PROPERTY = "mtls_features"
 #: The fixtures ship with the plugin: a vendor's own tests get mtls_pki, mtls_backend, ...,
 #: and the guides' PKI and deploy_gateway that the scenarios use,
 #: with the package alone.
-pytest_plugins = ["mtls_conformance.fixtures.pki", "mtls_conformance.fixtures.echo", "mtls_conformance.fixtures.backends", "mtls_conformance.fixtures.nginx", "mtls_conformance.fixtures.guide"]
+pytest_plugins = ["mtls_conformance._ahead", "mtls_conformance.fixtures.pki", "mtls_conformance.fixtures.echo", "mtls_conformance.fixtures.backends", "mtls_conformance.fixtures.nginx", "mtls_conformance.fixtures.guide"]
 
 
 def _csv(value: str) -> list[str]:
@@ -73,6 +73,19 @@ def _positive_float(value: str) -> float:
         number = -1
     if number <= 0:
         raise pytest.UsageError(f"expected a number of seconds greater than 0, got {value!r}")
+    return number
+
+
+def _module_count(value: str) -> int | None:
+    if value == "all":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise pytest.UsageError(f"--configure-ahead: expected a number of scenario modules (0 or more) or 'all', "
+                                f"got {value!r}")
     return number
 
 
@@ -142,6 +155,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="a public HTTPS host the gateway can reach (e.g. httpbin.org): the backend TLS "
                          "scenarios with wellKnownCACertificates: System also run against it; without "
                          "it they run only against a simulated external host")
+    group.addoption("--configure-ahead", metavar="MODULES", type=_module_count, default=None,
+                    help="configure this many scenario modules after the running one (default: all), so that "
+                         "their gateways have converged, and a broken one is judged, by the time their checks "
+                         "run; 0: each module when it starts. Without xdist only (xdist's workers run "
+                         "modules side by side)")
     group.addoption("--list-features", action="store_true", default=False,
                     help="print the features this suite checks and exit")
     _outputs.add_options(group)
@@ -290,6 +308,8 @@ class Suite:
         self._profile: _profiles.Profile | None = None
         self.failed_to_start = ""
         self.said_cannot_keep = False
+        #: Target.change_scope: the scenario module being configured or run now.
+        self.change_scope = ""
         self.settings = Settings(
             timing=Timing(max_time_to_consistency=config.getoption("max_time_to_consistency"),
                           condition_timeout=config.getoption("condition_timeout"),
@@ -325,6 +345,7 @@ class Suite:
             try:
                 self._target = self._start_target()
                 self._target.condition_timeout = self.settings.timing.condition_timeout
+                self._target.change_scope = self.change_scope
             except TargetError as exc:
                 self.failed_to_start = f"mtls conformance: {exc}"
         if self._target is None:
@@ -336,6 +357,21 @@ class Suite:
                 pytest.fail(self.failed_to_start, pytrace=False)
             pytest.exit(self.failed_to_start, returncode=pytest.ExitCode.USAGE_ERROR)
         return self._target
+
+    def set_change_scope(self, scope: str) -> None:
+        self.change_scope = scope
+        if self._target is not None:
+            self._target.change_scope = scope
+
+    @contextlib.contextmanager
+    def changes_of(self, scope: str):
+        """Changes made inside the block belong to ``scope`` (a module configured ahead)."""
+        before = self.change_scope
+        self.set_change_scope(scope)
+        try:
+            yield
+        finally:
+            self.set_change_scope(before)
 
     def _start_target(self) -> Target:
         if self.target_kind == "kubernetes":
@@ -425,10 +461,13 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    suite = item.config.stash[SUITE_KEY]
+    module = item.getparent(pytest.Module)
+    # The test's changes, and its module's setup and teardown, are its module's (Target.last_change).
+    suite.set_change_scope(module.nodeid if module is not None else "")
     names = features_of(item)
     if not names:
         return
-    suite = item.config.stash[SUITE_KEY]
     missing = suite.unsupported(names)
     if missing:
         pytest.skip(f"implementation does not support {', '.join(missing)}")
@@ -437,9 +476,6 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
     # Rejections a GatewayClient sees during the test are recorded on the test itself.
-    configured = item.funcargs.get("mtls_configured") if hasattr(item, "funcargs") else None
-    if isinstance(configured, _AheadFailed):
-        raise configured.error  # its setup ran ahead, with the module's; the test reports it
     token = _client.recording.set(item.user_properties)
     testing = _client.testing.set(_client.property_of(item.name))
     try:
@@ -566,83 +602,6 @@ def mtls_external_backend_host(pytestconfig: pytest.Config) -> tuple[str, int]:
 @pytest.fixture(scope="session")
 def mtls_gateway_class(mtls_target: Target) -> str:
     return mtls_target.gateway_class
-
-
-class _AheadFailed:
-    """What a configure_ahead setup raised, kept in place of its result for its test."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _mtls_configure_ahead(request: pytest.FixtureRequest) -> dict[str, object]:
-    """A scenario module's configuration, all of it applied before its first test runs:
-    the module-scoped fixtures its tests use (Gateways, Routes, backends), then the setups
-    of its tests marked configure_ahead (each test's own objects).
-
-    Why: a check's consistency window runs from the harness's last configuration change
-    (expect.py ``eventually``). Configured test by test, or fixture by fixture as tests
-    first ask for them, a broken gateway costs a whole window per change followed by a
-    failing check, one after the other; configured together, the module's first failing
-    check waits out the window and the later ones find it elapsed (issue 21,
-    benchmarks/results-2026-12-06.md). The checks do not change: each still gives the
-    gateway a whole window after the last change before a wrong answer counts.
-
-    Only tests of the harness (a ``features`` mark) whose features the implementation
-    supports and that are not marked skip: configuring a test that will be skipped would
-    only cost time, or fail on an implementation without the feature. A fixture or setup
-    that raises is left to its own tests: pytest keeps a fixture's error for every test
-    that asks for it, and a setup's error is raised in its test's call.
-    """
-    if not _runs_whole_modules(request.config):
-        return {}  # each test configures itself (mtls_configured); see _runs_whole_modules
-    suite = request.config.stash[SUITE_KEY]
-    items = [item for item in request.session.items
-             if item.parent is not None and item.getparent(pytest.Module) is request.node
-             and (item.get_closest_marker("features") or item.get_closest_marker("configure_ahead"))
-             and item.get_closest_marker("skip") is None and not suite.unsupported(features_of(item))]
-    for item in items:
-        for name in item.fixturenames:
-            # pytest's own record of the test's fixtures: no public API says a fixture's scope.
-            definitions = item._fixtureinfo.name2fixturedefs.get(name) or ()
-            if (name != "_mtls_configure_ahead" and definitions and definitions[-1].scope == "module"
-                    and definitions[-1].params is None):
-                with contextlib.suppress(Exception, pytest.skip.Exception, pytest.fail.Exception):
-                    request.getfixturevalue(name)
-    return {item.nodeid: _configure(item, request) for item in items
-            if item.get_closest_marker("configure_ahead") is not None}
-
-
-def _runs_whole_modules(config: pytest.Config) -> bool:
-    """Whether this process runs every selected test of a module it starts: without
-    xdist, or with a --dist that keeps a module on one worker. Under --dist load (and
-    loadgroup, worksteal) a worker gets single tests, and configuring the module's others
-    ahead would configure them on every worker; there the workers' windows overlap anyway."""
-    return not hasattr(config, "workerinput") or config.getoption("dist", "no") in ("loadscope", "loadfile")
-
-
-def _configure(item: pytest.Item, request: pytest.FixtureRequest) -> object:
-    """Run a test's configure_ahead setup; what it raised stays with the test (its call)."""
-    setup = item.get_closest_marker("configure_ahead").kwargs["setup"]
-    params = getattr(item, "callspec", None)
-    params = params.params if params is not None else {}
-    try:
-        return setup(**{name: params[name] if name in params else request.getfixturevalue(name)
-                        for name in inspect.signature(setup).parameters})
-    except (Exception, pytest.skip.Exception, pytest.fail.Exception) as exc:
-        return _AheadFailed(exc)
-
-
-@pytest.fixture
-def mtls_configured(request: pytest.FixtureRequest, _mtls_configure_ahead: dict[str, object]) -> object:
-    """What this test's configure_ahead setup returned (see ``_mtls_configure_ahead``); run
-    now where the module was not configured ahead."""
-    if request.node.get_closest_marker("configure_ahead") is None:
-        raise pytest.UsageError(f"{request.node.nodeid} asks for mtls_configured without a configure_ahead mark")
-    if request.node.nodeid not in _mtls_configure_ahead:
-        return _configure(request.node, request)
-    return _mtls_configure_ahead[request.node.nodeid]
 
 
 def _namespace_name(module_name: str, worker: str) -> str:

@@ -202,23 +202,57 @@ class Target(abc.ABC):
         self._progress = progress or (lambda message: None)
         #: The backends started through this target, per namespace (see running_backends).
         self._started_backends: dict[str, list[Any]] = {}
-        self.last_change: float | None = None
+        self._changes: dict[str, float] = {}
+        self._change_for_all: float | None = None
+        self.change_scope = ""
 
     # -- configuration changes ---------------------------------------------------------
-    #: When the harness last changed anything the gateway reads (``time.monotonic()``), or
-    #: None before its first change. A check's consistency window runs from here
-    #: (conformance/expect.py ``eventually``). Deliberately not per Gateway: a Gateway
-    #: depends on Routes, Secrets, ConfigMaps, Services and ReferenceGrants in any
-    #: namespace and on cluster-scoped objects (ClusterTrustBundles), and which of them the
-    #: gateway reads is its business, so the latest change the harness made anywhere
-    #: counts. Per process: xdist workers each have their own Target (and, locally, their
-    #: own gateway), and their scenarios share no objects.
-    last_change: float | None
+    #: Which part of the run the harness is configuring or checking now: a scenario
+    #: module's node id, set by the plugin for each test and while it configures a module
+    #: ahead (``--configure-ahead``); "" outside of modules.
+    change_scope: str
 
-    def changed(self) -> None:
+    @property
+    def last_change(self) -> float | None:
+        """When the harness last changed anything the current scope's checks may depend on
+        (``time.monotonic()``), or None before the first such change. A check's consistency
+        window runs from here (conformance/expect.py ``eventually``).
+
+        Deliberately not per Gateway: a Gateway depends on Routes, Secrets, ConfigMaps,
+        Services and ReferenceGrants in any namespace the module uses, and which of them the
+        gateway reads is its business, so every change the scope made counts. Changes to
+        what every Gateway may read count for every scope: cluster-scoped objects
+        (ClusterTrustBundles) and the gateway's system trust store. What another scenario
+        module changes in its own namespaces does not count: those objects are no
+        Gateway's of this module, and a gateway that serves one Gateway wrongly while it
+        applies another's configuration is wrong (as with xdist, where each worker has its
+        own scope already). Per process, as before."""
+        own = self._changes.get(self.change_scope)
+        if own is None or self._change_for_all is None:
+            return own if own is not None else self._change_for_all
+        return max(own, self._change_for_all)
+
+    @last_change.setter
+    def last_change(self, value: float | None) -> None:
+        if value is None:
+            self._changes.pop(self.change_scope, None)
+        else:
+            self._changes[self.change_scope] = value
+
+    def changed(self, *, for_all: bool = False) -> None:
         """Note a change the gateway must converge on; targets call it after every write
-        (apply, delete, a new trust store, a backend's endpoints becoming ready)."""
-        self.last_change = time.monotonic()
+        (apply, delete, a new trust store, a backend's endpoints becoming ready).
+        ``for_all``: the change is to something every Gateway may read (a cluster-scoped
+        object other than a Namespace, the system trust store)."""
+        now = time.monotonic()
+        self._changes[self.change_scope] = now
+        if for_all:
+            self._change_for_all = now
+
+    @staticmethod
+    def read_by_all(ref: ObjectRef) -> bool:
+        """Whether a change to this object counts for every scope (see ``changed``)."""
+        return not ref.namespace and ref.kind != "Namespace"
 
     # -- lifecycle -------------------------------------------------------------------
     @abc.abstractmethod

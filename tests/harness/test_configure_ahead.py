@@ -128,3 +128,153 @@ def test_under_xdist_load_each_setup_runs_once_on_the_worker_of_its_test(tmp_pat
     assert set(run.outcomes.values()) == {"passed"} and len(run.outcomes) == 6, run.stdout[-3000:]
     setups = sorted(line.split(" ", 1)[1] for line in events.read_text().splitlines())
     assert setups == [f"setup {n}" for n in range(6)], events.read_text()
+
+
+# -- later modules configured while earlier ones run (--configure-ahead, _ahead.py) ------
+FIRST = '''
+import os
+import time
+import pytest
+
+pytestmark = pytest.mark.features("Gateway")
+
+
+def event(text):
+    with open(os.environ["AHEAD_EVENTS"], "a") as f:
+        f.write(text + "\\n")
+
+
+@pytest.fixture(scope="module")
+def own(mtls_target, mtls_namespace):
+    mtls_target.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": "first", "namespace": mtls_namespace}, "data": {}})
+    event("first configured")
+
+
+def test_first(own, mtls_target):
+    event("first test")
+    # The later modules' changes are theirs: this module's window still runs from its own.
+    event(f"first window from its own change: {mtls_target.last_change < float(os.environ['AHEAD_T'] or 0)}")
+'''
+
+SECOND = '''
+import os
+import time
+import pytest
+
+pytestmark = pytest.mark.features("Gateway")
+
+
+def event(text):
+    with open(os.environ["AHEAD_EVENTS"], "a") as f:
+        f.write(text + "\\n")
+
+
+@pytest.fixture(scope="module")
+def made(mtls_target, mtls_namespace, request):
+    mtls_target.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": "second", "namespace": mtls_namespace}, "data": {}})
+    os.environ["AHEAD_T"] = repr(mtls_target.last_change)
+    event(f"second configured in {request.module.__name__}")
+    request.addfinalizer(lambda: event("second finalizer"))
+    yield {"namespace": mtls_namespace}
+    event("second torn down")
+
+
+@pytest.fixture(scope="module")
+def failing(made):
+    raise RuntimeError("the fixture's own error")
+
+
+def test_second(made, mtls_target):
+    event("second test")
+    assert mtls_target.last_change == float(os.environ["AHEAD_T"])
+
+
+def test_second_again(made):
+    event("second test again")
+
+
+def test_with_a_failing_fixture(failing):
+    pass
+'''
+
+THIRD = '''
+import os
+import pytest
+
+pytestmark = pytest.mark.features("Gateway")
+
+
+def event(text):
+    with open(os.environ["AHEAD_EVENTS"], "a") as f:
+        f.write(text + "\\n")
+
+
+@pytest.fixture(scope="module")
+def odd(request):
+    event(f"third configured ({'odd' in request.fixturenames})")
+
+
+def test_third(odd):
+    event("third test")
+'''
+
+
+def _three_modules(tmp_path, monkeypatch, *options):
+    for name, text in (("test_a_first.py", FIRST), ("test_b_second.py", SECOND), ("test_c_third.py", THIRD)):
+        (tmp_path / name).write_text(textwrap.dedent(text))
+    events = tmp_path / "events"
+    monkeypatch.setenv("AHEAD_EVENTS", str(events))
+    monkeypatch.setenv("AHEAD_T", "")
+    run = run_pytest(str(tmp_path), "-p", "no:xdist", "-q", "-p", "no:randomly", *options,
+                     f"--gateway-command={refgateway_command()}", junit=tmp_path / "junit.xml", timeout=120)
+    return run, events.read_text().splitlines() if events.exists() else []
+
+
+def test_later_modules_are_configured_before_the_first_module_runs(tmp_path, monkeypatch):
+    run, events = _three_modules(tmp_path, monkeypatch)
+    assert run.outcomes == {
+        "test_a_first.py::test_first": "passed",
+        "test_b_second.py::test_second": "passed",
+        "test_b_second.py::test_second_again": "passed",
+        "test_b_second.py::test_with_a_failing_fixture": "failed",  # an error at setup
+        "test_c_third.py::test_third": "passed",
+    }, run.stdout[-3000:]
+    # The third module's fixture asks its request for what only pytest's setup gives.
+    assert events == ["first configured", "second configured in test_b_second",
+                      "first test", "first window from its own change: True",
+                      "second test", "second test again", "second torn down", "second finalizer",
+                      "third configured (True)", "third test"], run.stdout[-3000:]
+    # A fixture's error made ahead is the error its tests see, as without configuring ahead.
+    assert "the fixture's own error" in run.messages["test_b_second.py::test_with_a_failing_fixture"]
+    assert "configured 1 scenario module(s) ahead" in run.stdout
+    assert "test_c_third.py: configured when it runs, not ahead" in run.stdout
+
+
+def test_configure_ahead_0_configures_each_module_when_it_starts(tmp_path, monkeypatch):
+    run, events = _three_modules(tmp_path, monkeypatch, "--configure-ahead=0")
+    assert events[:4] == ["first configured", "first test", "first window from its own change: False",
+                          "second configured in test_b_second"], run.stdout[-3000:]
+    assert "(--configure-ahead)" not in run.stdout and "not ahead" not in run.stdout
+
+
+def test_a_run_stopped_early_tears_down_what_it_configured_ahead(tmp_path, monkeypatch):
+    (tmp_path / "test_a_first.py").write_text(textwrap.dedent(FIRST).replace(
+        'event("first test")', 'event("first test"); assert False, "stop here"'))
+    (tmp_path / "test_b_second.py").write_text(textwrap.dedent(SECOND))
+    events = tmp_path / "events"
+    monkeypatch.setenv("AHEAD_EVENTS", str(events))
+    monkeypatch.setenv("AHEAD_T", "")
+    run = run_pytest(str(tmp_path), "-p", "no:xdist", "-q", "-x", f"--gateway-command={refgateway_command()}",
+                     junit=tmp_path / "junit.xml", timeout=120)
+    assert run.outcomes == {"test_a_first.py::test_first": "failed"}, run.stdout[-3000:]
+    assert events.read_text().splitlines() == [
+        "first configured", "second configured in test_b_second", "first test",
+        "second torn down", "second finalizer"], run.stdout[-3000:]
+
+
+def test_a_bad_configure_ahead_value_is_one_clear_error(tmp_path):
+    run = run_pytest(str(tmp_path), "--configure-ahead=some", "-p", "no:xdist", junit=tmp_path / "junit.xml",
+                     timeout=60, check=False)
+    assert run.returncode == 4 and "--configure-ahead: expected a number of scenario modules" in run.stderr
