@@ -415,8 +415,7 @@ class KubernetesTarget(KubernetesBackends, PortForwards, Target):
             except DynamicApiError as exc:
                 raise TargetError(f"the API server refused {ref}: {_api_message(exc)}") from None
             finally:
-                # also a refused one: part of a list may have been applied
-                self.changed(for_all=not resource.namespaced and ref.kind != "Namespace")
+                self.changed()  # also a refused one: part of a list may have been applied
             if not resource.namespaced and ref.kind != "Namespace":
                 self._cluster_objects[dataclasses.replace(ref, namespace=None)] = None
 
@@ -427,7 +426,7 @@ class KubernetesTarget(KubernetesBackends, PortForwards, Target):
             ref = obj if isinstance(obj, ObjectRef) else ObjectRef.of(obj)
             with contextlib.suppress(NotFoundError):
                 self._resource(ref.api_version, ref.kind).delete(name=ref.name, namespace=ref.namespace)
-            self.changed(for_all=self.read_by_all(ref))
+            self.changed()
 
     @staticmethod
     def _clean(obj: dict) -> dict:

@@ -244,14 +244,14 @@ class LocalTarget(Target):
                     data[key] = base64.b64encode(value.encode()).decode()
             self._objects[ref] = new
             _atomic_write(self._path(ref, self.config_dir), yaml.safe_dump(new, sort_keys=False))
-            self.changed(for_all=self.read_by_all(ref))
+            self.changed()
 
     def delete(self, *objects: Manifest | ObjectRef) -> None:
         for obj in objects:
             ref = obj if isinstance(obj, ObjectRef) else ObjectRef.of(obj)
             self._objects.pop(ref, None)
             self._path(ref, self.config_dir).unlink(missing_ok=True)
-            self.changed(for_all=self.read_by_all(ref))
+            self.changed()
 
     def get(self, ref: ObjectRef) -> dict | None:
         self._check_alive()

@@ -219,14 +219,15 @@ class Target(abc.ABC):
         window runs from here (conformance/expect.py ``eventually``).
 
         Deliberately not per Gateway: a Gateway depends on Routes, Secrets, ConfigMaps,
-        Services and ReferenceGrants in any namespace the module uses, and which of them the
-        gateway reads is its business, so every change the scope made counts. Changes to
-        what every Gateway may read count for every scope: cluster-scoped objects
-        (ClusterTrustBundles) and the gateway's system trust store. What another scenario
-        module changes in its own namespaces does not count: those objects are no
-        Gateway's of this module, and a gateway that serves one Gateway wrongly while it
-        applies another's configuration is wrong (as with xdist, where each worker has its
-        own scope already). Per process, as before."""
+        Services, ReferenceGrants and ClusterTrustBundles the module made, in any of its
+        namespaces or cluster-scoped, and which of them the gateway reads is its business,
+        so every change the scope made counts. A change to the gateway's system trust store
+        counts for every scope: Gateways of any module may trust it. What another scenario
+        module changed does not count: no Gateway of this module refers to those objects
+        (the scenarios share none; a module's cluster-scoped objects have its own names and
+        signers), and a gateway that serves one Gateway wrongly while it applies another's
+        configuration is wrong (as with xdist, where each worker has its own scope already).
+        Per process, as before."""
         own = self._changes.get(self.change_scope)
         if own is None or self._change_for_all is None:
             return own if own is not None else self._change_for_all
@@ -242,17 +243,12 @@ class Target(abc.ABC):
     def changed(self, *, for_all: bool = False) -> None:
         """Note a change the gateway must converge on; targets call it after every write
         (apply, delete, a new trust store, a backend's endpoints becoming ready).
-        ``for_all``: the change is to something every Gateway may read (a cluster-scoped
-        object other than a Namespace, the system trust store)."""
+        ``for_all``: the change is to what Gateways of every scope may read (the system
+        trust store)."""
         now = time.monotonic()
         self._changes[self.change_scope] = now
         if for_all:
             self._change_for_all = now
-
-    @staticmethod
-    def read_by_all(ref: ObjectRef) -> bool:
-        """Whether a change to this object counts for every scope (see ``changed``)."""
-        return not ref.namespace and ref.kind != "Namespace"
 
     # -- lifecycle -------------------------------------------------------------------
     @abc.abstractmethod
