@@ -144,10 +144,12 @@ class _Module:
         definition = self.definitions.get(name)
         if definition is None:
             raise NotAhead(f"fixture {name} is none of the module's")
+        if definition.params is not None:
+            raise NotAhead(f"fixture {name} has params")
         if definition.scope == "session":
             return self._session_value(name, definition)
-        if definition.scope != "module" or definition.params is not None:
-            raise NotAhead(f"fixture {name} has scope {definition.scope} or params")
+        if definition.scope != "module":
+            raise NotAhead(f"fixture {name} has scope {definition.scope}")
         made = self.values.get(definition)
         if made is None:
             made = self._make(name, definition)
