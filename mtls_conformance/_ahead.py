@@ -141,7 +141,7 @@ class _Module:
         self.live: pytest.FixtureRequest | None = None
 
     def value(self, name: str) -> Any:
-        definition = self.definitions.get(name)
+        definition = self.definitions.get(name) or self._lookup(name)
         if definition is None:
             raise NotAhead(f"fixture {name} is none of the module's")
         if definition.params is not None:
@@ -156,6 +156,19 @@ class _Module:
         if made.error is not None:
             raise made.error
         return made.value
+
+    def _lookup(self, name: str) -> Any:
+        """A fixture no test of the module names (a configure_ahead setup's own), as pytest
+        finds it for the module."""
+        manager = self.node.session._fixturemanager
+        try:
+            definitions = manager.getfixturedefs(name, self.node)
+        except (TypeError, AttributeError):  # pytest 8.0 takes the node id
+            definitions = manager.getfixturedefs(name, self.node.nodeid)
+        if definitions:
+            self.definitions[name] = definitions[-1]
+            return definitions[-1]
+        return None
 
     def _session_value(self, name: str, definition: Any) -> Any:
         # The module running now gets it from pytest: the same value, as long as the same

@@ -186,6 +186,21 @@ def failing(made):
     raise RuntimeError("the fixture's own error")
 
 
+@pytest.fixture(scope="module")
+def only_in_a_setup(mtls_namespace):
+    event("fixture only a setup asks for")
+    return mtls_namespace
+
+
+def setup(only_in_a_setup):
+    return only_in_a_setup
+
+
+@pytest.mark.configure_ahead(setup=setup)
+def test_setup_of_its_own(mtls_configured, made):
+    assert mtls_configured == made["namespace"]
+
+
 def test_second(made, mtls_target):
     event("second test")
     assert mtls_target.last_change == float(os.environ["AHEAD_T"])
@@ -236,13 +251,14 @@ def test_later_modules_are_configured_before_the_first_module_runs(tmp_path, mon
     run, events = _three_modules(tmp_path, monkeypatch)
     assert run.outcomes == {
         "test_a_first.py::test_first": "passed",
+        "test_b_second.py::test_setup_of_its_own": "passed",
         "test_b_second.py::test_second": "passed",
         "test_b_second.py::test_second_again": "passed",
         "test_b_second.py::test_with_a_failing_fixture": "failed",  # an error at setup
         "test_c_third.py::test_third": "passed",
     }, run.stdout[-3000:]
     # The third module's fixture asks its request for what only pytest's setup gives.
-    assert events == ["first configured", "second configured in test_b_second",
+    assert events == ["first configured", "second configured in test_b_second", "fixture only a setup asks for",
                       "first test", "first window from its own change: True",
                       "second test", "second test again", "second torn down", "second finalizer",
                       "third configured (True)", "third test"], run.stdout[-3000:]
@@ -270,7 +286,7 @@ def test_a_run_stopped_early_tears_down_what_it_configured_ahead(tmp_path, monke
                      junit=tmp_path / "junit.xml", timeout=120)
     assert run.outcomes == {"test_a_first.py::test_first": "failed"}, run.stdout[-3000:]
     assert events.read_text().splitlines() == [
-        "first configured", "second configured in test_b_second", "first test",
+        "first configured", "second configured in test_b_second", "fixture only a setup asks for", "first test",
         "second torn down", "second finalizer"], run.stdout[-3000:]
 
 
