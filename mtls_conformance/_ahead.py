@@ -38,6 +38,9 @@ import pytest
 from .outputs import features_of
 from .plugin import SUITE_KEY
 
+#: A module whose configuration ahead takes this long (s) gets its own progress line.
+SLOW_MODULE = 5.0
+
 #: What a fixture may raise and still be a result pytest reports (as pytest's TEST_OUTCOME).
 RESULTS = (Exception, pytest.skip.Exception, pytest.fail.Exception, pytest.xfail.Exception)
 
@@ -239,7 +242,15 @@ class Lookahead:
         if not following:
             return
         start = time.monotonic()
-        done = [module for module, items in following if self.configure(module, items, request)]
+        done = []
+        for number, (module, items) in enumerate(following, 1):
+            began = time.monotonic()
+            if self.configure(module, items, request):
+                done.append(module)
+                if time.monotonic() - began >= SLOW_MODULE:
+                    # A gateway that takes long to program a Gateway: say what the wait is for.
+                    self._progress(f"configured {module.name} ahead in {time.monotonic() - began:.1f} s "
+                                   f"({number} of {len(following)})")
         if done:
             self._progress(f"configured {len(done)} scenario module(s) ahead in {time.monotonic() - start:.1f} s "
                            f"(--configure-ahead): {', '.join(module.name for module in done)}")
