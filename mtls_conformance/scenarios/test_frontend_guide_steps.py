@@ -161,9 +161,9 @@ def test_pinning(gw, http2, mtls_profile, alice, bob):
                 what=f"a listener pinned to SAN {ALICE}, over {protocol(http2)}")
 
 
-@pytest.mark.features("FrontendClientCertificatePinning")
-def test_pin_changed_on_a_live_listener(mtls_namespace, mtls_gateway_class, mtls_backend, mtls_profile,
-                                        mtls_target, deploy_gateway, guide_tls_objects, alice, bob):
+def _pin_changed(mtls_namespace, mtls_gateway_class, mtls_backend, mtls_profile, deploy_gateway, guide_tls_objects,
+                 alice, bob):
+    """A pinned listener of its own, checked, then its pin changed (ahead with the module: configure_ahead)."""
     key = require_san_key(mtls_profile)
     ns = mtls_namespace
     backend = mtls_backend(ns, "live-pin-httpbin", port=8000)
@@ -177,7 +177,15 @@ def test_pin_changed_on_a_live_listener(mtls_namespace, mtls_gateway_class, mtls
     gw.expect_pair(PINNED_PORT, sni=HOSTNAME, accepted=alice, refused=bob,
                 what=f"the listener pinned to {ALICE}, before the change")
     gateway["spec"]["listeners"][0]["tls"]["options"] = {key: BOB}
-    deploy_gateway(gateway)  # waits for Accepted and Programmed at the new generation
+    deploy_gateway(gateway, ready=False)
+    return gw
+
+
+@pytest.mark.features("FrontendClientCertificatePinning")
+@pytest.mark.configure_ahead(setup=_pin_changed)
+def test_pin_changed_on_a_live_listener(mtls_target, alice, bob, mtls_configured):
+    gw = mtls_configured
+    wait_ready(gw)
     mtls_target.wait_for_condition(gw.gateway, "Programmed", listener="pinned", timeout=timeout_of(gw))
     gw.expect_pair(PINNED_PORT, sni=HOSTNAME, accepted=bob, refused=alice,
                 what=f"the pin of the live listener changed from {ALICE} to {BOB}: {ALICE} must now be refused")
