@@ -105,9 +105,9 @@ def test_replacing_the_listener_certificate_takes_effect(mtls_namespace, mtls_ga
                    what="after the listener's Secret was replaced, client validation still applies")
 
 
-def test_observed_generation_follows_every_spec_change(mtls_namespace, mtls_gateway_class, mtls_target,
-                                                       backend, deploy_gateway, guide_tls_objects,
-                                                       client_ca, valid_client):
+def _generations(mtls_namespace, mtls_gateway_class, backend, deploy_gateway, guide_tls_objects, client_ca):
+    """A Gateway of its own and the first of its spec changes (ahead with the module:
+    configure_ahead); the test makes the others, each after the previous one was checked."""
     ns, name = mtls_namespace, "mtls-generations"
     changes = [
         gateway(name, ns, mtls_gateway_class, ca="ca-cert"),
@@ -119,8 +119,19 @@ def test_observed_generation_follows_every_spec_change(mtls_namespace, mtls_gate
     gw = deploy_gateway(changes[0], *guide_tls_objects,
                         m.ca_configmap("ca-cert-copy", ns, client_ca.cert_pem),
                         routes=[route(name, ns, backend)])
+    deploy_gateway(changes[1], ready=False)  # the test waits for it, as deploy_gateway does
+    return gw, changes
+
+
+@pytest.mark.configure_ahead(setup=_generations)
+def test_observed_generation_follows_every_spec_change(mtls_target, deploy_gateway, valid_client, mtls_configured):
+    gw, changes = mtls_configured
     for step, spec in enumerate(changes[1:], start=2):
-        deploy_gateway(spec)  # waits for Accepted and Programmed at the new generation
+        if step == 2:  # applied ahead: deploy_gateway's own wait for Accepted and Programmed
+            for type_ in ("Accepted", "Programmed"):
+                mtls_target.wait_for_condition(gw.gateway, type_, timeout=gw.settings.timing.condition_timeout)
+        else:
+            deploy_gateway(spec)  # waits for Accepted and Programmed at the new generation
         obj = mtls_target.get(gw.gateway)
         generation = obj["metadata"]["generation"]
         assert generation >= step, f"metadata.generation {generation} after {step} spec versions"
