@@ -51,9 +51,8 @@ def route(name, ns, backend):
                         rules=[m.rule(m.backend_ref(backend.service, backend.port))])
 
 
-@pytest.mark.features("FrontendCertificateRotation")
-def test_replacing_the_ca_bundle_takes_effect(mtls_namespace, mtls_gateway_class, mtls_pki, backend,
-                                              deploy_gateway, guide_tls_objects):
+def _ca_rotation(mtls_namespace, mtls_gateway_class, mtls_pki, backend, deploy_gateway, guide_tls_objects):
+    """A Gateway of its own, checked, then its CA ConfigMap replaced (ahead with the module: configure_ahead)."""
     ns, name = mtls_namespace, "mtls-ca-rotation"
     old_ca, new_ca = mtls_pki.authority("rotation-old-ca"), mtls_pki.authority("rotation-new-ca")
     old_client = old_ca.issue_client("old-ca-client", dns_names=[HOSTNAME])
@@ -64,6 +63,13 @@ def test_replacing_the_ca_bundle_takes_effect(mtls_namespace, mtls_gateway_class
                    what="before rotation, a client of the new CA is refused")
 
     gw.target.apply(m.ca_configmap("rotating-ca", ns, new_ca.cert_pem))
+    return gw, old_client, new_client
+
+
+@pytest.mark.features("FrontendCertificateRotation")
+@pytest.mark.configure_ahead(setup=_ca_rotation)
+def test_replacing_the_ca_bundle_takes_effect(mtls_configured):
+    gw, old_client, new_client = mtls_configured
     gw.expect_pair(PORT, sni=HOSTNAME, accepted=new_client, refused=old_client,
                    accepted_what="after the CA ConfigMap was replaced, a client of the new CA must be let in",
                    what="after the CA ConfigMap was replaced, a client of the old CA is refused")
