@@ -80,24 +80,25 @@ def _der(pem: bytes | str) -> bytes:
     return ssl.PEM_cert_to_DER_cert(text[: text.index("-----END CERTIFICATE-----") + 25])
 
 
-@pytest.mark.features("FrontendCertificateRotation")
-def test_replacing_the_listener_certificate_takes_effect(mtls_namespace, mtls_gateway_class, backend,
-                                                         deploy_gateway, server_authority, client_ca,
-                                                         valid_client):
+def serving(credential):
+    def check(response):
+        seen = response.tls.server_certificate_pem if response.tls else None
+        if seen is None or _der(seen) != _der(credential.cert_pem):
+            return f"the listener served another certificate than {credential.name!r}"
+        return None
+    return check
+
+
+def _certificate_rotation(mtls_namespace, mtls_gateway_class, backend, deploy_gateway, server_authority, client_ca,
+                          valid_client):
+    """A Gateway of its own, checked, then its listener's Secret replaced (ahead with the
+    module: configure_ahead)."""
     ns, name = mtls_namespace, "mtls-cert-rotation"
     first = server_authority.issue_server(HOSTNAME, f"*.{HOSTNAME}", name="rotation-first")
     second = server_authority.issue_server(HOSTNAME, f"*.{HOSTNAME}", name="rotation-second")
 
     def secret(credential):
         return m.tls_secret("rotating-cert", ns, cert_pem=credential.chain_pem, key_pem=credential.key_pem)
-
-    def serving(credential):
-        def check(response):
-            seen = response.tls.server_certificate_pem if response.tls else None
-            if seen is None or _der(seen) != _der(credential.cert_pem):
-                return f"the listener served another certificate than {credential.name!r}"
-            return None
-        return check
 
     gw = deploy_gateway(gateway(name, ns, mtls_gateway_class, ca="client-ca-rotation",
                                 certificate="rotating-cert"),
@@ -106,6 +107,13 @@ def test_replacing_the_listener_certificate_takes_effect(mtls_namespace, mtls_ga
     gw.expect_ok(PORT, sni=HOSTNAME, cert=valid_client, check=serving(first),
                  what="before rotation")
     gw.target.apply(secret(second))
+    return gw, second
+
+
+@pytest.mark.features("FrontendCertificateRotation")
+@pytest.mark.configure_ahead(setup=_certificate_rotation)
+def test_replacing_the_listener_certificate_takes_effect(valid_client, mtls_configured):
+    gw, second = mtls_configured
     gw.expect_pair(PORT, sni=HOSTNAME, accepted=valid_client, refused=None, check=serving(second),
                    accepted_what="after the listener's Secret was replaced, it must serve the new certificate",
                    what="after the listener's Secret was replaced, client validation still applies")
