@@ -291,7 +291,8 @@ def _entry_for(obj: dict | None, gateway: ObjectRef, controller: str) -> dict | 
     return None
 
 
-def test_observed_generation_follows_the_spec(gw, mtls_namespace, mtls_target, deploy):
+def _generation_bump(gw, mtls_namespace, mtls_target, deploy):
+    """A policy of its own, checked, then its hostname changed (ahead with the module: configure_ahead)."""
     service = "observed-generation-bump"
     deploy(service)
     p = policy(service, mtls_namespace, service, hostname=BACKEND_HOSTNAME, section="https")
@@ -301,6 +302,12 @@ def test_observed_generation_follows_the_spec(gw, mtls_namespace, mtls_target, d
     changed = policy(service, mtls_namespace, service, hostname=BACKEND_OTHER_HOSTNAME, section="https")
     mtls_target.apply(changed)
     assert mtls_target.get(ObjectRef.of(changed))["metadata"]["generation"] == 2
+    return service, changed
+
+
+@pytest.mark.configure_ahead(setup=_generation_bump)
+def test_observed_generation_follows_the_spec(gw, mtls_target, mtls_configured):
+    service, changed = mtls_configured
     for type_ in ("Accepted", "ResolvedRefs"):  # both at generation 2, as wait_for_policy_condition checks
         wait_policy(mtls_target, gw, changed, type_, "True", type_)
     gw.expect_ok(HTTP_PORT, **request(gw, service), check=backend_saw_tls(sni=BACKEND_OTHER_HOSTNAME),
