@@ -314,7 +314,9 @@ def test_observed_generation_follows_the_spec(gw, mtls_target, mtls_configured):
                  what="the new hostname is the SNI")
 
 
-def test_ca_configmap_changes_are_reconciled(gw, mtls_namespace, mtls_target, deploy, backend_ca, sibling):
+def _reconcile(gw, mtls_namespace, mtls_target, deploy, backend_ca, sibling):
+    """A policy of its own naming a ConfigMap that does not exist yet, checked, then the
+    ConfigMap created (ahead with the module: configure_ahead); the test empties it after."""
     ns = mtls_namespace
     service = "reconcile-test"
     backend = deploy(service)
@@ -324,10 +326,16 @@ def test_ca_configmap_changes_are_reconciled(gw, mtls_namespace, mtls_target, de
     expect_not_honoured(gw, mtls_target, p, backend, service, accepted_reason="NoValidCACertificate",
                         resolved="InvalidCACertificateRef", what=what, sibling=sibling)
     mtls_target.apply(m.ca_configmap("reconcile-ca", ns, backend_ca.cert_pem))
+    return service, backend, p, sibling
+
+
+@pytest.mark.configure_ahead(setup=_reconcile)
+def test_ca_configmap_changes_are_reconciled(gw, mtls_namespace, mtls_target, mtls_configured):
+    service, backend, p, sibling = mtls_configured
     wait_policy(mtls_target, gw, p, "Accepted", "True", "Accepted")
     gw.expect_ok(HTTP_PORT, **request(gw, service), check=backend_saw_tls(sni=BACKEND_HOSTNAME),
                  what="the ConfigMap now holds the backend's CA")
-    mtls_target.apply(m.ca_configmap("reconcile-ca", ns, ""))
+    mtls_target.apply(m.ca_configmap("reconcile-ca", mtls_namespace, ""))
     expect_not_honoured(gw, mtls_target, p, backend, service, accepted_reason="NoValidCACertificate",
                         resolved="InvalidCACertificateRef", what="the ConfigMap's ca.crt was emptied",
                         sibling=sibling)
