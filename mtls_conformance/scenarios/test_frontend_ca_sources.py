@@ -82,10 +82,10 @@ def test_ca_in_a_secret(mtls_namespace, mtls_gateway_class, mtls_profile, backen
                    what="CA bundle in a Secret: a client of another CA is refused")
 
 
-@pytest.mark.features("ReferenceGrant")
-def test_cross_namespace_ca_follows_the_reference_grant(
-        mtls_namespace, ca_namespace, mtls_gateway_class, backend, deploy_gateway,
-        guide_tls_objects, client_ca, valid_client, untrusted_client):
+def _grant_deleted(mtls_namespace, ca_namespace, mtls_gateway_class, backend, deploy_gateway, guide_tls_objects,
+                   client_ca, valid_client, untrusted_client):
+    """A Gateway of its own whose CA ConfigMap is in another namespace, granted and
+    checked, then the grant deleted (ahead with the module: configure_ahead)."""
     ns = mtls_namespace
     grant = m.reference_grant("gateways-may-use-ca", ca_namespace, from_kind="Gateway",
                               from_namespace=ns, to_kind="ConfigMap")
@@ -100,6 +100,14 @@ def test_cross_namespace_ca_follows_the_reference_grant(
                    what="CA ConfigMap in another namespace, granted: a client of another CA is refused")
 
     target.delete(grant)
+    return gw
+
+
+@pytest.mark.features("ReferenceGrant")
+@pytest.mark.configure_ahead(setup=_grant_deleted)
+def test_cross_namespace_ca_follows_the_reference_grant(valid_client, mtls_configured):
+    gw = mtls_configured
+    target, timeout = gw.target, gw.settings.timing.condition_timeout
     target.wait_for_condition(gw.gateway, "ResolvedRefs", "False", reason="RefNotPermitted",
                               listener="https", timeout=timeout)
     target.wait_for_condition(gw.gateway, "Accepted", "False", reason="NoValidCACertificate",
