@@ -253,7 +253,17 @@ def test_unknown_well_known_ca_certificates_is_invalid(gw, tls, mtls_target, mtl
                         what="wellKnownCACertificates example.com/unknown-bundle is not recognised", sibling=sibling)
 
 
-def test_section_name_of_no_port_is_target_not_found(gw, mtls_namespace, mtls_target, deploy):
+def _no_such_section(mtls_namespace, mtls_target, deploy):
+    service = "no-such-section"
+    deploy(service, tls=False)
+    p = policy(service, mtls_namespace, service, section="no-such-port")
+    mtls_target.apply(p)
+    return service, p
+
+
+@pytest.mark.configure_ahead(setup=_no_such_section)
+@pytest.mark.usefixtures("mtls_namespace", "deploy")
+def test_section_name_of_no_port_is_target_not_found(gw, mtls_target, mtls_configured):
     """The policy targets nothing; the port it does not name stays plain HTTP.
 
     Its status for the Gateway is Accepted=False/TargetNotFound, or no entry at all: the spec
@@ -263,10 +273,8 @@ def test_section_name_of_no_port_is_target_not_found(gw, mtls_namespace, mtls_ta
     is not relevant for any ancestors" (248-267). Envoy Gateway v1.9.1 writes none. So the
     entry is waited for as long as any status is; without one, the traffic decides.
     """
-    service = "no-such-section"
-    deploy(service, tls=False)
-    p = policy(service, mtls_namespace, service, section="no-such-port")
-    mtls_target.apply(p)
+    service, p = mtls_configured
+
     def has_entry(obj: dict | None) -> str | None:
         return None if _entry_for(obj, gw.gateway, mtls_target.controller_name) else "no entry"
 
