@@ -65,11 +65,7 @@ def _host_with_port(gw, mtls_namespace, deploy_tls_backend, backend_credential):
     return service, p
 
 
-# The setup's fixtures, on the test too: --configure-ahead makes a later module's configuration
-# only from fixtures its tests ask for (_ahead.py _Module); otherwise the module is configured
-# only when it runs, and its checks wait a window of their own.
 @pytest.mark.configure_ahead(setup=_host_with_port)
-@pytest.mark.usefixtures("gw", "mtls_namespace", "deploy_tls_backend", "backend_credential")
 def test_host_header_with_the_listener_port(gw, mtls_configured):
     service, p = mtls_configured
     wait_accepted(gw, p)
@@ -98,7 +94,6 @@ def _policy_deleted(gw, mtls_namespace, deploy_tls_backend, backend_credential):
 
 
 @pytest.mark.configure_ahead(setup=_policy_deleted)
-@pytest.mark.usefixtures("gw", "mtls_namespace", "deploy_tls_backend", "backend_credential")
 def test_policy_deleted_and_recreated(gw, mtls_configured):
     ns, service, backend, request, p = mtls_configured
     gw.target.wait_for(ObjectRef.of(p), lambda obj: None if obj is None else "still exists",

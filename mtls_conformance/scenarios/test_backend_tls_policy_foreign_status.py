@@ -87,12 +87,8 @@ def _foreign_entry(gw, case, mtls_namespace, mtls_target, mtls_backend):
     return ref, stored
 
 
-# The setup's fixtures, on the test too: --configure-ahead makes a later module's configuration
-# only from fixtures its tests ask for (_ahead.py _Module); otherwise the module is configured
-# only when it runs, and its checks wait a window of their own.
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.configure_ahead(setup=_foreign_entry)
-@pytest.mark.usefixtures("mtls_namespace", "mtls_backend")
 def test_other_controllers_ancestor_entry_is_kept(gw, case, mtls_target, mtls_configured):
     ref, stored = mtls_configured
     timeout = gw.settings.timing.condition_timeout

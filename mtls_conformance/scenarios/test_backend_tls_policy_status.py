@@ -262,7 +262,6 @@ def _no_such_section(mtls_namespace, mtls_target, deploy):
 
 
 @pytest.mark.configure_ahead(setup=_no_such_section)
-@pytest.mark.usefixtures("mtls_namespace", "deploy")
 def test_section_name_of_no_port_is_target_not_found(gw, mtls_target, mtls_configured):
     """The policy targets nothing; the port it does not name stays plain HTTP.
 
@@ -313,11 +312,7 @@ def _generation_bump(gw, mtls_namespace, mtls_target, deploy):
     return service, changed
 
 
-# The setup's fixtures, on the test too: --configure-ahead makes a later module's configuration
-# only from fixtures its tests ask for (_ahead.py _Module); otherwise the module is configured
-# only when it runs, and its checks wait a window of their own.
 @pytest.mark.configure_ahead(setup=_generation_bump)
-@pytest.mark.usefixtures("gw", "mtls_namespace", "mtls_target", "deploy")
 def test_observed_generation_follows_the_spec(gw, mtls_target, mtls_configured):
     service, changed = mtls_configured
     for type_ in ("Accepted", "ResolvedRefs"):  # both at generation 2, as wait_for_policy_condition checks
@@ -342,7 +337,6 @@ def _reconcile(gw, mtls_namespace, mtls_target, deploy, backend_ca, sibling):
 
 
 @pytest.mark.configure_ahead(setup=_reconcile)
-@pytest.mark.usefixtures("gw", "mtls_namespace", "mtls_target", "deploy", "backend_ca", "sibling")
 def test_ca_configmap_changes_are_reconciled(gw, mtls_namespace, mtls_target, mtls_configured):
     service, backend, p, sibling = mtls_configured
     wait_policy(mtls_target, gw, p, "Accepted", "True", "Accepted")

@@ -104,12 +104,7 @@ def _grant_deleted(mtls_namespace, ca_namespace, mtls_gateway_class, backend, de
 
 
 @pytest.mark.features("ReferenceGrant")
-# The setup's fixtures, on the test too: --configure-ahead makes a later module's configuration
-# only from fixtures its tests ask for (_ahead.py _Module); otherwise the module is configured
-# only when it runs, and its checks wait a window of their own.
 @pytest.mark.configure_ahead(setup=_grant_deleted)
-@pytest.mark.usefixtures("mtls_namespace", "ca_namespace", "mtls_gateway_class", "backend", "deploy_gateway",
-                         "guide_tls_objects", "client_ca", "valid_client", "untrusted_client")
 def test_cross_namespace_ca_follows_the_reference_grant(valid_client, mtls_configured):
     gw = mtls_configured
     target, timeout = gw.target, gw.settings.timing.condition_timeout

@@ -67,12 +67,7 @@ def _ca_rotation(mtls_namespace, mtls_gateway_class, mtls_pki, backend, deploy_g
 
 
 @pytest.mark.features("FrontendCertificateRotation")
-# The setup's fixtures, on the test too: --configure-ahead makes a later module's configuration
-# only from fixtures its tests ask for (_ahead.py _Module); otherwise the module is configured
-# only when it runs, and its checks wait a window of their own.
 @pytest.mark.configure_ahead(setup=_ca_rotation)
-@pytest.mark.usefixtures("mtls_namespace", "mtls_gateway_class", "mtls_pki", "backend",
-                         "deploy_gateway", "guide_tls_objects")
 def test_replacing_the_ca_bundle_takes_effect(mtls_configured):
     gw, old_client, new_client = mtls_configured
     gw.expect_pair(PORT, sni=HOSTNAME, accepted=new_client, refused=old_client,
@@ -117,8 +112,6 @@ def _certificate_rotation(mtls_namespace, mtls_gateway_class, backend, deploy_ga
 
 @pytest.mark.features("FrontendCertificateRotation")
 @pytest.mark.configure_ahead(setup=_certificate_rotation)
-@pytest.mark.usefixtures("mtls_namespace", "mtls_gateway_class", "backend", "deploy_gateway",
-                         "server_authority", "client_ca", "valid_client")
 def test_replacing_the_listener_certificate_takes_effect(valid_client, mtls_configured):
     gw, second = mtls_configured
     gw.expect_pair(PORT, sni=HOSTNAME, accepted=valid_client, refused=None, check=serving(second),
@@ -145,8 +138,6 @@ def _generations(mtls_namespace, mtls_gateway_class, backend, deploy_gateway, gu
 
 
 @pytest.mark.configure_ahead(setup=_generations)
-@pytest.mark.usefixtures("mtls_namespace", "mtls_gateway_class", "backend", "deploy_gateway",
-                         "guide_tls_objects", "client_ca")
 def test_observed_generation_follows_every_spec_change(mtls_target, deploy_gateway, valid_client, mtls_configured):
     gw, changes = mtls_configured
     for step, spec in enumerate(changes[1:], start=2):
