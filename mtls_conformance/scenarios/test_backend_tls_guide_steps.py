@@ -56,11 +56,18 @@ def wait_accepted(gw, p):
     gw.target.wait_for_policy_condition(ObjectRef.of(p), gw.gateway, "Accepted", timeout=gw.settings.timing.condition_timeout)
 
 
-def test_host_header_with_the_listener_port(gw, mtls_namespace, deploy_tls_backend, backend_credential):
+def _host_with_port(gw, mtls_namespace, deploy_tls_backend, backend_credential):
+    """A TLS backend and its policy of their own (ahead with the module: configure_ahead)."""
     ns, service = mtls_namespace, "host-with-port"
     tls_backend(gw, ns, service, deploy_tls_backend, backend_credential)
     p = policy(ns, service)
     gw.target.apply(p)
+    return service, p
+
+
+@pytest.mark.configure_ahead(setup=_host_with_port)
+def test_host_header_with_the_listener_port(gw, mtls_configured):
+    service, p = mtls_configured
     wait_accepted(gw, p)
     gw.expect_ok(HTTP_PORT, sni=None, host=HOSTNAME, plaintext=True, path=f"/{service}", service=service,
                  check=backend_saw_tls(sni=BACKEND_HOSTNAME), what="setup: Host without a port")
@@ -70,7 +77,9 @@ def test_host_header_with_the_listener_port(gw, mtls_namespace, deploy_tls_backe
                       f"the route matches")
 
 
-def test_policy_deleted_and_recreated(gw, mtls_namespace, deploy_tls_backend, backend_credential):
+def _policy_deleted(gw, mtls_namespace, deploy_tls_backend, backend_credential):
+    """A TLS backend and its policy of their own, checked in force, then the policy deleted
+    (ahead with the module: configure_ahead); the test re-creates it after checking the deletion."""
     ns, service = mtls_namespace, "policy-recreated"
     backend = tls_backend(gw, ns, service, deploy_tls_backend, backend_credential)
     request = dict(sni=None, host=HOSTNAME, plaintext=True, path=f"/{service}")
@@ -81,6 +90,12 @@ def test_policy_deleted_and_recreated(gw, mtls_namespace, deploy_tls_backend, ba
                  what="setup: the policy in force")
 
     gw.target.delete(p)
+    return ns, service, backend, request, p
+
+
+@pytest.mark.configure_ahead(setup=_policy_deleted)
+def test_policy_deleted_and_recreated(gw, mtls_configured):
+    ns, service, backend, request, p = mtls_configured
     gw.target.wait_for(ObjectRef.of(p), lambda obj: None if obj is None else "still exists",
                        what="the policy deleted", timeout=gw.settings.timing.condition_timeout)
 

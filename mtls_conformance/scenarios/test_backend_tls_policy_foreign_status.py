@@ -65,8 +65,9 @@ def others_entry(namespace: str, gateway: str, generation: int) -> dict:
                             "lastTransitionTime": now}]}
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_other_controllers_ancestor_entry_is_kept(gw, case, mtls_namespace, mtls_target, mtls_backend):
+def _foreign_entry(gw, case, mtls_namespace, mtls_target, mtls_backend):
+    """A policy of its own, Accepted, another controller's entry written into its status,
+    then its spec changed (ahead with the module: configure_ahead)."""
     ns, service = mtls_namespace, f"foreign-{case}"
     mtls_backend(ns, service, port=443)
     route = m.http_route(service, ns, hostnames=[HOSTNAME], parents=[m.parent_ref(GATEWAY)],
@@ -83,6 +84,14 @@ def test_other_controllers_ancestor_entry_is_kept(gw, case, mtls_namespace, mtls
         pytest.skip(str(exc))
     # A spec change: the gateway must write its own entry again, at the new generation.
     mtls_target.apply(policy(service, ns, service, BACKEND_OTHER_HOSTNAME))
+    return ref, stored
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.configure_ahead(setup=_foreign_entry)
+def test_other_controllers_ancestor_entry_is_kept(gw, case, mtls_target, mtls_configured):
+    ref, stored = mtls_configured
+    timeout = gw.settings.timing.condition_timeout
     mtls_target.wait_for_policy_condition(ref, gw.gateway, "Accepted", "True", reason="Accepted", timeout=timeout)
 
     ancestors = (mtls_target.get(ref).get("status") or {}).get("ancestors") or []

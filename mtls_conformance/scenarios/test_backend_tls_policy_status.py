@@ -253,7 +253,16 @@ def test_unknown_well_known_ca_certificates_is_invalid(gw, tls, mtls_target, mtl
                         what="wellKnownCACertificates example.com/unknown-bundle is not recognised", sibling=sibling)
 
 
-def test_section_name_of_no_port_is_target_not_found(gw, mtls_namespace, mtls_target, deploy):
+def _no_such_section(mtls_namespace, mtls_target, deploy):
+    service = "no-such-section"
+    deploy(service, tls=False)
+    p = policy(service, mtls_namespace, service, section="no-such-port")
+    mtls_target.apply(p)
+    return service, p
+
+
+@pytest.mark.configure_ahead(setup=_no_such_section)
+def test_section_name_of_no_port_is_target_not_found(gw, mtls_target, mtls_configured):
     """The policy targets nothing; the port it does not name stays plain HTTP.
 
     Its status for the Gateway is Accepted=False/TargetNotFound, or no entry at all: the spec
@@ -263,10 +272,8 @@ def test_section_name_of_no_port_is_target_not_found(gw, mtls_namespace, mtls_ta
     is not relevant for any ancestors" (248-267). Envoy Gateway v1.9.1 writes none. So the
     entry is waited for as long as any status is; without one, the traffic decides.
     """
-    service = "no-such-section"
-    deploy(service, tls=False)
-    p = policy(service, mtls_namespace, service, section="no-such-port")
-    mtls_target.apply(p)
+    service, p = mtls_configured
+
     def has_entry(obj: dict | None) -> str | None:
         return None if _entry_for(obj, gw.gateway, mtls_target.controller_name) else "no entry"
 
@@ -291,7 +298,8 @@ def _entry_for(obj: dict | None, gateway: ObjectRef, controller: str) -> dict | 
     return None
 
 
-def test_observed_generation_follows_the_spec(gw, mtls_namespace, mtls_target, deploy):
+def _generation_bump(gw, mtls_namespace, mtls_target, deploy):
+    """A policy of its own, checked, then its hostname changed (ahead with the module: configure_ahead)."""
     service = "observed-generation-bump"
     deploy(service)
     p = policy(service, mtls_namespace, service, hostname=BACKEND_HOSTNAME, section="https")
@@ -301,13 +309,21 @@ def test_observed_generation_follows_the_spec(gw, mtls_namespace, mtls_target, d
     changed = policy(service, mtls_namespace, service, hostname=BACKEND_OTHER_HOSTNAME, section="https")
     mtls_target.apply(changed)
     assert mtls_target.get(ObjectRef.of(changed))["metadata"]["generation"] == 2
+    return service, changed
+
+
+@pytest.mark.configure_ahead(setup=_generation_bump)
+def test_observed_generation_follows_the_spec(gw, mtls_target, mtls_configured):
+    service, changed = mtls_configured
     for type_ in ("Accepted", "ResolvedRefs"):  # both at generation 2, as wait_for_policy_condition checks
         wait_policy(mtls_target, gw, changed, type_, "True", type_)
     gw.expect_ok(HTTP_PORT, **request(gw, service), check=backend_saw_tls(sni=BACKEND_OTHER_HOSTNAME),
                  what="the new hostname is the SNI")
 
 
-def test_ca_configmap_changes_are_reconciled(gw, mtls_namespace, mtls_target, deploy, backend_ca, sibling):
+def _reconcile(gw, mtls_namespace, mtls_target, deploy, backend_ca, sibling):
+    """A policy of its own naming a ConfigMap that does not exist yet, checked, then the
+    ConfigMap created (ahead with the module: configure_ahead); the test empties it after."""
     ns = mtls_namespace
     service = "reconcile-test"
     backend = deploy(service)
@@ -317,10 +333,16 @@ def test_ca_configmap_changes_are_reconciled(gw, mtls_namespace, mtls_target, de
     expect_not_honoured(gw, mtls_target, p, backend, service, accepted_reason="NoValidCACertificate",
                         resolved="InvalidCACertificateRef", what=what, sibling=sibling)
     mtls_target.apply(m.ca_configmap("reconcile-ca", ns, backend_ca.cert_pem))
+    return service, backend, p, sibling
+
+
+@pytest.mark.configure_ahead(setup=_reconcile)
+def test_ca_configmap_changes_are_reconciled(gw, mtls_namespace, mtls_target, mtls_configured):
+    service, backend, p, sibling = mtls_configured
     wait_policy(mtls_target, gw, p, "Accepted", "True", "Accepted")
     gw.expect_ok(HTTP_PORT, **request(gw, service), check=backend_saw_tls(sni=BACKEND_HOSTNAME),
                  what="the ConfigMap now holds the backend's CA")
-    mtls_target.apply(m.ca_configmap("reconcile-ca", ns, ""))
+    mtls_target.apply(m.ca_configmap("reconcile-ca", mtls_namespace, ""))
     expect_not_honoured(gw, mtls_target, p, backend, service, accepted_reason="NoValidCACertificate",
                         resolved="InvalidCACertificateRef", what="the ConfigMap's ca.crt was emptied",
                         sibling=sibling)

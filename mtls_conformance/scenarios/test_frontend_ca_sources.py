@@ -65,9 +65,9 @@ def ca_namespace(mtls_namespace, mtls_target):
         mtls_target.delete_namespace(name)
 
 
-@pytest.mark.features("FrontendCACertificateInSecret")
-def test_ca_in_a_secret(mtls_namespace, mtls_gateway_class, mtls_profile, backend, deploy_gateway,
-                        guide_tls_objects, client_ca, valid_client, untrusted_client):
+def _ca_in_a_secret(mtls_namespace, mtls_gateway_class, mtls_profile, backend, deploy_gateway, guide_tls_objects,
+                    client_ca):
+    """A Gateway of its own with its CA in a Secret (ahead with the module: configure_ahead)."""
     if not mtls_profile.ca_in_secret:
         pytest.skip(f"the implementation profile {mtls_profile.key!r} does not take CA bundles "
                     f"from Secrets (Profile.ca_in_secret)")
@@ -75,6 +75,13 @@ def test_ca_in_a_secret(mtls_namespace, mtls_gateway_class, mtls_profile, backen
     gw = deploy(deploy_gateway, name="mtls-secret-ca", ns=ns, gateway_class=mtls_gateway_class,
                 backend=backend, ca_ref=m.object_ref("ca-secret", kind="Secret"),
                 objects=[*guide_tls_objects, m.ca_secret("ca-secret", ns, client_ca.cert_pem)])
+    return gw
+
+
+@pytest.mark.features("FrontendCACertificateInSecret")
+@pytest.mark.configure_ahead(setup=_ca_in_a_secret)
+def test_ca_in_a_secret(valid_client, untrusted_client, mtls_configured):
+    gw = mtls_configured
     gw.target.wait_for_condition(gw.gateway, "ResolvedRefs", listener="https",
                                  timeout=gw.settings.timing.condition_timeout)
     gw.expect_pair(8443, sni=HOSTNAME, accepted=valid_client, refused=untrusted_client,
@@ -82,10 +89,10 @@ def test_ca_in_a_secret(mtls_namespace, mtls_gateway_class, mtls_profile, backen
                    what="CA bundle in a Secret: a client of another CA is refused")
 
 
-@pytest.mark.features("ReferenceGrant")
-def test_cross_namespace_ca_follows_the_reference_grant(
-        mtls_namespace, ca_namespace, mtls_gateway_class, backend, deploy_gateway,
-        guide_tls_objects, client_ca, valid_client, untrusted_client):
+def _grant_deleted(mtls_namespace, ca_namespace, mtls_gateway_class, backend, deploy_gateway, guide_tls_objects,
+                   client_ca, valid_client, untrusted_client):
+    """A Gateway of its own whose CA ConfigMap is in another namespace, granted and
+    checked, then the grant deleted (ahead with the module: configure_ahead)."""
     ns = mtls_namespace
     grant = m.reference_grant("gateways-may-use-ca", ca_namespace, from_kind="Gateway",
                               from_namespace=ns, to_kind="ConfigMap")
@@ -100,6 +107,14 @@ def test_cross_namespace_ca_follows_the_reference_grant(
                    what="CA ConfigMap in another namespace, granted: a client of another CA is refused")
 
     target.delete(grant)
+    return gw
+
+
+@pytest.mark.features("ReferenceGrant")
+@pytest.mark.configure_ahead(setup=_grant_deleted)
+def test_cross_namespace_ca_follows_the_reference_grant(valid_client, mtls_configured):
+    gw = mtls_configured
+    target, timeout = gw.target, gw.settings.timing.condition_timeout
     target.wait_for_condition(gw.gateway, "ResolvedRefs", "False", reason="RefNotPermitted",
                               listener="https", timeout=timeout)
     target.wait_for_condition(gw.gateway, "Accepted", "False", reason="NoValidCACertificate",

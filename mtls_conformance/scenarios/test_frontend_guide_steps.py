@@ -51,10 +51,9 @@ def kgateway_gateway(name, ns, gateway_class, *, fallback_on_8444: bool):
                                 m.https_listener("https-8444", 8444, certificate="https-cert")])
 
 
-@pytest.mark.features("GatewayFrontendClientCertificateValidationInsecureFallback")
-def test_default_only_changed_in_place_to_a_per_port_fallback(
-        mtls_namespace, mtls_gateway_class, mtls_backend, mtls_target, deploy_gateway, guide_tls_objects,
-        valid_client, untrusted_client):
+def _changed_in_place(mtls_namespace, mtls_gateway_class, mtls_backend, deploy_gateway, guide_tls_objects,
+                      valid_client):
+    """The default-only Gateway, checked, then changed in place (ahead with the module: configure_ahead)."""
     ns, name = mtls_namespace, "mtls-in-place"
     backend = mtls_backend(ns, "in-place-httpbin", port=8000)
     route = m.http_route("in-place-https", ns, hostnames=[HOSTNAME], parents=[m.parent_ref(name)],
@@ -65,7 +64,23 @@ def test_default_only_changed_in_place_to_a_per_port_fallback(
         gw.expect_pair(port, sni=HOSTNAME, accepted=valid_client, refused=None, http2=True,
                     what=f"the default-only AllowValidOnly Gateway, port {port}, before the change")
 
-    deploy_gateway(kgateway_gateway(name, ns, mtls_gateway_class, fallback_on_8444=True))
+    deploy_gateway(kgateway_gateway(name, ns, mtls_gateway_class, fallback_on_8444=True), ready=False)
+    return gw, backend
+
+
+def wait_ready(gw) -> None:
+    """deploy_gateway's own wait for a Gateway changed ahead (applied with ready=False):
+    Accepted and Programmed at its new generation."""
+    for type_ in ("Accepted", "Programmed"):
+        gw.target.wait_for_condition(gw.gateway, type_, timeout=timeout_of(gw))
+
+
+@pytest.mark.features("GatewayFrontendClientCertificateValidationInsecureFallback")
+@pytest.mark.configure_ahead(setup=_changed_in_place)
+def test_default_only_changed_in_place_to_a_per_port_fallback(mtls_target, valid_client, untrusted_client,
+                                                              mtls_configured):
+    gw, backend = mtls_configured
+    wait_ready(gw)
     mtls_target.wait_for_condition(gw.gateway, "InsecureFrontendValidationMode", "True", reason="ConfigurationChanged",
                                    timeout=timeout_of(gw))
     for client in (None, untrusted_client, valid_client):
@@ -146,9 +161,9 @@ def test_pinning(gw, http2, mtls_profile, alice, bob):
                 what=f"a listener pinned to SAN {ALICE}, over {protocol(http2)}")
 
 
-@pytest.mark.features("FrontendClientCertificatePinning")
-def test_pin_changed_on_a_live_listener(mtls_namespace, mtls_gateway_class, mtls_backend, mtls_profile,
-                                        mtls_target, deploy_gateway, guide_tls_objects, alice, bob):
+def _pin_changed(mtls_namespace, mtls_gateway_class, mtls_backend, mtls_profile, deploy_gateway, guide_tls_objects,
+                 alice, bob):
+    """A pinned listener of its own, checked, then its pin changed (ahead with the module: configure_ahead)."""
     key = require_san_key(mtls_profile)
     ns = mtls_namespace
     backend = mtls_backend(ns, "live-pin-httpbin", port=8000)
@@ -162,7 +177,15 @@ def test_pin_changed_on_a_live_listener(mtls_namespace, mtls_gateway_class, mtls
     gw.expect_pair(PINNED_PORT, sni=HOSTNAME, accepted=alice, refused=bob,
                 what=f"the listener pinned to {ALICE}, before the change")
     gateway["spec"]["listeners"][0]["tls"]["options"] = {key: BOB}
-    deploy_gateway(gateway)  # waits for Accepted and Programmed at the new generation
+    deploy_gateway(gateway, ready=False)
+    return gw
+
+
+@pytest.mark.features("FrontendClientCertificatePinning")
+@pytest.mark.configure_ahead(setup=_pin_changed)
+def test_pin_changed_on_a_live_listener(mtls_target, alice, bob, mtls_configured):
+    gw = mtls_configured
+    wait_ready(gw)
     mtls_target.wait_for_condition(gw.gateway, "Programmed", listener="pinned", timeout=timeout_of(gw))
     gw.expect_pair(PINNED_PORT, sni=HOSTNAME, accepted=bob, refused=alice,
                 what=f"the pin of the live listener changed from {ALICE} to {BOB}: {ALICE} must now be refused")

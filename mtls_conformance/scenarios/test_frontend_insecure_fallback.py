@@ -132,10 +132,9 @@ def test_client_cannot_forge_the_verification_result(gw, client, request, mtls_p
             f"a client-sent {identity.sha256_header} reached the backend unchanged")
 
 
-def test_condition_is_removed_when_the_mode_is_reverted(mtls_namespace, mtls_gateway_class,
-                                                        mtls_target, backend, deploy_gateway,
-                                                        guide_tls_objects, valid_client):
-    """A Gateway of its own, so that reverting it cannot affect the other tests."""
+def _reverted(mtls_namespace, mtls_gateway_class, mtls_target, backend, deploy_gateway, guide_tls_objects):
+    """A Gateway of its own, so that reverting it cannot affect the other tests: the mode
+    in force, checked, then reverted to AllowValidOnly, ahead with the module (configure_ahead)."""
     name = "mtls-revert"
     route = route_to("revert", mtls_namespace, name, backend)
     gw = deploy_gateway(mtls_gateway(name, mtls_namespace, mtls_gateway_class),
@@ -145,8 +144,16 @@ def test_condition_is_removed_when_the_mode_is_reverted(mtls_namespace, mtls_gat
     gw.expect_ok(FALLBACK_PORT, sni=HOSTNAME, cert=None)
 
     reverted = mtls_gateway(name, mtls_namespace, mtls_gateway_class, fallback_mode="AllowValidOnly")
-    deploy_gateway(reverted)
-    mtls_target.wait_for_no_condition(gw.gateway, "InsecureFrontendValidationMode",
-                                      timeout=gw.settings.timing.condition_timeout)
+    deploy_gateway(reverted, ready=False)  # the test waits for it, as deploy_gateway does
+    return gw
+
+
+@pytest.mark.configure_ahead(setup=_reverted)
+def test_condition_is_removed_when_the_mode_is_reverted(mtls_target, valid_client, mtls_configured):
+    gw = mtls_configured
+    timeout = gw.settings.timing.condition_timeout
+    for type_ in ("Accepted", "Programmed"):  # deploy_gateway's own wait, at the reverted generation
+        mtls_target.wait_for_condition(gw.gateway, type_, timeout=timeout)
+    mtls_target.wait_for_no_condition(gw.gateway, "InsecureFrontendValidationMode", timeout=timeout)
     gw.expect_pair(FALLBACK_PORT, sni=HOSTNAME, accepted=valid_client, refused=None,
                    what="after the mode went back to AllowValidOnly, a client without a certificate is refused")

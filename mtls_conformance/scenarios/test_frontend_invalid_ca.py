@@ -149,11 +149,11 @@ def test_invalid_reference_is_reported_next_to_a_valid_one(gw, valid_client, unt
                      "ref is enforced")
 
 
-def test_fixing_the_reference_clears_the_conditions_and_restores_traffic(
-        mtls_namespace, mtls_gateway_class, mtls_backend, deploy_gateway, guide_tls_objects,
-        client_ca, valid_client):
+def _late_ca(mtls_namespace, mtls_gateway_class, mtls_backend, deploy_gateway, guide_tls_objects, client_ca,
+             valid_client):
     """A Gateway of its own whose default CA ConfigMap appears later; its second listener
-    has a perPort validation with a CA that exists, and must serve throughout."""
+    has a perPort validation with a CA that exists, and must serve throughout. Checked
+    before the ConfigMap exists, then the ConfigMap created (ahead with the module: configure_ahead)."""
     ns, name = mtls_namespace, "mtls-late-ca"
     backend = mtls_backend(ns, "httpbin-late", port=8000)
     gateway = m.gateway(name, ns, gateway_class=mtls_gateway_class,
@@ -174,8 +174,15 @@ def test_fixing_the_reference_clears_the_conditions_and_restores_traffic(
                           serving_client=valid_client, what="before the CA ConfigMap exists, the port fails closed")
 
     target.apply(m.ca_configmap("late-ca", ns, client_ca.cert_pem))
+    return gw
+
+
+@pytest.mark.configure_ahead(setup=_late_ca)
+def test_fixing_the_reference_clears_the_conditions_and_restores_traffic(valid_client, mtls_configured):
+    gw = mtls_configured
+    timeout = gw.settings.timing.condition_timeout
     for type_ in ("ResolvedRefs", "Accepted", "Programmed"):
-        target.wait_for_condition(gw.gateway, type_, "True", listener="https", timeout=timeout)
+        gw.target.wait_for_condition(gw.gateway, type_, "True", listener="https", timeout=timeout)
     gw.expect_pair(8443, sni=HOSTNAME, accepted=valid_client, refused=None,
                    accepted_what="after the CA ConfigMap was created, a client of that CA must be let in",
                    what="after the CA ConfigMap was created, a client without a certificate is refused")

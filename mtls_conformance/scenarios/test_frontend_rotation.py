@@ -51,9 +51,8 @@ def route(name, ns, backend):
                         rules=[m.rule(m.backend_ref(backend.service, backend.port))])
 
 
-@pytest.mark.features("FrontendCertificateRotation")
-def test_replacing_the_ca_bundle_takes_effect(mtls_namespace, mtls_gateway_class, mtls_pki, backend,
-                                              deploy_gateway, guide_tls_objects):
+def _ca_rotation(mtls_namespace, mtls_gateway_class, mtls_pki, backend, deploy_gateway, guide_tls_objects):
+    """A Gateway of its own, checked, then its CA ConfigMap replaced (ahead with the module: configure_ahead)."""
     ns, name = mtls_namespace, "mtls-ca-rotation"
     old_ca, new_ca = mtls_pki.authority("rotation-old-ca"), mtls_pki.authority("rotation-new-ca")
     old_client = old_ca.issue_client("old-ca-client", dns_names=[HOSTNAME])
@@ -64,6 +63,13 @@ def test_replacing_the_ca_bundle_takes_effect(mtls_namespace, mtls_gateway_class
                    what="before rotation, a client of the new CA is refused")
 
     gw.target.apply(m.ca_configmap("rotating-ca", ns, new_ca.cert_pem))
+    return gw, old_client, new_client
+
+
+@pytest.mark.features("FrontendCertificateRotation")
+@pytest.mark.configure_ahead(setup=_ca_rotation)
+def test_replacing_the_ca_bundle_takes_effect(mtls_configured):
+    gw, old_client, new_client = mtls_configured
     gw.expect_pair(PORT, sni=HOSTNAME, accepted=new_client, refused=old_client,
                    accepted_what="after the CA ConfigMap was replaced, a client of the new CA must be let in",
                    what="after the CA ConfigMap was replaced, a client of the old CA is refused")
@@ -74,24 +80,25 @@ def _der(pem: bytes | str) -> bytes:
     return ssl.PEM_cert_to_DER_cert(text[: text.index("-----END CERTIFICATE-----") + 25])
 
 
-@pytest.mark.features("FrontendCertificateRotation")
-def test_replacing_the_listener_certificate_takes_effect(mtls_namespace, mtls_gateway_class, backend,
-                                                         deploy_gateway, server_authority, client_ca,
-                                                         valid_client):
+def serving(credential):
+    def check(response):
+        seen = response.tls.server_certificate_pem if response.tls else None
+        if seen is None or _der(seen) != _der(credential.cert_pem):
+            return f"the listener served another certificate than {credential.name!r}"
+        return None
+    return check
+
+
+def _certificate_rotation(mtls_namespace, mtls_gateway_class, backend, deploy_gateway, server_authority, client_ca,
+                          valid_client):
+    """A Gateway of its own, checked, then its listener's Secret replaced (ahead with the
+    module: configure_ahead)."""
     ns, name = mtls_namespace, "mtls-cert-rotation"
     first = server_authority.issue_server(HOSTNAME, f"*.{HOSTNAME}", name="rotation-first")
     second = server_authority.issue_server(HOSTNAME, f"*.{HOSTNAME}", name="rotation-second")
 
     def secret(credential):
         return m.tls_secret("rotating-cert", ns, cert_pem=credential.chain_pem, key_pem=credential.key_pem)
-
-    def serving(credential):
-        def check(response):
-            seen = response.tls.server_certificate_pem if response.tls else None
-            if seen is None or _der(seen) != _der(credential.cert_pem):
-                return f"the listener served another certificate than {credential.name!r}"
-            return None
-        return check
 
     gw = deploy_gateway(gateway(name, ns, mtls_gateway_class, ca="client-ca-rotation",
                                 certificate="rotating-cert"),
@@ -100,14 +107,21 @@ def test_replacing_the_listener_certificate_takes_effect(mtls_namespace, mtls_ga
     gw.expect_ok(PORT, sni=HOSTNAME, cert=valid_client, check=serving(first),
                  what="before rotation")
     gw.target.apply(secret(second))
+    return gw, second
+
+
+@pytest.mark.features("FrontendCertificateRotation")
+@pytest.mark.configure_ahead(setup=_certificate_rotation)
+def test_replacing_the_listener_certificate_takes_effect(valid_client, mtls_configured):
+    gw, second = mtls_configured
     gw.expect_pair(PORT, sni=HOSTNAME, accepted=valid_client, refused=None, check=serving(second),
                    accepted_what="after the listener's Secret was replaced, it must serve the new certificate",
                    what="after the listener's Secret was replaced, client validation still applies")
 
 
-def test_observed_generation_follows_every_spec_change(mtls_namespace, mtls_gateway_class, mtls_target,
-                                                       backend, deploy_gateway, guide_tls_objects,
-                                                       client_ca, valid_client):
+def _generations(mtls_namespace, mtls_gateway_class, backend, deploy_gateway, guide_tls_objects, client_ca):
+    """A Gateway of its own and the first of its spec changes (ahead with the module:
+    configure_ahead); the test makes the others, each after the previous one was checked."""
     ns, name = mtls_namespace, "mtls-generations"
     changes = [
         gateway(name, ns, mtls_gateway_class, ca="ca-cert"),
@@ -119,8 +133,19 @@ def test_observed_generation_follows_every_spec_change(mtls_namespace, mtls_gate
     gw = deploy_gateway(changes[0], *guide_tls_objects,
                         m.ca_configmap("ca-cert-copy", ns, client_ca.cert_pem),
                         routes=[route(name, ns, backend)])
+    deploy_gateway(changes[1], ready=False)  # the test waits for it, as deploy_gateway does
+    return gw, changes
+
+
+@pytest.mark.configure_ahead(setup=_generations)
+def test_observed_generation_follows_every_spec_change(mtls_target, deploy_gateway, valid_client, mtls_configured):
+    gw, changes = mtls_configured
     for step, spec in enumerate(changes[1:], start=2):
-        deploy_gateway(spec)  # waits for Accepted and Programmed at the new generation
+        if step == 2:  # applied ahead: deploy_gateway's own wait for Accepted and Programmed
+            for type_ in ("Accepted", "Programmed"):
+                mtls_target.wait_for_condition(gw.gateway, type_, timeout=gw.settings.timing.condition_timeout)
+        else:
+            deploy_gateway(spec)  # waits for Accepted and Programmed at the new generation
         obj = mtls_target.get(gw.gateway)
         generation = obj["metadata"]["generation"]
         assert generation >= step, f"metadata.generation {generation} after {step} spec versions"
