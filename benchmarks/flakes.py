@@ -61,6 +61,14 @@ def burners(count: int, seconds: float) -> Iterator[None]:
                 proc.wait()
 
 
+def code_commit() -> str:
+    """The commit the runs ran (and whether the work tree differed from it)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    return (head.stdout.strip() or "unknown (not a git clone)") + (" with uncommitted changes" if dirty else "")
+
+
 def load() -> str:
     return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
@@ -76,6 +84,7 @@ def run_suite(workdir: Path, tier_args: list[str], extra: list[str], index: int)
     start = time.monotonic()
     load_before = load()
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    (workdir / f"run-{index}.log").write_text(proc.stdout + proc.stderr)
     outcomes = parse_junit(junit)[0] if junit.exists() else {}
     if not outcomes or proc.returncode not in (0, 1):
         sys.exit(f"run {index} ended with exit status {proc.returncode} and {len(outcomes)} results:\n"
@@ -122,6 +131,17 @@ def apiserver_tier(workdir: Path) -> Iterator[list[str]]:
 TIERS = {"local": local_tier, "apiserver": apiserver_tier}
 
 
+@contextlib.contextmanager
+def workdir(keep: Path | None, tier: str) -> Iterator[Path]:
+    """Where a tier's runs write their files: kept under ``keep`` if given, else temporary."""
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix="mtls-flakes-") as tmp:
+            yield Path(tmp)
+    else:
+        (keep / tier).mkdir(parents=True, exist_ok=True)
+        yield keep / tier
+
+
 def changed(runs: list[dict[str, str]]) -> dict[str, list[str]]:
     """Tests whose outcome differs between runs (missing from a run counts as 'absent')."""
     nodeids = sorted(set().union(*runs))
@@ -137,21 +157,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="run N CPU burners beside the runs (a loaded machine; CI runs 2)")
     parser.add_argument("--load-seconds", type=float, default=4 * 3600, metavar="S",
                         help="each burner stops by itself after S seconds (default 4 h)")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="keep every run's JUnit XML and output (and the tier's logs) in DIR, one "
+                             "subdirectory per tier, instead of a temporary directory: what a changed "
+                             "result is traced with")
     parser.add_argument("extra", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args(argv)
     if args.runs < 2:
         parser.error("--runs must be at least 2: a flake is a difference between runs")
     lines = [f"# Flake check, {datetime.date.today().isoformat()}", "",
-             f"`python benchmarks/flakes.py {shlex.join(sys.argv[1:] if argv is None else argv)}`", ""]
+             f"`python benchmarks/flakes.py {shlex.join(sys.argv[1:] if argv is None else argv)}`", "",
+             f"Code: {code_commit()}.", ""]
     if args.load < 0:
         parser.error("--load must be 0 or more")
     flaky = False
     loaded = f", {args.load} CPU burners beside them" if args.load else ""
     for tier in (TIERS if args.tier == "both" else [args.tier]):
         print(f"{tier}: {args.runs} runs of the scenario suite at -n 2{loaded}", flush=True)
-        with tempfile.TemporaryDirectory(prefix="mtls-flakes-") as tmp, TIERS[tier](Path(tmp)) as tier_args, \
-                burners(args.load, args.load_seconds):
-            runs = [run_suite(Path(tmp), tier_args, args.extra, i + 1) for i in range(args.runs)]
+        with workdir(args.keep, tier) as tmp, TIERS[tier](tmp) as tier_args, burners(args.load, args.load_seconds):
+            runs = [run_suite(tmp, tier_args, args.extra, i + 1) for i in range(args.runs)]
         diff = changed(runs)
         flaky |= bool(diff)
         totals = collections.Counter(runs[0].values())
