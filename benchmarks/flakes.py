@@ -2,10 +2,15 @@
 
     python benchmarks/flakes.py --runs 20 --tier both --output benchmarks/flakes-YYYY-MM-DD.md
 
-Each run is the whole suite at ``-n 2``, as CI and users run it: against the bundled
+Each run is the whole suite as CI and users run it: at ``-n 2`` against the bundled
 gateway on the local target, and/or through the kubernetes target on the API server tier
 (a real kube-apiserver + etcd, refgateway as its controller, backends as local processes
-in a network namespace; needs root and the build of tools/apiserver). A test is a flake
+in a network namespace; needs root and the build of tools/apiserver); ``--tier node`` runs
+it as README command 2's node run does (tests/node/test_refgateway_on_node.py): one node
+cluster (testkit.nodecluster: kube-apiserver, kubelet, containerd; root and tools/node's
+build), refgateway deployed from deploy/refgateway, backends as Deployments, every probe
+through kubectl port-forward, one worker. Each tier's cluster is started once for all its
+rounds. ``--keep DIR`` keeps each run's JUnit XML and output (and the controller's log). A test is a flake
 when its outcome (passed, failed, skipped) is not the same in every run; a run that
 collects nothing, or ends with an error of the run itself, stops the script. The exit
 status is 1 when anything changed, so CI can run a small number of rounds.
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import datetime
 import os
 import shlex
@@ -77,13 +83,21 @@ def load() -> str:
 RUN_LINES: list[str] = []
 
 
-def run_suite(workdir: Path, tier_args: list[str], extra: list[str], index: int) -> dict[str, str]:
+@dataclasses.dataclass
+class Suite:
+    """How a tier's rounds run the suite: its options, xdist workers (-n) and environment."""
+    args: list[str]
+    workers: str = "2"
+    env: dict[str, str] | None = None
+
+
+def run_suite(workdir: Path, suite: Suite, extra: list[str], index: int) -> dict[str, str]:
     junit = workdir / f"run-{index}.xml"
-    argv = [sys.executable, "-m", "pytest", "mtls_conformance/scenarios", "-q", "-p", "no:cacheprovider", "-n", "2",
-            f"--junitxml={junit}", *tier_args, *extra]
+    argv = [sys.executable, "-m", "pytest", "mtls_conformance/scenarios", "-q", "-p", "no:cacheprovider",
+            "-n", suite.workers, f"--junitxml={junit}", *suite.args, *extra]
     start = time.monotonic()
     load_before = load()
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=suite.env)
     (workdir / f"run-{index}.log").write_text(proc.stdout + proc.stderr)
     outcomes = parse_junit(junit)[0] if junit.exists() else {}
     if not outcomes or proc.returncode not in (0, 1):
@@ -97,12 +111,12 @@ def run_suite(workdir: Path, tier_args: list[str], extra: list[str], index: int)
 
 
 @contextlib.contextmanager
-def local_tier(workdir: Path) -> Iterator[list[str]]:
-    yield []
+def local_tier(workdir: Path) -> Iterator[Suite]:
+    yield Suite([])
 
 
 @contextlib.contextmanager
-def apiserver_tier(workdir: Path) -> Iterator[list[str]]:
+def apiserver_tier(workdir: Path) -> Iterator[Suite]:
     """A fresh API server with refgateway as its controller, for all the rounds."""
     from testkit.testcluster import TestCluster
     from kubernetes import dynamic
@@ -120,15 +134,43 @@ def apiserver_tier(workdir: Path) -> Iterator[list[str]]:
                 {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
                  "metadata": {"name": "refgateway"}, "spec": {"controllerName": REFGATEWAY_CONTROLLER}},
                 field_manager="flakes")
-            yield ["-p", "testkit.testhost", "--gateway-class=refgateway", f"--kubeconfig={cluster.kubeconfig}",
-                   "--backend-mode=local-process", f"--system-ca-bundle={system_ca_bundle}"]
+            yield Suite(["-p", "testkit.testhost", "--gateway-class=refgateway", f"--kubeconfig={cluster.kubeconfig}",
+                         "--backend-mode=local-process", f"--system-ca-bundle={system_ca_bundle}"])
         finally:
             controller.terminate()
             controller.wait(timeout=10)
             log.close()
 
 
-TIERS = {"local": local_tier, "apiserver": apiserver_tier}
+#: How long the node tier waits for another node cluster on this machine (one at a time: a
+#: file lock) to stop: a CI run's node tier holds it for about a quarter of an hour.
+NODE_LOCK_WAIT = 3600
+
+
+@contextlib.contextmanager
+def node_tier(workdir: Path) -> Iterator[Suite]:
+    """One node cluster with refgateway deployed as users deploy it, for all the rounds; the
+    suite runs as README command 2's node run does (testkit.node_refgateway: deployment
+    backends, every probe through kubectl port-forward, one worker)."""
+    from testkit import node_refgateway, nodecluster
+
+    if nodecluster.prerequisites():
+        sys.exit("the node tier cannot run on this machine: it lacks " + "; ".join(nodecluster.prerequisites()))
+    if nodecluster.LOCK_HOLDER.exists():
+        print(f"  another node cluster runs; waiting up to {NODE_LOCK_WAIT} s for it to stop: "
+              f"{nodecluster.lock_holder()}", flush=True)
+    with nodecluster.NodeCluster(lock_wait=NODE_LOCK_WAIT) as node:
+        pod = node_refgateway.start_refgateway(node)
+        try:
+            yield Suite(node_refgateway.suite_options(node), workers="0", env=node_refgateway.suite_env(node))
+        finally:
+            log = node_refgateway.kubectl(node, "-n", "refgateway-system", "logs", pod["metadata"]["name"], check=False)
+            (workdir / "refgateway.log").write_text(log.stdout + log.stderr)
+
+
+TIERS = {"local": local_tier, "apiserver": apiserver_tier, "node": node_tier}
+#: --tier both: the two tiers it has always meant (the node tier is asked for by name).
+BOTH = ("local", "apiserver")
 
 
 @contextlib.contextmanager
@@ -172,10 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--load must be 0 or more")
     flaky = False
     loaded = f", {args.load} CPU burners beside them" if args.load else ""
-    for tier in (TIERS if args.tier == "both" else [args.tier]):
-        print(f"{tier}: {args.runs} runs of the scenario suite at -n 2{loaded}", flush=True)
-        with workdir(args.keep, tier) as tmp, TIERS[tier](tmp) as tier_args, burners(args.load, args.load_seconds):
-            runs = [run_suite(tmp, tier_args, args.extra, i + 1) for i in range(args.runs)]
+    for tier in (BOTH if args.tier == "both" else [args.tier]):
+        print(f"{tier}: {args.runs} runs of the scenario suite{loaded}", flush=True)
+        with workdir(args.keep, tier) as tmp, TIERS[tier](tmp) as suite, burners(args.load, args.load_seconds):
+            runs = [run_suite(tmp, suite, args.extra, i + 1) for i in range(args.runs)]
         diff = changed(runs)
         flaky |= bool(diff)
         totals = collections.Counter(runs[0].values())
