@@ -10,15 +10,20 @@ it as README command 2's node run does (tests/node/test_refgateway_on_node.py): 
 cluster (testkit.nodecluster: kube-apiserver, kubelet, containerd; root and tools/node's
 build), refgateway deployed from deploy/refgateway, backends as Deployments, every probe
 through kubectl port-forward, one worker. Each tier's cluster is started once for all its
-rounds. ``--keep DIR`` keeps each run's JUnit XML and output (and the controller's log). A test is a flake
-when its outcome (passed, failed, skipped) is not the same in every run; a run that
-collects nothing, or ends with an error of the run itself, stops the script. The exit
-status is 1 when anything changed, so CI can run a small number of rounds.
+rounds. A test is a flake when its outcome (passed, failed, skipped) is not the same in
+every run; a run that collects nothing, or ends with an error of the run itself, stops
+the script. The exit status is 1 when anything changed, so CI can run a small number of rounds.
 
 ``--load N`` runs the rounds on a loaded machine, as CI on a busy submitting machine
 does: N CPU burners (busy Python loops, one core each) run beside the suite from the
 first round to the last, each bounded by ``--load-seconds`` and stopped by this script.
 The report records the load average seen at each run's start and end.
+
+``--keep DIR`` keeps each run's JUnit XML and output (and the tier's controller log), to
+trace a changed result with. ``--with-edge-benchmark`` runs benchmarks/edge_vs_nginx.py
+once after the rounds, with the burners stopped (its ratios are timing, which the burners
+would only distort), and puts its medians and ratios into the report: issue 21's "no
+regression" of refgateway's data plane beside nginx, in the flake script's report.
 """
 
 from __future__ import annotations
@@ -184,6 +189,32 @@ def workdir(keep: Path | None, tier: str) -> Iterator[Path]:
         yield keep / tier
 
 
+#: --with-edge-benchmark's rounds: short, a check for a regression, not the committed measurement.
+EDGE_ROUNDS = 3
+
+
+def edge_benchmark(load_note: str) -> list[str]:
+    """benchmarks/edge_vs_nginx.py once (refgateway's data plane beside nginx, issue 21's
+    "no regression"): its medians and ratios as report lines, or why it did not finish."""
+    print(f"edge benchmark: benchmarks/edge_vs_nginx.py --rounds {EDGE_ROUNDS} ({load_note})", flush=True)
+    load_before = load()
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "benchmarks/edge_vs_nginx.py", "--rounds", str(EDGE_ROUNDS)],
+                          cwd=ROOT, capture_output=True, text=True)
+    took = (f"in {time.monotonic() - start:.0f} s, load average (1/5/15 min) {load_before} at the start, "
+            f"{load()} at the end; {load_note}")
+    lines = ["## refgateway beside nginx (benchmarks/edge_vs_nginx.py)", "",
+             f"`python benchmarks/edge_vs_nginx.py --rounds {EDGE_ROUNDS}`, after the rounds, {took}.", ""]
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:] + proc.stderr[-3000:])
+        return lines + [f"It ended with exit status {proc.returncode}; no result. Its output ends:", "", "```",
+                        (proc.stdout + proc.stderr)[-3000:].strip(), "```", ""]
+    # What it prints after its per-round lines: the medians and the ratios.
+    summary = proc.stdout.rsplit("\n\n", 1)[-1].strip()
+    print(summary)
+    return lines + ["```", summary, "```", ""]
+
+
 def changed(runs: list[dict[str, str]]) -> dict[str, list[str]]:
     """Tests whose outcome differs between runs (missing from a run counts as 'absent')."""
     nodeids = sorted(set().union(*runs))
@@ -203,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep every run's JUnit XML and output (and the tier's logs) in DIR, one "
                              "subdirectory per tier, instead of a temporary directory: what a changed "
                              "result is traced with")
+    parser.add_argument("--with-edge-benchmark", action="store_true",
+                        help=f"after the rounds (their burners stopped), run benchmarks/edge_vs_nginx.py "
+                             f"--rounds {EDGE_ROUNDS} once and add its medians and ratios to the report")
     parser.add_argument("extra", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args(argv)
     if args.runs < 2:
@@ -231,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {nodeid}: {' '.join(outcomes)}")
             lines.append(f"- `{nodeid}`: {' '.join(outcomes)}")
         lines.append("")
+    if args.with_edge_benchmark:
+        lines += edge_benchmark(f"the {args.load} CPU burners had stopped with the rounds" if args.load
+                                else "no CPU burners")
     if args.output:
         args.output.write_text("\n".join(lines))
     return 1 if flaky else 0
