@@ -35,6 +35,7 @@ import dataclasses
 import datetime
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -215,6 +216,18 @@ def edge_benchmark(load_note: str) -> list[str]:
     return lines + ["```", summary, "```", ""]
 
 
+#: Set by SIGUSR1 (``kill -USR1 PID``): the run under way finishes, no other starts (once
+#: two have run), and the report says how many of those asked for ran. Not Ctrl-C: that
+#: would cut a run short, leaving its gateways and port-forwards to the cluster's teardown.
+STOP_EARLY = False
+
+
+def stop_early(*_) -> None:
+    global STOP_EARLY
+    STOP_EARLY = True
+    print("  SIGUSR1: no run starts after the one under way", flush=True)
+
+
 def changed(runs: list[dict[str, str]]) -> dict[str, list[str]]:
     """Tests whose outcome differs between runs (missing from a run counts as 'absent')."""
     nodeids = sorted(set().union(*runs))
@@ -239,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"--rounds {EDGE_ROUNDS} once and add its medians and ratios to the report")
     parser.add_argument("extra", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGUSR1, stop_early)
     if args.runs < 2:
         parser.error("--runs must be at least 2: a flake is a difference between runs")
     lines = [f"# Flake check, {datetime.date.today().isoformat()}", "",
@@ -251,11 +265,15 @@ def main(argv: list[str] | None = None) -> int:
     for tier in (BOTH if args.tier == "both" else [args.tier]):
         print(f"{tier}: {args.runs} runs of the scenario suite{loaded}", flush=True)
         with workdir(args.keep, tier) as tmp, TIERS[tier](tmp) as suite, burners(args.load, args.load_seconds):
-            runs = [run_suite(tmp, suite, args.extra, i + 1) for i in range(args.runs)]
+            runs = []
+            while len(runs) < args.runs and not (len(runs) >= 2 and STOP_EARLY):
+                runs.append(run_suite(tmp, suite, args.extra, len(runs) + 1))
         diff = changed(runs)
         flaky |= bool(diff)
         totals = collections.Counter(runs[0].values())
-        summary = (f"{tier}: {args.runs} runs{loaded}, {len(runs[0])} tests each "
+        done = f"{len(runs)} runs" if len(runs) == args.runs else \
+            f"{len(runs)} of the {args.runs} runs asked for (stopped early by SIGUSR1)"
+        summary = (f"{tier}: {done}{loaded}, {len(runs[0])} tests each "
                    f"({', '.join(f'{v} {k}' for k, v in sorted(totals.items()))} in the first), "
                    f"{len(diff)} changed")
         print(summary)
