@@ -134,9 +134,13 @@ def test_gateways_on_one_port_each_get_a_service_of_their_own(node, refgateway):
             assert http_status(f"http://{pod_ip}:{port['targetPort']}/") == 404, name
     finally:
         kubectl(node, "-n", ns, "delete", "gateway/a")
+    deleted = time.monotonic()
     wait_until("gateway a's Service deleted with it", lambda: [
         s for s in managed_services(node)
         if s["metadata"]["labels"].get("gateway.networking.k8s.io/gateway-name") == "a"] == [])
+    # refgateway's reaction time to a Gateway's deletion: the measurement beside the bounds
+    # on it (here and in the suite test below; benchmarks/results-2026-12-06.md, section 3).
+    print(f"gateway a's Service went {time.monotonic() - deleted:.1f} s after `kubectl delete` returned")
     kubectl(node, "delete", "namespace", ns, "--wait=false")
 
 
