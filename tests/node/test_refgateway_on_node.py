@@ -30,14 +30,14 @@ import yaml
 
 from testkit import nodecluster, procs
 from testkit.child_run import parse_junit
-from testkit.testcluster import TestCluster
+from testkit.node_refgateway import (DEPLOY, deploy_refgateway, kubectl, refgateway_pod, start_refgateway,
+                                     suite_env, suite_options)
 
 if nodecluster.prerequisites():
     pytest.skip("this machine cannot run a node: it lacks " + "; ".join(nodecluster.prerequisites()),
                 allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy" / "refgateway"
 pytestmark = pytest.mark.xdist_group("node")
 
 #: Why a scenario that passes against the local refgateway may skip on this node. Each is
@@ -55,27 +55,9 @@ NODE_SKIPS = {
 }
 
 
-kubectl = TestCluster.kubectl  # kubectl(node, *args): failing with kubectl's output
-
-
-def deploy_refgateway(node, rbac: str | None = None) -> None:
-    """kubectl apply deploy/refgateway as a user would (rbac: replacement for rbac.yaml)."""
-    kubectl(node, "apply", "-f", "-", input=rbac if rbac is not None else (DEPLOY / "rbac.yaml").read_text())
-    kubectl(node, "apply", "-f", str(DEPLOY / "gatewayclass.yaml"), "-f", str(DEPLOY / "deployment.yaml"))
-
-
-def refgateway_pod(node) -> dict:
-    pods = json.loads(kubectl(node, "-n", "refgateway-system", "get", "pods", "-l",
-                              "app.kubernetes.io/name=refgateway", "-o", "json").stdout)["items"]
-    return next(p for p in pods if not p["metadata"].get("deletionTimestamp"))
-
-
 @pytest.fixture(scope="module")
 def refgateway(node):
-    deploy_refgateway(node)
-    kubectl(node, "-n", "refgateway-system", "rollout", "status", "deployment/refgateway", "--timeout=180s")
-    kubectl(node, "wait", "--for=condition=Accepted", "gatewayclass/refgateway", "--timeout=60s")
-    return refgateway_pod(node)
+    return start_refgateway(node)
 
 
 def outcomes(junit: Path) -> dict[str, tuple[str, str]]:
@@ -84,16 +66,12 @@ def outcomes(junit: Path) -> dict[str, tuple[str, str]]:
     return {test: (outcome, messages.get(test, "")) for test, outcome in found.items()}
 
 
-def run_suite(node, tmp_path: Path, *options: str, timeout: float = 1800) -> tuple[subprocess.CompletedProcess, dict]:
-    """The scenarios as a user runs them; the run and outcomes()."""
+def run_suite(node, tmp_path: Path, timeout: float = 1800) -> tuple[subprocess.CompletedProcess, dict]:
+    """The scenarios as a user runs them on the node (testkit.node_refgateway); the run and outcomes()."""
     junit = tmp_path / "node.xml"
-    assert node.bin_dir is not None
-    env = {**os.environ, "PATH": f"{node.bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
-    env.pop("PYTEST_XDIST_WORKER", None)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA", "--durations=15", "mtls_conformance/scenarios",
-                           "--gateway-class=refgateway", f"--kubeconfig={node.kubeconfig}", *options,
-                           f"--junitxml={junit}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+                           *suite_options(node), f"--junitxml={junit}"], cwd=ROOT, env=suite_env(node),
+                          capture_output=True, text=True, timeout=timeout)
     return proc, (outcomes(junit) if junit.exists() else {})
 
 
@@ -156,9 +134,13 @@ def test_gateways_on_one_port_each_get_a_service_of_their_own(node, refgateway):
             assert http_status(f"http://{pod_ip}:{port['targetPort']}/") == 404, name
     finally:
         kubectl(node, "-n", ns, "delete", "gateway/a")
+    deleted = time.monotonic()
     wait_until("gateway a's Service deleted with it", lambda: [
         s for s in managed_services(node)
         if s["metadata"]["labels"].get("gateway.networking.k8s.io/gateway-name") == "a"] == [])
+    # refgateway's reaction time to a Gateway's deletion: the measurement beside the bounds
+    # on it (here and in the suite test below; benchmarks/results-2026-12-06.md, section 3).
+    print(f"gateway a's Service went {time.monotonic() - deleted:.1f} s after `kubectl delete` returned")
     kubectl(node, "delete", "namespace", ns, "--wait=false")
 
 
@@ -167,10 +149,7 @@ def test_the_suite_with_deployment_backends_and_port_forward_passes(node, refgat
     every probe through `kubectl port-forward` (a kubelet stream) to the Service that
     refgateway gives each Gateway. Everything passes; what does not run is skipped for a
     fact about the node (NODE_SKIPS)."""
-    echo = node.import_image("echo-basic")
-    nginx = node.import_image("nginx")
-    proc, results = run_suite(node, tmp_path, "--backend-mode=deployment", f"--echo-image={echo}",
-                              f"--nginx-image={nginx}", "--gateway-address-mode=port-forward")
+    proc, results = run_suite(node, tmp_path)
     assert results, proc.stdout[-20000:] + proc.stderr[-5000:]
     passed = [t for t, (outcome, _) in results.items() if outcome == "passed"]
     assert len(passed) > 100, proc.stdout[-5000:]
@@ -217,7 +196,19 @@ def test_the_suite_with_deployment_backends_and_port_forward_passes(node, refgat
         # not shown.
         # In that run's log every other Service went in the reload that closed its Gateway's
         # ports (tens of ms after); the bound stays 180 s.
+        # Measured under load, 2026-12-06 (two CPU burners beside this test, and an API server
+        # flake run with two burners of its own: load average 5.8 to 8.8; the suite took
+        # 650 s): no Service of the run was left when this wait began, which took 0.2 s; in
+        # the one-port test above, with two burners, gateway a's Service went 0.1 s after its
+        # delete (benchmarks/results-2026-12-06.md, section 3). One sample each: the bound
+        # stays, far above them.
+        waited_for = [s["metadata"]["name"] for s in run_services()]
+        start = time.monotonic()
         wait_until("refgateway deletes the Services of the run's Gateways", lambda: not run_services(), timeout=180)
+        # The measurement the bound is checked against (benchmarks/results-2026-12-06.md, section 3).
+        print(f"refgateway deleted the run's Services in {time.monotonic() - start:.1f} s of this wait "
+              f"({len(waited_for)} left when it began: {waited_for}; Gateways the test deleted itself: "
+              f"namespaces {left or 'none'})")
     except AssertionError:
         still = [s["metadata"]["name"] for s in run_services()]
         log = kubectl(node, "-n", "refgateway-system", "logs", refgateway["metadata"]["name"]).stdout
