@@ -131,9 +131,9 @@ def test_under_xdist_load_each_setup_runs_once_on_the_worker_of_its_test(tmp_pat
 
 
 # -- later modules configured while earlier ones run (--configure-ahead, _ahead.py) ------
-FIRST = '''
+#: What each of the three modules starts with: an event log the test reads.
+PREAMBLE = '''
 import os
-import time
 import pytest
 
 pytestmark = pytest.mark.features("Gateway")
@@ -142,7 +142,9 @@ pytestmark = pytest.mark.features("Gateway")
 def event(text):
     with open(os.environ["AHEAD_EVENTS"], "a") as f:
         f.write(text + "\\n")
+'''
 
+FIRST = PREAMBLE + '''
 
 @pytest.fixture(scope="module")
 def own(mtls_target, mtls_namespace):
@@ -157,18 +159,7 @@ def test_first(own, mtls_target):
     event(f"first window from its own change: {mtls_target.last_change < float(os.environ['AHEAD_T'] or 0)}")
 '''
 
-SECOND = '''
-import os
-import time
-import pytest
-
-pytestmark = pytest.mark.features("Gateway")
-
-
-def event(text):
-    with open(os.environ["AHEAD_EVENTS"], "a") as f:
-        f.write(text + "\\n")
-
+SECOND = PREAMBLE + '''
 
 @pytest.fixture(scope="module")
 def made(mtls_target, mtls_namespace, request):
@@ -214,17 +205,7 @@ def test_with_a_failing_fixture(failing):
     pass
 '''
 
-THIRD = '''
-import os
-import pytest
-
-pytestmark = pytest.mark.features("Gateway")
-
-
-def event(text):
-    with open(os.environ["AHEAD_EVENTS"], "a") as f:
-        f.write(text + "\\n")
-
+THIRD = PREAMBLE + '''
 
 @pytest.fixture(scope="module")
 def odd(request):
