@@ -122,6 +122,9 @@ class _Request:
             self._teardown.append(finalizer)
 
     def __getattr__(self, name: str) -> Any:
+        live = self._module.live
+        if live is not None:
+            return getattr(live, name)
         raise NotAhead(f"request.{name} (fixture {self.fixturename})")
 
 
@@ -133,7 +136,7 @@ class _Module:
         self._current = current
         self.definitions: dict[str, Any] = {}
         for item in items:
-            # pytest's own record of each test's fixtures (as plugin.py's configure_ahead).
+            # pytest's own record of each test's fixtures (as _mtls_configure_ahead below).
             for name, definitions in item._fixtureinfo.name2fixturedefs.items():
                 if not definitions or definitions[-1].scope not in ("module", "session"):
                     continue  # a test's own (its parameters among them): never made ahead
