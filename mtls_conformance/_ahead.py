@@ -56,8 +56,7 @@ class NotAhead(BaseException):
 class _Value:
     """One fixture's value (or error) made ahead, and how to tear it down."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self) -> None:
         self.value: Any = None
         self.error: BaseException | None = None
         self.teardown: list[Callable[[], None]] = []
@@ -186,7 +185,7 @@ class _Module:
         return value
 
     def _make(self, name: str, definition: Any) -> _Value:
-        made = _Value(name)
+        made = _Value()
         kwargs = {arg: _Request(self, name, made.teardown) if arg == "request" else self.value(arg)
                   for arg in definition.argnames}
         self.values[definition] = made

@@ -228,17 +228,12 @@ class Target(abc.ABC):
         signers), and a gateway that serves one Gateway wrongly while it applies another's
         configuration is wrong (as with xdist, where each worker has its own scope already).
         Per process, as before."""
-        own = self._changes.get(self.change_scope)
-        if own is None or self._change_for_all is None:
-            return own if own is not None else self._change_for_all
-        return max(own, self._change_for_all)
+        known = [t for t in (self._changes.get(self.change_scope), self._change_for_all) if t is not None]
+        return max(known, default=None)
 
     @last_change.setter
-    def last_change(self, value: float | None) -> None:
-        if value is None:
-            self._changes.pop(self.change_scope, None)
-        else:
-            self._changes[self.change_scope] = value
+    def last_change(self, value: float) -> None:
+        self._changes[self.change_scope] = value
 
     def changed(self, *, for_all: bool = False) -> None:
         """Note a change the gateway must converge on; targets call it after every write
