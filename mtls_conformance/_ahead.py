@@ -231,9 +231,16 @@ class Lookahead:
         made = self._modules.get(request.node.nodeid)
         return None if made is None else made.values.pop(fixturedef, None)
 
-    def reached(self, request: pytest.FixtureRequest) -> None:
-        """pytest has configured the module ``request.node``: configure those after it."""
+    def reached(self, request: pytest.FixtureRequest, own_checks: Callable[[], None] = lambda: None) -> None:
+        """pytest configures the module ``request.node``: configure those after it, then
+        run ``own_checks`` (the rest of the module's own setups), then the rest of theirs.
+
+        In that order so that every setup's checks find the configuration of every module
+        made: a check's window runs from its module's last change, and the modules were
+        configured one after another before any check waits."""
         node = request.node
+        if node.nodeid in self._reached:
+            return  # _mtls_configure_ahead calls this before its hook does
         self._reached.add(node.nodeid)
         made = self._modules.get(node.nodeid)
         if made is not None:
@@ -241,8 +248,6 @@ class Lookahead:
             # What pytest never asks for (its tests were skipped at setup) goes with the module.
             node.addfinalizer(made.abandon)
         following = self._following(node)
-        if not following:
-            return
         start = time.monotonic()
         done = []
         for number, (module, items) in enumerate(following, 1):
@@ -256,6 +261,17 @@ class Lookahead:
         if done:
             self._progress(f"configured {len(done)} scenario module(s) ahead in {time.monotonic() - start:.1f} s "
                            f"(--configure-ahead): {', '.join(module.name for module in done)}")
+        own_checks()
+        start, checked = time.monotonic(), 0
+        for module in done:
+            with self._scoped(module.nodeid):
+                try:
+                    checked += _finish_setups(self._modules[module.nodeid].value(self.CONFIGURE))
+                except RESULTS:
+                    pass  # the configuration failed: pytest raises it for the module's tests
+        if checked:
+            self._progress(f"checked and changed the configuration of {checked} test(s) of those modules in "
+                           f"{time.monotonic() - start:.1f} s (their setups' part after yield)")
 
     def _following(self, node: pytest.Module) -> list[tuple[pytest.Module, list[pytest.Item]]]:
         """The modules after ``node`` in the run's order that have tests to configure for
@@ -327,6 +343,17 @@ def _mtls_configure_ahead(request: pytest.FixtureRequest) -> dict[str, object]:
     only cost time, or fail on an implementation without the feature. A fixture or setup
     that raises is left to its own tests: pytest keeps a fixture's error for every test
     that asks for it, and a setup's error is raised in its test's call.
+
+    A setup that checks the state before a change and then makes it (a test of what a
+    change does) is a generator: up to its ``yield`` it configures, after it it checks
+    and changes, and what it returns is the test's. Every setup's part before ``yield``
+    runs first (with --configure-ahead, every later module's too), then the parts after
+    it: their checks then find the configuration made a while ago, and against a broken
+    gateway each is decided by its first answer instead of waiting a window after the
+    setup before it. The part after ``yield`` and the test's call are the test's own
+    change scope (Target.change_scope): they change only the test's own objects (its own
+    Gateway, policy, ConfigMap or grant), so the module's other tests do not wait for
+    those changes, while the test's checks wait for its module's changes and its own.
     """
     if not _runs_whole_modules(request.config):
         return {}  # each test configures itself (mtls_configured); see _runs_whole_modules
@@ -340,8 +367,16 @@ def _mtls_configure_ahead(request: pytest.FixtureRequest) -> dict[str, object]:
                     and definitions[-1].params is None):
                 with contextlib.suppress(Exception, pytest.skip.Exception, pytest.fail.Exception):
                     request.getfixturevalue(name)
-    return {item.nodeid: _configure(item, request) for item in items
-            if item.get_closest_marker("configure_ahead") is not None}
+    configured = {item.nodeid: _configure(item, request) for item in items
+                  if item.get_closest_marker("configure_ahead") is not None}
+    if isinstance(request, _Request):
+        return configured  # made ahead: the Lookahead finishes the setups once every module is configured
+    lookahead = _lookahead_of(request.config)
+    if lookahead is None:
+        _finish_setups(configured)
+    else:
+        lookahead.reached(request, own_checks=lambda: _finish_setups(configured))
+    return configured
 
 
 def _configured(item: pytest.Item) -> bool:
@@ -394,15 +429,51 @@ def _runs_whole_modules(config: pytest.Config) -> bool:
 
 
 def _configure(item: pytest.Item, request: pytest.FixtureRequest) -> object:
-    """Run a test's configure_ahead setup; what it raised stays with the test (its call)."""
+    """Run a test's configure_ahead setup, up to its ``yield`` if it is a generator (then a
+    _Rest); what it raised stays with the test (its call)."""
     setup = item.get_closest_marker("configure_ahead").kwargs["setup"]
     params = getattr(item, "callspec", None)
     params = params.params if params is not None else {}
     try:
-        return setup(**{name: params[name] if name in params else request.getfixturevalue(name)
+        made = setup(**{name: params[name] if name in params else request.getfixturevalue(name)
                         for name in inspect.signature(setup).parameters})
-    except (Exception, pytest.skip.Exception, pytest.fail.Exception) as exc:
+        if not inspect.isgenerator(made):
+            return made
+        next(made)
+    except StopIteration as stop:
+        return stop.value  # a generator setup that returned before its yield
+    except RESULTS as exc:
         return _AheadFailed(exc)
+    return _Rest(item, made)
+
+
+class _Rest:
+    """A generator setup stopped at its ``yield``: its checks and changes, still to run."""
+
+    def __init__(self, item: pytest.Item, setup: Iterator[Any]) -> None:
+        self.item = item
+        self.setup = setup
+
+    def finish(self) -> object:
+        """The rest of the setup, in the test's own change scope: its return value, or
+        what it raised, for the test."""
+        with self.item.config.stash[SUITE_KEY].changes_of(self.item.nodeid):
+            try:
+                next(self.setup)
+            except StopIteration as stop:
+                return stop.value
+            except RESULTS as exc:
+                return _AheadFailed(exc)
+        self.setup.close()
+        return _AheadFailed(pytest.UsageError(f"{self.item.nodeid}: its configure_ahead setup yields more than once"))
+
+
+def _finish_setups(configured: dict[str, object]) -> int:
+    """Run the rest of each setup stopped at its ``yield``, in order; how many there were."""
+    rests = [(nodeid, rest) for nodeid, rest in configured.items() if isinstance(rest, _Rest)]
+    for nodeid, rest in rests:
+        configured[nodeid] = rest.finish()
+    return len(rests)
 
 
 @pytest.fixture
@@ -412,7 +483,9 @@ def mtls_configured(request: pytest.FixtureRequest, _mtls_configure_ahead: dict[
     if request.node.get_closest_marker("configure_ahead") is None:
         raise pytest.UsageError(f"{request.node.nodeid} asks for mtls_configured without a configure_ahead mark")
     if request.node.nodeid not in _mtls_configure_ahead:
-        return _configure(request.node, request)
+        configured = {request.node.nodeid: _configure(request.node, request)}
+        _finish_setups(configured)
+        return configured[request.node.nodeid]
     return _mtls_configure_ahead[request.node.nodeid]
 
 
@@ -427,6 +500,9 @@ def _lookahead_of(config: pytest.Config) -> Lookahead | None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_call(item: pytest.Item) -> None:
+    if item.get_closest_marker("configure_ahead") is not None:
+        # Its own change scope: it changes only its own objects (_mtls_configure_ahead).
+        item.config.stash[SUITE_KEY].set_change_scope(item.nodeid)
     configured = item.funcargs.get("mtls_configured") if hasattr(item, "funcargs") else None
     if isinstance(configured, _AheadFailed):
         raise configured.error  # its setup ran ahead, with the module's; the test reports it
@@ -437,3 +513,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     lookahead = session.config.stash.get(AHEAD_KEY, None)
     if lookahead is not None:
         lookahead.abandon_unreached()  # a run stopped early (-x): before plugin.py closes the target
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    module = item.getparent(pytest.Module)
+    if module is not None:  # the module's fixtures are torn down in its scope, as they were set up
+        item.config.stash[SUITE_KEY].set_change_scope(module.nodeid)

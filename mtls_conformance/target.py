@@ -209,7 +209,9 @@ class Target(abc.ABC):
     # -- configuration changes ---------------------------------------------------------
     #: Which part of the run the harness is configuring or checking now: a scenario
     #: module's node id, set by the plugin for each test and while it configures a module
-    #: ahead (``--configure-ahead``); "" outside of modules.
+    #: ahead (``--configure-ahead``); a test's node id (the module's id, "::", the test's
+    #: name) while a configure_ahead test checks and changes objects of its own (its
+    #: setup's part after ``yield``, and its call); "" outside of modules.
     change_scope: str
 
     @property
@@ -227,8 +229,12 @@ class Target(abc.ABC):
         (the scenarios share none; a module's cluster-scoped objects have its own names and
         signers), and a gateway that serves one Gateway wrongly while it applies another's
         configuration is wrong (as with xdist, where each worker has its own scope already).
-        Per process, as before."""
-        known = [t for t in (self._changes.get(self.change_scope), self._change_for_all) if t is not None]
+        A test's scope counts its module's changes too; its own changes (to objects only it
+        uses: _ahead.py ``_mtls_configure_ahead``) count for it alone. Per
+        process, as before."""
+        parts = self.change_scope.split("::")
+        scopes = ["::".join(parts[:end]) for end in range(1, len(parts) + 1)]  # the module, then the test
+        known = [t for t in (*(self._changes.get(s) for s in scopes), self._change_for_all) if t is not None]
         return max(known, default=None)
 
     @last_change.setter

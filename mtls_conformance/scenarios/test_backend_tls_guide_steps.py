@@ -85,6 +85,7 @@ def _policy_deleted(gw, mtls_namespace, deploy_tls_backend, backend_credential):
     request = dict(sni=None, host=HOSTNAME, plaintext=True, path=f"/{service}")
     p = policy(ns, service)
     gw.target.apply(p)
+    yield  # configured; the checks and the change run once every module is configured
     wait_accepted(gw, p)
     gw.expect_ok(HTTP_PORT, **request, service=service, check=backend_saw_tls(sni=BACKEND_HOSTNAME),
                  what="setup: the policy in force")

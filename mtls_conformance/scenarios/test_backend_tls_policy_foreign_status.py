@@ -74,6 +74,7 @@ def _foreign_entry(gw, case, mtls_namespace, mtls_target, mtls_backend):
                          rules=[m.rule(m.backend_ref(service, 443), path=f"/{service}")])
     p = policy(service, ns, service, BACKEND_HOSTNAME)
     mtls_target.apply(route, p)
+    yield  # configured; the checks and the change run once every module is configured
     ref, timeout = ObjectRef.of(p), gw.settings.timing.condition_timeout
     mtls_target.wait_for_policy_condition(ref, gw.gateway, "Accepted", "True", reason="Accepted", timeout=timeout)
 

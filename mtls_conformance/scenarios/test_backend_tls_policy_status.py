@@ -304,6 +304,7 @@ def _generation_bump(gw, mtls_namespace, mtls_target, deploy):
     deploy(service)
     p = policy(service, mtls_namespace, service, hostname=BACKEND_HOSTNAME, section="https")
     mtls_target.apply(p)
+    yield  # configured; the checks and the change run once every module is configured
     wait_policy(mtls_target, gw, p, "Accepted", "True", "Accepted")
     gw.expect_ok(HTTP_PORT, **request(gw, service), check=backend_saw_tls(sni=BACKEND_HOSTNAME))
     changed = policy(service, mtls_namespace, service, hostname=BACKEND_OTHER_HOSTNAME, section="https")
@@ -329,6 +330,7 @@ def _reconcile(gw, mtls_namespace, mtls_target, deploy, backend_ca, sibling):
     backend = deploy(service)
     p = policy(service, ns, service, ca_refs=[m.object_ref("reconcile-ca")])
     mtls_target.apply(p)
+    yield  # configured; the checks and the change run once every module is configured
     what = "the ConfigMap the policy names does not exist yet"
     expect_not_honoured(gw, mtls_target, p, backend, service, accepted_reason="NoValidCACertificate",
                         resolved="InvalidCACertificateRef", what=what, sibling=sibling)

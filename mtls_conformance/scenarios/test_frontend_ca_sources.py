@@ -28,7 +28,7 @@ import pytest
 
 from mtls_conformance import manifests as m
 
-from mtls_conformance.fixtures.guide import HOSTNAME
+from mtls_conformance.fixtures.guide import HOSTNAME, wait_ready
 
 pytestmark = pytest.mark.features("GatewayFrontendClientCertificateValidation")
 
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.features("GatewayFrontendClientCertificateValidation")
 SERVING_PORT = 8444
 
 
-def deploy(deploy_gateway, *, name, ns, gateway_class, backend, ca_ref, objects):
+def deploy(deploy_gateway, *, name, ns, gateway_class, backend, ca_ref, objects, ready=True):
     gateway = m.gateway(name, ns, gateway_class=gateway_class,
                         frontend=m.frontend_tls(default=m.validation(ca_ref, mode="AllowValidOnly"),
                                                 per_port={SERVING_PORT: m.validation(m.object_ref("ca-cert"))}),
@@ -46,7 +46,7 @@ def deploy(deploy_gateway, *, name, ns, gateway_class, backend, ca_ref, objects)
                                    m.https_listener("https-serving", SERVING_PORT, certificate="https-cert")])
     route = m.http_route(f"{name}-route", ns, hostnames=[HOSTNAME], parents=[m.parent_ref(name)],
                          rules=[m.rule(m.backend_ref(backend.service, backend.port))])
-    return deploy_gateway(gateway, *objects, routes=[route])
+    return deploy_gateway(gateway, *objects, routes=[route], ready=ready), route
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +72,11 @@ def _ca_in_a_secret(mtls_namespace, mtls_gateway_class, mtls_profile, backend, d
         pytest.skip(f"the implementation profile {mtls_profile.key!r} does not take CA bundles "
                     f"from Secrets (Profile.ca_in_secret)")
     ns = mtls_namespace
-    gw = deploy(deploy_gateway, name="mtls-secret-ca", ns=ns, gateway_class=mtls_gateway_class,
-                backend=backend, ca_ref=m.object_ref("ca-secret", kind="Secret"),
-                objects=[*guide_tls_objects, m.ca_secret("ca-secret", ns, client_ca.cert_pem)])
+    gw, route = deploy(deploy_gateway, name="mtls-secret-ca", ns=ns, gateway_class=mtls_gateway_class,
+                       backend=backend, ca_ref=m.object_ref("ca-secret", kind="Secret"),
+                       objects=[*guide_tls_objects, m.ca_secret("ca-secret", ns, client_ca.cert_pem)], ready=False)
+    yield  # configured; deploy_gateway's wait runs once every module is configured
+    wait_ready(gw, [route])
     return gw
 
 
@@ -96,10 +98,12 @@ def _grant_deleted(mtls_namespace, ca_namespace, mtls_gateway_class, backend, de
     ns = mtls_namespace
     grant = m.reference_grant("gateways-may-use-ca", ca_namespace, from_kind="Gateway",
                               from_namespace=ns, to_kind="ConfigMap")
-    gw = deploy(deploy_gateway, name="mtls-cross-ns-ca", ns=ns, gateway_class=mtls_gateway_class,
-                backend=backend, ca_ref=m.object_ref("shared-ca", namespace=ca_namespace),
-                objects=[*guide_tls_objects, m.ca_configmap("shared-ca", ca_namespace, client_ca.cert_pem),
-                         grant])
+    gw, route = deploy(deploy_gateway, name="mtls-cross-ns-ca", ns=ns, gateway_class=mtls_gateway_class,
+                       backend=backend, ca_ref=m.object_ref("shared-ca", namespace=ca_namespace),
+                       objects=[*guide_tls_objects, m.ca_configmap("shared-ca", ca_namespace, client_ca.cert_pem),
+                                grant], ready=False)
+    yield  # configured; the checks and the change run once every module is configured
+    wait_ready(gw, [route])
     target, timeout = gw.target, gw.settings.timing.condition_timeout
     target.wait_for_condition(gw.gateway, "ResolvedRefs", listener="https", timeout=timeout)
     gw.expect_pair(8443, sni=HOSTNAME, accepted=valid_client, refused=untrusted_client,

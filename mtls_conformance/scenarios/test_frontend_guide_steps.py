@@ -24,7 +24,7 @@ import pytest
 from mtls_conformance import manifests as m
 from mtls_conformance.target import ObjectRef
 
-from mtls_conformance.fixtures.guide import HOSTNAME
+from mtls_conformance.fixtures.guide import HOSTNAME, wait_ready
 
 pytestmark = pytest.mark.features("GatewayFrontendClientCertificateValidation")
 
@@ -59,20 +59,15 @@ def _changed_in_place(mtls_namespace, mtls_gateway_class, mtls_backend, deploy_g
     route = m.http_route("in-place-https", ns, hostnames=[HOSTNAME], parents=[m.parent_ref(name)],
                          rules=[m.rule(m.backend_ref(backend.service, backend.port))])
     gw = deploy_gateway(kgateway_gateway(name, ns, mtls_gateway_class, fallback_on_8444=False), *guide_tls_objects,
-                        routes=[route])
+                        routes=[route], ready=False)
+    yield  # configured; the checks and the change run once every module is configured
+    wait_ready(gw, [route])
     for port in (8443, 8444):
         gw.expect_pair(port, sni=HOSTNAME, accepted=valid_client, refused=None, http2=True,
                     what=f"the default-only AllowValidOnly Gateway, port {port}, before the change")
 
     deploy_gateway(kgateway_gateway(name, ns, mtls_gateway_class, fallback_on_8444=True), ready=False)
     return gw, backend
-
-
-def wait_ready(gw) -> None:
-    """deploy_gateway's own wait for a Gateway changed ahead (applied with ready=False):
-    Accepted and Programmed at its new generation."""
-    for type_ in ("Accepted", "Programmed"):
-        gw.target.wait_for_condition(gw.gateway, type_, timeout=timeout_of(gw))
 
 
 @pytest.mark.features("GatewayFrontendClientCertificateValidationInsecureFallback")
@@ -173,7 +168,9 @@ def _pin_changed(mtls_namespace, mtls_gateway_class, mtls_backend, mtls_profile,
                                                     options={key: ALICE})])
     route = m.http_route("live-pin", ns, hostnames=[HOSTNAME], parents=[m.parent_ref("mtls-live-pin")],
                          rules=[m.rule(m.backend_ref(backend.service, backend.port))])
-    gw = deploy_gateway(gateway, *guide_tls_objects, routes=[route])
+    gw = deploy_gateway(gateway, *guide_tls_objects, routes=[route], ready=False)
+    yield  # configured; the checks and the change run once every module is configured
+    wait_ready(gw, [route])
     gw.expect_pair(PINNED_PORT, sni=HOSTNAME, accepted=alice, refused=bob,
                 what=f"the listener pinned to {ALICE}, before the change")
     gateway["spec"]["listeners"][0]["tls"]["options"] = {key: BOB}

@@ -25,7 +25,7 @@ import pytest
 from mtls_conformance import manifests as m
 from mtls_conformance.expect import echo_header
 
-from mtls_conformance.fixtures.guide import HOSTNAME
+from mtls_conformance.fixtures.guide import HOSTNAME, wait_ready
 
 pytestmark = pytest.mark.features("GatewayFrontendClientCertificateValidation",
                                   "GatewayFrontendClientCertificateValidationInsecureFallback")
@@ -138,7 +138,9 @@ def _reverted(mtls_namespace, mtls_gateway_class, mtls_target, backend, deploy_g
     name = "mtls-revert"
     route = route_to("revert", mtls_namespace, name, backend)
     gw = deploy_gateway(mtls_gateway(name, mtls_namespace, mtls_gateway_class),
-                        *guide_tls_objects, routes=[route])
+                        *guide_tls_objects, routes=[route], ready=False)
+    yield  # configured; the checks and the change run once every module is configured
+    wait_ready(gw, [route])
     mtls_target.wait_for_condition(gw.gateway, "InsecureFrontendValidationMode", "True",
                                    reason="ConfigurationChanged")
     gw.expect_ok(FALLBACK_PORT, sni=HOSTNAME, cert=None)

@@ -164,6 +164,7 @@ def _late_ca(mtls_namespace, mtls_gateway_class, mtls_backend, deploy_gateway, g
     route = m.http_route("late", ns, hostnames=[HOSTNAME], parents=[m.parent_ref(name)],
                          rules=[m.rule(m.backend_ref(backend.service, backend.port))])
     gw = deploy_gateway(gateway, *guide_tls_objects, routes=[route], ready=False)
+    yield  # configured; the checks and the change run once every module is configured
     timeout = gw.settings.timing.condition_timeout
     target = gw.target
     target.wait_for_condition(gw.gateway, "ResolvedRefs", "False", reason="InvalidCACertificateRef",

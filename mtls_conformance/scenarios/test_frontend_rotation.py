@@ -25,7 +25,7 @@ import pytest
 from mtls_conformance import manifests as m
 from mtls_conformance.target import conditions_of
 
-from mtls_conformance.fixtures.guide import HOSTNAME
+from mtls_conformance.fixtures.guide import HOSTNAME, wait_ready
 
 pytestmark = pytest.mark.features("GatewayFrontendClientCertificateValidation")
 
@@ -57,8 +57,11 @@ def _ca_rotation(mtls_namespace, mtls_gateway_class, mtls_pki, backend, deploy_g
     old_ca, new_ca = mtls_pki.authority("rotation-old-ca"), mtls_pki.authority("rotation-new-ca")
     old_client = old_ca.issue_client("old-ca-client", dns_names=[HOSTNAME])
     new_client = new_ca.issue_client("new-ca-client", dns_names=[HOSTNAME])
+    routes = [route(name, ns, backend)]
     gw = deploy_gateway(gateway(name, ns, mtls_gateway_class), *guide_tls_objects,
-                        m.ca_configmap("rotating-ca", ns, old_ca.cert_pem), routes=[route(name, ns, backend)])
+                        m.ca_configmap("rotating-ca", ns, old_ca.cert_pem), routes=routes, ready=False)
+    yield  # configured; the checks and the change run once every module is configured
+    wait_ready(gw, routes)
     gw.expect_pair(PORT, sni=HOSTNAME, accepted=old_client, refused=new_client,
                    what="before rotation, a client of the new CA is refused")
 
@@ -100,10 +103,13 @@ def _certificate_rotation(mtls_namespace, mtls_gateway_class, backend, deploy_ga
     def secret(credential):
         return m.tls_secret("rotating-cert", ns, cert_pem=credential.chain_pem, key_pem=credential.key_pem)
 
+    routes = [route(name, ns, backend)]
     gw = deploy_gateway(gateway(name, ns, mtls_gateway_class, ca="client-ca-rotation",
                                 certificate="rotating-cert"),
                         secret(first), m.ca_configmap("client-ca-rotation", ns, client_ca.cert_pem),
-                        routes=[route(name, ns, backend)])
+                        routes=routes, ready=False)
+    yield  # configured; the checks and the change run once every module is configured
+    wait_ready(gw, routes)
     gw.expect_ok(PORT, sni=HOSTNAME, cert=valid_client, check=serving(first),
                  what="before rotation")
     gw.target.apply(secret(second))
@@ -130,9 +136,11 @@ def _generations(mtls_namespace, mtls_gateway_class, backend, deploy_gateway, gu
         gateway(name, ns, mtls_gateway_class, ca="ca-cert-copy"),
         gateway(name, ns, mtls_gateway_class, ca="ca-cert"),
     ]
+    routes = [route(name, ns, backend)]
     gw = deploy_gateway(changes[0], *guide_tls_objects,
-                        m.ca_configmap("ca-cert-copy", ns, client_ca.cert_pem),
-                        routes=[route(name, ns, backend)])
+                        m.ca_configmap("ca-cert-copy", ns, client_ca.cert_pem), routes=routes, ready=False)
+    yield  # configured; the first change is made once every module is configured
+    wait_ready(gw, routes)
     deploy_gateway(changes[1], ready=False)  # the test waits for it, as deploy_gateway does
     return gw, changes
 

@@ -218,3 +218,23 @@ def test_a_change_counts_for_its_own_scope_and_a_trust_store_change_for_every_sc
     target.changed(for_all=True)  # the system trust store
     target.change_scope = "a.py"
     assert target.last_change > own
+
+
+def test_a_tests_scope_counts_its_modules_changes_and_its_own_count_for_it_alone():
+    target = Recorded()
+    target.change_scope = "a.py"
+    target.changed()
+    module = target.last_change
+    target.change_scope = "a.py::test_x[p::q]"  # a parameter may hold "::" too
+    assert target.last_change == module
+    target.changed()
+    own = target.last_change
+    assert own > module
+    target.change_scope = "a.py"
+    assert target.last_change == module  # the module's other tests do not wait for test_x's change
+    target.change_scope = "a.py::test_y"
+    assert target.last_change == module
+    target.change_scope = "a.py"
+    target.changed()
+    target.change_scope = "a.py::test_x[p::q]"
+    assert target.last_change > own
