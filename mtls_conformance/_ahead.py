@@ -240,7 +240,8 @@ class Lookahead:
         configured one after another before any check waits."""
         node = request.node
         if node.nodeid in self._reached:
-            return  # _mtls_configure_ahead calls this before its hook does
+            own_checks()  # _mtls_configure_ahead called this before its hook: what is left, if anything
+            return
         self._reached.add(node.nodeid)
         made = self._modules.get(node.nodeid)
         if made is not None:
@@ -266,7 +267,7 @@ class Lookahead:
         for module in done:
             with self._scoped(module.nodeid):
                 try:
-                    checked += _finish_setups(self._modules[module.nodeid].value(self.CONFIGURE))
+                    checked += _finish_setups(self._modules[module.nodeid].value(self.CONFIGURE), ahead=True)
                 except RESULTS:
                     pass  # the configuration failed: pytest raises it for the module's tests
         if checked:
@@ -416,7 +417,7 @@ def pytest_fixture_setup(fixturedef, request: pytest.FixtureRequest):
         finally:
             fixturedef.func = real
     if fixturedef.argname == Lookahead.CONFIGURE:
-        lookahead.reached(request)
+        lookahead.reached(request, own_checks=lambda: _finish_setups(result))
     return result
 
 
@@ -453,6 +454,8 @@ class _Rest:
     def __init__(self, item: pytest.Item, setup: Iterator[Any]) -> None:
         self.item = item
         self.setup = setup
+        #: Run it when its module starts, not while earlier modules run (the mark's at_module_start).
+        self.at_module_start = bool(item.get_closest_marker("configure_ahead").kwargs.get("at_module_start"))
 
     def finish(self) -> object:
         """The rest of the setup, in the test's own change scope: its return value, or
@@ -465,12 +468,16 @@ class _Rest:
             except RESULTS as exc:
                 return _AheadFailed(exc)
         self.setup.close()
-        return _AheadFailed(pytest.UsageError(f"{self.item.nodeid}: its configure_ahead setup yields more than once"))
+        return _AheadFailed(pytest.fail.Exception(f"{self.item.nodeid}: its configure_ahead setup yields more than "
+                                                  f"once; it may yield once, between configuring and checking",
+                                                  pytrace=False))
 
 
-def _finish_setups(configured: dict[str, object]) -> int:
-    """Run the rest of each setup stopped at its ``yield``, in order; how many there were."""
-    rests = [(nodeid, rest) for nodeid, rest in configured.items() if isinstance(rest, _Rest)]
+def _finish_setups(configured: dict[str, object], *, ahead: bool = False) -> int:
+    """Run the rest of each setup stopped at its ``yield``, in order; how many there were.
+    ``ahead``: while an earlier module runs, so not those that run at their module's start."""
+    rests = [(nodeid, rest) for nodeid, rest in configured.items()
+             if isinstance(rest, _Rest) and not (ahead and rest.at_module_start)]
     for nodeid, rest in rests:
         configured[nodeid] = rest.finish()
     return len(rests)
@@ -486,6 +493,7 @@ def mtls_configured(request: pytest.FixtureRequest, _mtls_configure_ahead: dict[
         configured = {request.node.nodeid: _configure(request.node, request)}
         _finish_setups(configured)
         return configured[request.node.nodeid]
+    _finish_setups(_mtls_configure_ahead)  # none left unless a module hook did not run (a plugin's own order)
     return _mtls_configure_ahead[request.node.nodeid]
 
 

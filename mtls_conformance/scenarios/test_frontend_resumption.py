@@ -50,7 +50,7 @@ from mtls_conformance import manifests as m
 from mtls_conformance.client import RESUMPTION_PROPERTY, VERDICT_NOTE_PROPERTY, record
 from mtls_conformance.probe import Resumption
 
-from mtls_conformance.fixtures.guide import HOSTNAME
+from mtls_conformance.fixtures.guide import HOSTNAME, wait_ready
 from .test_frontend_pinning import pin_keys
 
 FEATURE = "FrontendResumptionScopedToValidation"
@@ -197,12 +197,13 @@ def test_session_of_another_port_is_not_served(two_ports, valid_client, other_po
                               what="the default CA's client is refused on port 9443")
 
 
-def test_session_from_before_a_ca_rotation_is_not_served(mtls_namespace, mtls_gateway_class, mtls_pki,
-                                                         mtls_backend, deploy_gateway, guide_tls_objects, variant,
-                                                         request):
-    """(c) the bundle held CA 1 and CA 2; CA 1 is removed; CA 1's session must not be served."""
+def _rotated(mtls_namespace, mtls_gateway_class, mtls_pki, mtls_backend, deploy_gateway, guide_tls_objects, variant):
+    """A Gateway of its own whose bundle holds CA 1 and CA 2; each CA's client takes a
+    session, then CA 1 is removed. Configured ahead with the module; the sessions and the
+    rotation when the module starts (at_module_start: a session must not age while
+    earlier modules run, or the gateway may have dropped it when the test offers it)."""
     # No dots: implementations name Services (DNS labels) after the Gateway.
-    ns, name = mtls_namespace, f"resumption-rotation-{request.node.callspec.id.lower().replace('.', '')}"
+    ns, name = mtls_namespace, f"resumption-rotation-{IDS[VARIANTS.index(variant)].lower().replace('.', '')}"
     kept, removed = mtls_pki.authority("resumption-kept-ca"), mtls_pki.authority("resumption-removed-ca")
     kept_client = kept.issue_client("resumption-kept-client", dns_names=[HOSTNAME])
     removed_client = removed.issue_client("resumption-removed-client", dns_names=[HOSTNAME])
@@ -213,13 +214,23 @@ def test_session_from_before_a_ca_rotation_is_not_served(mtls_namespace, mtls_ga
     route = m.http_route(name, ns, hostnames=[HOSTNAME], parents=[m.parent_ref(name)],
                          rules=[m.rule(m.backend_ref(backend.service, backend.port))])
     gw = deploy_gateway(gateway, *guide_tls_objects,
-                        m.ca_configmap(f"{name}-ca", ns, kept.cert_pem + removed.cert_pem), routes=[route])
+                        m.ca_configmap(f"{name}-ca", ns, kept.cert_pem + removed.cert_pem), routes=[route],
+                        ready=False)
+    yield  # configured; the sessions and the rotation when the module starts
+    wait_ready(gw, [route])
     positive, negative = variant.client(), variant.client()
     for client, cert in ((positive, kept_client), (negative, removed_client)):
         gw.take_session(PORT, sni=HOSTNAME, cert=cert, resumption=client, tls_version=variant.tls_version,
                         what=f"before the rotation, {cert.name} with its session")
 
     gw.target.apply(m.ca_configmap(f"{name}-ca", ns, kept.cert_pem))
+    return gw, kept_client, removed_client, positive, negative
+
+
+@pytest.mark.configure_ahead(setup=_rotated, at_module_start=True)
+def test_session_from_before_a_ca_rotation_is_not_served(variant, mtls_configured):
+    """(c) the bundle held CA 1 and CA 2; CA 1 is removed; CA 1's session must not be served."""
+    gw, kept_client, removed_client, positive, negative = mtls_configured
     gw.expect_pair(PORT, sni=HOSTNAME, accepted=kept_client, refused=removed_client, tls_version=variant.tls_version,
                    what="after the rotation, a client of the removed CA is refused on a new connection")
     gw.take_session(PORT, sni=HOSTNAME, cert=kept_client, resumption=positive, tls_version=variant.tls_version,

@@ -275,3 +275,72 @@ def test_a_bad_configure_ahead_value_is_one_clear_error(tmp_path):
     run = run_pytest(str(tmp_path), "--configure-ahead=some", "-p", "no:xdist", junit=tmp_path / "junit.xml",
                      timeout=60, check=False)
     assert run.returncode == 4 and "--configure-ahead: expected a number of scenario modules" in run.stderr
+
+
+# -- setups in two parts: configure up to yield, check and change after it ------------------
+TWO_PART = PREAMBLE + '''
+
+def checked_then_changed(mtls_target, mtls_namespace):
+    event("{m} configured")
+    yield
+    event(f"{m} checked in {{mtls_target.change_scope.rsplit('/', 1)[-1]}}")
+    mtls_target.apply({{"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {{"name": "{m}-own", "namespace": mtls_namespace}}, "data": {{}}}})
+    os.environ["{M}_OWN"] = repr(mtls_target.last_change)
+    return "{m}"
+
+
+@pytest.mark.configure_ahead(setup=checked_then_changed)
+def test_{m}(mtls_configured, mtls_target):
+    event(f"{m} test {{mtls_configured}} in {{mtls_target.change_scope.rsplit('/', 1)[-1]}}")
+'''
+TWO_PART_A = TWO_PART.format(m="a", M="A")
+TWO_PART_B = TWO_PART.format(m="b", M="B") + '''
+
+def session(mtls_target):
+    event("b session configured")
+    yield
+    event("b session taken")
+    return "s"
+
+
+def twice():
+    yield
+    yield
+
+
+@pytest.mark.configure_ahead(setup=session, at_module_start=True)
+def test_session(mtls_configured):
+    event(f"b session test {mtls_configured}")
+
+
+@pytest.mark.configure_ahead(setup=twice)
+def test_twice(mtls_configured):
+    pass
+
+
+def test_plain(mtls_target):
+    # test_b's own change is its own: the module's other tests do not wait for it.
+    event(f"b plain counts test_b's change: {mtls_target.last_change >= float(os.environ['B_OWN'])}")
+'''
+
+
+def test_setups_check_and_change_once_every_module_is_configured_in_their_tests_scope(tmp_path, monkeypatch):
+    for name, text in (("test_a.py", TWO_PART_A), ("test_b.py", TWO_PART_B)):
+        (tmp_path / name).write_text(textwrap.dedent(text))
+    events = tmp_path / "events"
+    monkeypatch.setenv("AHEAD_EVENTS", str(events))
+    run = run_pytest(str(tmp_path), "-p", "no:xdist", "-q", "-p", "no:randomly",
+                     f"--gateway-command={refgateway_command()}", junit=tmp_path / "junit.xml", timeout=120)
+    assert run.outcomes == {"test_a.py::test_a": "passed", "test_b.py::test_b": "passed",
+                            "test_b.py::test_session": "passed", "test_b.py::test_twice": "failed",
+                            "test_b.py::test_plain": "passed"}, run.stdout[-3000:]
+    assert events.read_text().splitlines() == [
+        "a configured", "b configured", "b session configured",  # every module's first part
+        "a checked in test_a.py::test_a", "b checked in test_b.py::test_b",  # then the rest, each its test's
+        "a test a in test_a.py::test_a",
+        "b session taken",  # at_module_start: when test_b.py starts
+        "b test b in test_b.py::test_b", "b session test s", "b plain counts test_b's change: False",
+    ], run.stdout[-3000:]
+    assert "yields more than once" in run.messages["test_b.py::test_twice"]
+    assert "checked and changed the configuration of 2 test(s)" in run.stdout
