@@ -91,9 +91,23 @@ class Peer:
         return f"/{self.kind}" if case == "ok" else f"/{self.kind}/{case}"
 
 
-@pytest.fixture(scope="module", params=["nginx", "echo"])
-def peer(request, gw, mtls_namespace, mtls_pki, mtls_target, deploy_tls_backend):
-    kind, ns = request.param, mtls_namespace
+#: The guide's peer, and the echo backend as a second one.
+PEERS = ["nginx", "echo"]
+
+
+@pytest.fixture(scope="module")
+def peers(gw, mtls_namespace, mtls_pki, mtls_target, deploy_tls_backend):
+    """Both peers at once, not a module fixture with params: pytest would make each
+    param's only when it gets there, and its window would start then (issue 21)."""
+    return {kind: _peer(kind, mtls_namespace, mtls_pki, mtls_target, deploy_tls_backend) for kind in PEERS}
+
+
+@pytest.fixture(params=PEERS)
+def peer(request, peers):
+    return peers[request.param]
+
+
+def _peer(kind, ns, mtls_pki, mtls_target, deploy_tls_backend):
     # The guide's names for nginx; the echo peer's are derived from its kind.
     ca_name, policy_name = ("ca", "nginx-tls-policy") if kind == "nginx" else (f"{kind}-ca", f"{kind}-tls-policy")
     cert = mtls_pki.self_signed(f"{kind}-self-signed", HOSTNAME)

@@ -185,6 +185,7 @@ def test_frontend_bundle_that_does_not_sign_the_client_is_not_used(frontend, val
 
 
 @pytest.mark.features("GatewayFrontendClientCertificateValidation")
+@pytest.mark.own_changes  # its bundle is its listener's alone, and no later test uses the frontend Gateway
 def test_frontend_rotation_through_the_bundle(frontend, mtls_target, bundles, rotation, valid_client):
     old_ca, old_client, new_ca, new_client = rotation
     timeout = frontend.settings.timing.condition_timeout
@@ -310,6 +311,7 @@ def test_backend_bundle_that_does_not_sign_the_backend_is_not_used(backend_gw, b
 
 
 @pytest.mark.features("BackendTLSPolicy")
+@pytest.mark.own_changes  # its bundle is its policy's alone, and it is the module's last test
 def test_backend_rotation_through_the_bundle(backend_gw, backends, bundles, mtls_target, backend_ca):
     expect_sibling_ok(backend_gw)
     backend_gw.expect_backend_refused(HTTP_PORT, sni=None, host=HOSTNAME, plaintext=True, path="/rotating",
