@@ -42,15 +42,15 @@ from mtls_conformance import manifests as m
 from mtls_conformance.expect import backend_saw_tls
 from mtls_conformance.target import ObjectRef
 
-from mtls_conformance.fixtures.guide import BACKEND_HOSTNAME, HOSTNAME
+from mtls_conformance.fixtures.guide import BACKEND_HOSTNAME, HOSTNAME, wait_ready
 
 pytestmark = pytest.mark.features("ClusterTrustBundle")
 
 CLIENT_SIGNER = "mtls-conformance.dev/gateway-clients"
 BACKEND_SIGNER = "mtls-conformance.dev/gateway-backends"
 
-# Frontend: one Gateway, a listener per bundle.
-FRONTEND = "ctb-frontend"
+# Frontend: one Gateway, a listener per bundle; the rotation's, one of its own.
+FRONTEND, ROTATION = "ctb-frontend", "ctb-rotation"
 NAMED_PORT, MISSING_PORT, OTHER_PORT, ROTATING_PORT = 443, 7443, 7444, 7445
 
 # Backends: one Gateway with an HTTP listener, a Service and a BackendTLSPolicy per bundle.
@@ -117,23 +117,21 @@ def rotation(mtls_pki):
 # -- frontend validation ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def frontend(mtls_namespace, mtls_gateway_class, mtls_backend, deploy_gateway, guide_tls_objects, bundles,
-             client_ca, other_client_ca, rotation):
+             client_ca, other_client_ca):
     ns = mtls_namespace
     backend = mtls_backend(ns, "httpbin", port=8000)
     per_port = {MISSING_PORT: m.validation(m.cluster_trust_bundle_ref(bundles.missing)),
-                OTHER_PORT: m.validation(m.cluster_trust_bundle_ref(bundles.client_other)),
-                ROTATING_PORT: m.validation(m.cluster_trust_bundle_ref(bundles.client_rotating))}
+                OTHER_PORT: m.validation(m.cluster_trust_bundle_ref(bundles.client_other))}
     gateway = m.gateway(
         FRONTEND, ns, gateway_class=mtls_gateway_class,
         frontend=m.frontend_tls(default=m.validation(m.cluster_trust_bundle_ref(bundles.client)),
                                 per_port=per_port),
         listeners=[m.https_listener(listener(p), p, certificate="https-cert")
-                   for p in (NAMED_PORT, MISSING_PORT, OTHER_PORT, ROTATING_PORT)])
+                   for p in (NAMED_PORT, MISSING_PORT, OTHER_PORT)])
     route = m.http_route("ctb-frontend-route", ns, hostnames=[HOSTNAME], parents=[m.parent_ref(FRONTEND)],
                          rules=[m.rule(m.backend_ref(backend.service, backend.port))])
     objects = [m.cluster_trust_bundle(bundles.client, client_ca.cert_pem, signer_name=CLIENT_SIGNER),
                m.cluster_trust_bundle(bundles.client_other, other_client_ca.cert_pem, signer_name=CLIENT_SIGNER),
-               m.cluster_trust_bundle(bundles.client_rotating, rotation[0].cert_pem),
                *guide_tls_objects]
     # The missing bundle's listener must not become ready: wait for one that must.
     gw = deploy_gateway(gateway, *objects, routes=[route], ready=False)
@@ -184,34 +182,55 @@ def test_frontend_bundle_that_does_not_sign_the_client_is_not_used(frontend, val
                          what=f"a client of a CA in another bundle of signer {CLIENT_SIGNER}")
 
 
-@pytest.mark.features("GatewayFrontendClientCertificateValidation")
-@pytest.mark.own_changes  # its bundle is its listener's alone, and no later test uses the frontend Gateway
-def test_frontend_rotation_through_the_bundle(frontend, mtls_target, bundles, rotation, valid_client):
+def _rotated_then_deleted(frontend, mtls_namespace, mtls_gateway_class, mtls_backend, deploy_gateway,
+                          guide_tls_objects, mtls_target, bundles, rotation):
+    """A Gateway of its own: a listener naming the rotating bundle, and one naming the
+    client CA's bundle, which must serve throughout. Checked, the bundle's trustBundle
+    replaced and checked, then the bundle deleted (ahead with the module: configure_ahead);
+    the test checks the deletion and creates the bundle again."""
     old_ca, old_client, new_ca, new_client = rotation
-    timeout = frontend.settings.timing.condition_timeout
-    frontend.expect_pair(ROTATING_PORT, sni=HOSTNAME, accepted=old_client, refused=new_client,
-                         what="before rotation, a client of the new CA")
+    ns = mtls_namespace
+    backend = mtls_backend(ns, "ctb-rotation-httpbin", port=8000)
+    gateway = m.gateway(
+        ROTATION, ns, gateway_class=mtls_gateway_class,
+        frontend=m.frontend_tls(default=m.validation(m.cluster_trust_bundle_ref(bundles.client)),
+                                per_port={ROTATING_PORT: m.validation(m.cluster_trust_bundle_ref(bundles.client_rotating))}),
+        listeners=[m.https_listener(listener(p), p, certificate="https-cert") for p in (NAMED_PORT, ROTATING_PORT)])
+    route = m.http_route("ctb-rotation-route", ns, hostnames=[HOSTNAME], parents=[m.parent_ref(ROTATION)],
+                         rules=[m.rule(m.backend_ref(backend.service, backend.port))])
+    gw = deploy_gateway(gateway, m.cluster_trust_bundle(bundles.client_rotating, old_ca.cert_pem), *guide_tls_objects,
+                        routes=[route], ready=False)
+    yield  # configured; the checks and the changes run once every module is configured
+    wait_ready(gw, [route])
+    gw.expect_pair(ROTATING_PORT, sni=HOSTNAME, accepted=old_client, refused=new_client,
+                   what="before rotation, a client of the new CA")
 
     mtls_target.apply(m.cluster_trust_bundle(bundles.client_rotating, new_ca.cert_pem))
-    frontend.expect_pair(ROTATING_PORT, sni=HOSTNAME, accepted=new_client, refused=old_client,
-                         accepted_what="after spec.trustBundle was replaced, a client of the new CA",
-                         what="after spec.trustBundle was replaced, a client of the old CA")
+    gw.expect_pair(ROTATING_PORT, sni=HOSTNAME, accepted=new_client, refused=old_client,
+                   accepted_what="after spec.trustBundle was replaced, a client of the new CA",
+                   what="after spec.trustBundle was replaced, a client of the old CA")
 
     mtls_target.delete(bundle_ref(bundles.client_rotating))
-    frontend.target.wait_for_condition(frontend.gateway, "ResolvedRefs", "False", reason="InvalidCACertificateRef",
-                                       listener=listener(ROTATING_PORT), timeout=timeout)
-    frontend.target.wait_for_condition(frontend.gateway, "Accepted", "False", reason="NoValidCACertificate",
-                                       listener=listener(ROTATING_PORT), timeout=timeout)
-    frontend.expect_fail_closed(ROTATING_PORT, sni=HOSTNAME, clients=[new_client],
-                                what="after the ClusterTrustBundle was deleted, no cached anchor may be used",
-                                serving_port=NAMED_PORT, serving_client=valid_client)
+    return gw
+
+
+@pytest.mark.features("GatewayFrontendClientCertificateValidation")
+@pytest.mark.configure_ahead(setup=_rotated_then_deleted)
+def test_frontend_rotation_through_the_bundle(mtls_target, bundles, rotation, valid_client, mtls_configured):
+    gw = mtls_configured
+    old_ca, old_client, new_ca, new_client = rotation
+    wait_listener(gw, ROTATING_PORT, "ResolvedRefs", "False", "InvalidCACertificateRef")
+    wait_listener(gw, ROTATING_PORT, "Accepted", "False", "NoValidCACertificate")
+    gw.expect_fail_closed(ROTATING_PORT, sni=HOSTNAME, clients=[new_client],
+                          what="after the ClusterTrustBundle was deleted, no cached anchor may be used",
+                          serving_port=NAMED_PORT, serving_client=valid_client)
 
     mtls_target.apply(m.cluster_trust_bundle(bundles.client_rotating, new_ca.cert_pem))
     for type_ in ("ResolvedRefs", "Accepted", "Programmed"):
-        wait_listener(frontend, ROTATING_PORT, type_)
-    frontend.expect_pair(ROTATING_PORT, sni=HOSTNAME, accepted=new_client, refused=old_client,
-                         accepted_what="after the ClusterTrustBundle was created again",
-                         what="after the ClusterTrustBundle was created again, a client of the old CA")
+        wait_listener(gw, ROTATING_PORT, type_)
+    gw.expect_pair(ROTATING_PORT, sni=HOSTNAME, accepted=new_client, refused=old_client,
+                   accepted_what="after the ClusterTrustBundle was created again",
+                   what="after the ClusterTrustBundle was created again, a client of the old CA")
 
 
 # -- BackendTLSPolicy ---------------------------------------------------------------------
