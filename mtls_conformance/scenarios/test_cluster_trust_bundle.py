@@ -202,6 +202,7 @@ def _rotated_then_deleted(frontend, mtls_namespace, mtls_gateway_class, mtls_bac
                         routes=[route], ready=False)
     yield  # configured; the checks and the changes run once every module is configured
     wait_ready(gw, [route])
+    wait_listener(gw, ROTATING_PORT, "ResolvedRefs")  # what the test's last step waits for again
     gw.expect_pair(ROTATING_PORT, sni=HOSTNAME, accepted=old_client, refused=new_client,
                    what="before rotation, a client of the new CA")
 
