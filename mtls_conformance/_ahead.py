@@ -508,7 +508,7 @@ def _lookahead_of(config: pytest.Config) -> Lookahead | None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_call(item: pytest.Item) -> None:
-    if item.get_closest_marker("configure_ahead") is not None or item.get_closest_marker("own_changes") is not None:
+    if item.get_closest_marker("configure_ahead") is not None:
         # Its own change scope: it changes only its own objects (_mtls_configure_ahead).
         item.config.stash[SUITE_KEY].set_change_scope(item.nodeid)
     configured = item.funcargs.get("mtls_configured") if hasattr(item, "funcargs") else None

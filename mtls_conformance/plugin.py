@@ -178,9 +178,6 @@ def pytest_configure(config: pytest.Config) -> None:
                    "and give its result to the test as the fixture mtls_configured; a generator function "
                    "configures up to its yield, and checks and changes after it, once every setup has configured "
                    "(at_module_start=True: once its module starts, for what must not age, as a TLS session)")
-    config.addinivalue_line(
-        "markers", "own_changes: the test changes only objects no later test of its module depends on; its "
-                   "changes count for its own checks' windows only (as a configure_ahead test's do)")
     config.stash[RESULTS_KEY] = _report.Results()
     config.stash[SUITE_KEY] = Suite(config)
     config.pluginmanager.register(_Recorder(config), "mtls-recorder")

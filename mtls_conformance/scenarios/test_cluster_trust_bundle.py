@@ -330,9 +330,11 @@ def test_backend_bundle_that_does_not_sign_the_backend_is_not_used(backend_gw, b
                                            "not sign the backend's certificate; another bundle of the signer did")
 
 
-@pytest.mark.features("BackendTLSPolicy")
-@pytest.mark.own_changes  # its bundle is its policy's alone, and it is the module's last test
-def test_backend_rotation_through_the_bundle(backend_gw, backends, bundles, mtls_target, backend_ca):
+def _backend_rotated_then_deleted(backend_gw, backends, bundles, mtls_target, backend_ca):
+    """The rotating case's bundle (its policy's alone) checked, replaced with the backend's
+    CA and checked, then deleted (ahead with the module: configure_ahead); the test checks
+    the deletion."""
+    yield  # configured by the backends fixture; the checks and changes run once every module is configured
     expect_sibling_ok(backend_gw)
     backend_gw.expect_backend_refused(HTTP_PORT, sni=None, host=HOSTNAME, plaintext=True, path="/rotating",
                                       backend=backends.backends["rotating"],
@@ -344,6 +346,11 @@ def test_backend_rotation_through_the_bundle(backend_gw, backends, bundles, mtls
                          what="after spec.trustBundle was replaced with the backend's CA")
 
     mtls_target.delete(bundle_ref(bundles.backend_rotating))
+
+
+@pytest.mark.features("BackendTLSPolicy")
+@pytest.mark.configure_ahead(setup=_backend_rotated_then_deleted)
+def test_backend_rotation_through_the_bundle(backend_gw, backends, mtls_configured):
     wait_policy(backend_gw, backends, "rotating", "ResolvedRefs", "False", "InvalidCACertificateRef")
     wait_policy(backend_gw, backends, "rotating", "Accepted", "False", "NoValidCACertificate")
     expect_sibling_ok(backend_gw)
