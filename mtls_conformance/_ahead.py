@@ -239,9 +239,6 @@ class Lookahead:
         made: a check's window runs from its module's last change, and the modules were
         configured one after another before any check waits."""
         node = request.node
-        if node.nodeid in self._reached:
-            own_checks()  # _mtls_configure_ahead called this before its hook: what is left, if anything
-            return
         self._reached.add(node.nodeid)
         made = self._modules.get(node.nodeid)
         if made is not None:
@@ -370,13 +367,9 @@ def _mtls_configure_ahead(request: pytest.FixtureRequest) -> dict[str, object]:
                     request.getfixturevalue(name)
     configured = {item.nodeid: _configure(item, request) for item in items
                   if item.get_closest_marker("configure_ahead") is not None}
-    if isinstance(request, _Request):
-        return configured  # made ahead: the Lookahead finishes the setups once every module is configured
-    lookahead = _lookahead_of(request.config)
-    if lookahead is None:
-        _finish_setups(configured)
-    else:
-        lookahead.reached(request, own_checks=lambda: _finish_setups(configured))
+    if isinstance(request, _Request) or _lookahead_of(request.config) is not None:
+        return configured  # the Lookahead finishes the setups once it has configured the modules after this one
+    _finish_setups(configured)
     return configured
 
 

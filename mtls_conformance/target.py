@@ -230,8 +230,8 @@ class Target(abc.ABC):
         signers), and a gateway that serves one Gateway wrongly while it applies another's
         configuration is wrong (as with xdist, where each worker has its own scope already).
         A test's scope counts its module's changes too; its own changes (to objects only it
-        uses: _ahead.py ``_mtls_configure_ahead``) count for it alone. Per
-        process, as before."""
+        uses: _ahead.py ``_mtls_configure_ahead``) count for it alone. Per process, as
+        before."""
         parts = self.change_scope.split("::")
         scopes = ["::".join(parts[:end]) for end in range(1, len(parts) + 1)]  # the module, then the test
         known = [t for t in (*(self._changes.get(s) for s in scopes), self._change_for_all) if t is not None]

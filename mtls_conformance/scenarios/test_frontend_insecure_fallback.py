@@ -154,8 +154,7 @@ def _reverted(mtls_namespace, mtls_gateway_class, mtls_target, backend, deploy_g
 def test_condition_is_removed_when_the_mode_is_reverted(mtls_target, valid_client, mtls_configured):
     gw = mtls_configured
     timeout = gw.settings.timing.condition_timeout
-    for type_ in ("Accepted", "Programmed"):  # deploy_gateway's own wait, at the reverted generation
-        mtls_target.wait_for_condition(gw.gateway, type_, timeout=timeout)
+    wait_ready(gw)  # deploy_gateway's own wait, at the reverted generation
     mtls_target.wait_for_no_condition(gw.gateway, "InsecureFrontendValidationMode", timeout=timeout)
     gw.expect_pair(FALLBACK_PORT, sni=HOSTNAME, accepted=valid_client, refused=None,
                    what="after the mode went back to AllowValidOnly, a client without a certificate is refused")

@@ -150,8 +150,7 @@ def test_observed_generation_follows_every_spec_change(mtls_target, deploy_gatew
     gw, changes = mtls_configured
     for step, spec in enumerate(changes[1:], start=2):
         if step == 2:  # applied ahead: deploy_gateway's own wait for Accepted and Programmed
-            for type_ in ("Accepted", "Programmed"):
-                mtls_target.wait_for_condition(gw.gateway, type_, timeout=gw.settings.timing.condition_timeout)
+            wait_ready(gw)
         else:
             deploy_gateway(spec)  # waits for Accepted and Programmed at the new generation
         obj = mtls_target.get(gw.gateway)
