@@ -21,6 +21,7 @@ from .expect import (ExpectationFailed, Timing, backend_saw_plaintext, backend_s
 from .probe import Outcome, ProbeFailure, Rejection, Response, Resumption
 from .profiles import Profile
 from .target import NotListening, ObjectRef, Target, conditions_of, find_condition
+from ._turns import pause
 
 
 #: User properties (name, value) that record how each rejection reached the client and
@@ -376,7 +377,7 @@ class GatewayClient:
                     for backend in backends for entry in received_by(backend, by_id)]
             if hits or last_read:
                 break
-            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))  # a log has no watch
+            pause(min(0.5, max(0.0, deadline - time.monotonic())))  # a log has no watch
         if hits:
             what = what or testing.get()
             raise ExpectationFailed(

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from .probe import Outcome, ProbeFailure, Rejection, Response
+from ._turns import pause
 
 T = TypeVar("T")
 Judge = Callable[[T], "str | None"]
@@ -178,7 +179,7 @@ def eventually(attempt: Callable[[], T], judge: Callable[[T], str | None], *, ti
                progress: Callable[[str], None] | None = None, what: str = "",
                changed_at: Callable[[], float | None] | None = None,
                clock: Callable[[], float] = time.monotonic,
-               sleep: Callable[[float], None] = time.sleep) -> T:
+               sleep: Callable[[float], None] = pause) -> T:
     """Repeat ``attempt`` until ``judge`` decides, within a consistency window that runs
     from the last configuration change.
 

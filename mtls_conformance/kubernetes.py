@@ -44,6 +44,7 @@ from typing import Any
 from ._kubernetes_backends import (ECHO_IMAGE, KubernetesBackends, _api_message, _DeployedBackend,
                                    echo_backend_manifests, parse_echo_log)
 from ._kubernetes_port_forward import PortForwards, _stop_process
+from ._turns import waiting_for
 from .processes import uninterrupted
 from .target import (PROGRESS_AFTER, Manifest, ObjectRef, Progress,
                      SystemRootsFile, SystemRootsUnavailable, Target, TargetError, WaitTimeout, conditions_of,
@@ -489,10 +490,10 @@ class KubernetesTarget(KubernetesBackends, PortForwards, Target):
                 return
             watcher = watch.Watch()
             try:
-                for event in watcher.stream(resource.get, namespace=ref.namespace, field_selector=selector,
+                for event in waiting_for(watcher.stream(resource.get, namespace=ref.namespace, field_selector=selector,
                                             resource_version=version, serialize=False,
                                             timeout_seconds=max(1, min(segment, math.ceil(remaining))),
-                                            _request_timeout=remaining + 10):
+                                            _request_timeout=remaining + 10)):
                     kind = event.get("type")
                     if kind == "DELETED":
                         yield None

@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from .processes import spawn, uninterrupted
+from ._turns import pause
 from .target import (CLUSTER_SCOPED_KINDS, Manifest, ObjectRef, Progress, ServicePort, SystemRootsFile,
                      SystemRootsUnavailable, Target, TargetError)
 
@@ -287,7 +288,7 @@ class LocalTarget(Target):
             yield self.get(ref)
             if time.monotonic() >= deadline:
                 return
-            time.sleep(POLL_INTERVAL)
+            pause(POLL_INTERVAL)  # other setups' checks take their turns meanwhile (_turns.py)
 
     def publish_service(self, namespace: str, name: str, ports: list[ServicePort]) -> None:
         service_ports = []

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ._turns import pause
+
 __all__ = ["Manifest", "Progress", "PROGRESS_AFTER", "WORKLOAD_LABEL", "CLUSTER_SCOPED_KINDS",
            "TargetError", "TargetCannot", "NotListening", "SystemRootsUnavailable", "settled", "WaitTimeout",
            "ObjectRef", "ServicePort", "SystemRootsFile", "ProcessHost", "conditions_of",
@@ -81,7 +83,7 @@ def settled(read: Callable[[], list], *, quiet: float, timeout: float) -> list:
         now = time.monotonic()
         if now - since >= quiet or now - start >= timeout:
             return last
-        time.sleep(min(0.2, quiet))
+        pause(min(0.2, quiet))
         current = read()
         if current != last:
             last, since = current, time.monotonic()

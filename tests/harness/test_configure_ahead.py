@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import textwrap
 
+import pytest
+
 from testkit.child_run import refgateway_command, run_pytest
 
 MODULE = '''
@@ -343,4 +345,64 @@ def test_setups_check_and_change_once_every_module_is_configured_in_their_tests_
         "b test b in test_b.py::test_b", "b session test s", "b plain counts test_b's change: False",
     ], run.stdout[-3000:]
     assert "yields more than once" in run.messages["test_b.py::test_twice"]
-    assert "checked and changed the configuration of 2 test(s)" in run.stdout
+    assert "checked and changed the configuration of 3 test(s)" in run.stdout  # a's, b's and twice's
+
+
+WAITS = PREAMBLE + """
+from mtls_conformance.target import ObjectRef, WaitTimeout
+
+
+def scope(target):
+    return target.change_scope.rsplit("/", 1)[-1]
+
+
+def waits_for_what_never_comes(mtls_target, mtls_namespace):
+    yield
+    event(f"a waits in {scope(mtls_target)}")
+    try:
+        mtls_target.wait_for(ObjectRef("ConfigMap", "nobody-makes-it", mtls_namespace, api_version="v1"),
+                             lambda obj: None if obj else "absent", what="a ConfigMap", timeout=3)
+    except WaitTimeout:
+        event(f"a gave up in {scope(mtls_target)}")
+
+
+@pytest.mark.configure_ahead(setup=waits_for_what_never_comes)
+def test_a(mtls_configured):
+    pass
+"""
+
+CHANGES = """
+
+def changes(mtls_target, mtls_namespace):
+    yield
+    mtls_target.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": "b-own", "namespace": mtls_namespace}, "data": {}})
+    event(f"b changed in {mtls_target.change_scope.rsplit('/', 1)[-1]}")
+
+
+@pytest.mark.configure_ahead(setup=changes)
+def test_b(mtls_configured):
+    pass
+"""
+
+
+@pytest.mark.parametrize("ahead", ["all", "0"])
+def test_a_setup_that_waits_does_not_hold_back_the_changes_of_the_setups_after_it(tmp_path, monkeypatch, ahead):
+    # Against a broken gateway a setup's check waits out its window; the setups after it
+    # must make their changes meanwhile, or each of their tests waits a window more
+    # (_turns.py). Shown by order, not by time: b's change comes while a still waits.
+    # Without a lookahead only a module's own setups run together, so there b is a's.
+    if ahead == "0":
+        (tmp_path / "test_a.py").write_text(textwrap.dedent(WAITS + CHANGES))
+    else:
+        (tmp_path / "test_a.py").write_text(textwrap.dedent(WAITS))
+        (tmp_path / "test_b.py").write_text(textwrap.dedent(PREAMBLE + CHANGES))
+    events = tmp_path / "events"
+    monkeypatch.setenv("AHEAD_EVENTS", str(events))
+    run = run_pytest(str(tmp_path), "-p", "no:xdist", "-q", "-p", "no:randomly", f"--configure-ahead={ahead}",
+                     f"--gateway-command={refgateway_command()}", junit=tmp_path / "junit.xml", timeout=120)
+    assert set(run.outcomes.values()) == {"passed"} and len(run.outcomes) == 2, run.stdout[-3000:]
+    b_module = "test_a.py" if ahead == "0" else "test_b.py"
+    assert events.read_text().splitlines() == [
+        "a waits in test_a.py::test_a", f"b changed in {b_module}::test_b", "a gave up in test_a.py::test_a",
+    ], run.stdout[-3000:]
