@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -159,6 +160,11 @@ class _EchoHTTPServer(socketserver.ThreadingMixIn, HTTPServer):
         conn: _Connection = request
         sock = conn.sock
         sock.settimeout(_IDLE_TIMEOUT)
+        # As Go's net package sets on every TCP connection (echo-basic): http.server writes
+        # the headers and the body apart, and with Nagle's algorithm the body waited for the
+        # peer's delayed ACK, 40 ms of every answer (benchmarks/results-2026-12-06-turns.md).
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.ssl_context is not None:
             try:
                 tls = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)

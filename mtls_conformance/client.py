@@ -162,7 +162,7 @@ def deciding_attempts(sent: Sequence[SentProbe], judge: Callable[[Outcome], str 
 def received_by(backend: Any, probe_ids: Sequence[str] | set[str]) -> list[dict]:
     """The requests ``backend`` recorded that carry one of ``probe_ids``.
 
-    ``read_requests()`` where the backend has it (a pod's log, read once), else ``requests``.
+    ``read_requests()`` where the backend has it (a pod's or nginx's log, read once), else ``requests``.
     """
     read = getattr(backend, "read_requests", None)
     entries = read() if read is not None else backend.requests
@@ -360,7 +360,7 @@ class GatewayClient:
         400) looks like a refusal to the client; for a POST the damage is done. Every
         backend the target started (running_backends: whatever the Gateway's routes could
         reach) is asked for the deciding attempts' probe ids. A backend whose record
-        trails its answers (a pod's log: ``log_lag``, measured) is read again until that
+        trails its answers (a pod's log, nginx's: ``log_lag``) is read again until that
         long after the check was decided; local backends record a request once they have
         read it, before answering, and the earlier deciding attempts each had the later
         attempts' round trips to arrive.

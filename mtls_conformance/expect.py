@@ -246,4 +246,4 @@ def eventually(attempt: Callable[[], T], judge: Callable[[T], str | None], *, ti
 #: The public names.
 __all__ = ["Judge", "NOT_SERVING", "Timing", "ExpectationFailed", "echo_header", "reached_backend",
            "echo_tls", "backend_saw_tls", "backend_saw_plaintext", "judge_backend_refused",
-           "judge_ok", "judge_rejected", "eventually"]
+           "judge_ok", "judge_rejected", "eventually", "pause"]

@@ -40,6 +40,15 @@ REFGATEWAY_CONTROLLER = "mtls-conformance.dev/refgateway"
 POLL_INTERVAL = 0.02
 
 
+#: libyaml's emitter where PyYAML has it: a manifest in a fifth of the time of the pure-Python
+#: one (0.1-0.2 ms against 0.6-0.9), and the harness writes hundreds while it configures.
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def _dump_yaml(obj: object) -> str:
+    return yaml.dump(obj, Dumper=_DUMPER, sort_keys=False)
+
+
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -244,7 +253,7 @@ class LocalTarget(Target):
                 for key, value in new.pop("stringData").items():
                     data[key] = base64.b64encode(value.encode()).decode()
             self._objects[ref] = new
-            _atomic_write(self._path(ref, self.config_dir), yaml.safe_dump(new, sort_keys=False))
+            _atomic_write(self._path(ref, self.config_dir), _dump_yaml(new))
             self.changed()
 
     def delete(self, *objects: Manifest | ObjectRef) -> None:
@@ -280,7 +289,7 @@ class LocalTarget(Target):
             status = doc.get("status") or {}
             status[field] = [*(status.get(field) or []), copy.deepcopy(entry)]
             doc["status"] = status
-            _atomic_write(path, yaml.safe_dump(doc, sort_keys=False))
+            _atomic_write(path, _dump_yaml(doc))
         return copy.deepcopy(entry)
 
     def _observe(self, ref: ObjectRef, deadline: float) -> Iterator[dict | None]:

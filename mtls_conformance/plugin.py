@@ -176,7 +176,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "configure_ahead(setup=function): run the function (its arguments: module or session fixtures, and the "
                    "test's parameters) at the start of the module, for every test of the module that runs, "
                    "and give its result to the test as the fixture mtls_configured; a generator function "
-                   "configures up to its yield, and checks and changes after it, once every setup has configured "
+                   "configures up to its yield, and checks and changes after it, once every setup has configured, "
+                   "together with the other setups' parts after yield "
                    "(at_module_start=True: once its module starts, for what must not age, as a TLS session)")
     config.stash[RESULTS_KEY] = _report.Results()
     config.stash[SUITE_KEY] = Suite(config)

@@ -31,13 +31,12 @@ BackendTLSPolicyInvalidKind, BackendTLSPolicyObservedGenerationBump, and Backend
 from __future__ import annotations
 
 import datetime
-import time
 
 import pytest
 
 from mtls_conformance import manifests as m
 from mtls_conformance.client import Sibling
-from mtls_conformance.expect import backend_saw_plaintext, backend_saw_tls
+from mtls_conformance.expect import backend_saw_plaintext, backend_saw_tls, pause
 from mtls_conformance.target import ObjectRef, WaitTimeout
 
 from mtls_conformance.fixtures.guide import BACKEND_HOSTNAME, BACKEND_OTHER_HOSTNAME, HOSTNAME
@@ -112,12 +111,16 @@ def _created(target, p) -> datetime.datetime:
 
 def wait_for_next_second(after: datetime.datetime | None = None) -> None:
     """creationTimestamp has a resolution of one second: wait until the clock has left
-    ``after``'s second (or the current one), so that the next object is younger, or so
-    that two objects created right away share a second."""
+    ``after``'s second, so that the next object is younger; or, without ``after``, until
+    early in a new second, so that two objects created right away share a second."""
     now = datetime.datetime.now(datetime.timezone.utc)
     boundary = (after or now).replace(microsecond=0) + datetime.timedelta(seconds=1)
-    if boundary > now:
-        time.sleep((boundary - now).total_seconds() + 0.01)  # a wait on the wall clock itself
+    while now < boundary or (after is None and now.microsecond > 500_000):
+        # A wait on the wall clock itself. The other setups' checks take their turns
+        # meanwhile, and may give this one its turn back late in a second: then wait again.
+        boundary = max(boundary, now.replace(microsecond=0) + datetime.timedelta(seconds=1))
+        pause((boundary - now).total_seconds() + 0.01)
+        now = datetime.datetime.now(datetime.timezone.utc)
 
 
 def expect_winner(target, gw, winner, loser, *, sni, service):
@@ -133,6 +136,7 @@ def _conflict_by_age(mtls_namespace, mtls_target, deploy):
     older = policy("z-older", ns, "conflict-by-age", hostname=BACKEND_OTHER_HOSTNAME)
     younger = policy("a-younger", ns, "conflict-by-age", hostname=BACKEND_HOSTNAME)
     mtls_target.apply(older)
+    yield  # the next second is waited for with the other setups' checks
     wait_for_next_second(_created(mtls_target, older))
     mtls_target.apply(younger)
     return older, younger
@@ -155,6 +159,7 @@ def _conflict_by_name(gw, mtls_namespace, mtls_target, deploy):
     first_by_name = policy("a-policy", ns, "conflict-by-name", hostname=BACKEND_OTHER_HOSTNAME)
     second_by_name = policy("b-policy", ns, "conflict-by-name", hostname=BACKEND_HOSTNAME)
     ages: tuple = ()
+    yield  # the next second is waited for with the other setups' checks
     for _ in range(SAME_SECOND_ATTEMPTS):
         wait_for_next_second()
         mtls_target.apply(second_by_name, first_by_name)  # created first: only the name may decide for a-policy
