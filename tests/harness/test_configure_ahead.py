@@ -349,34 +349,35 @@ def test_setups_check_and_change_once_every_module_is_configured_in_their_tests_
 
 
 WAITS = PREAMBLE + """
-from mtls_conformance.target import ObjectRef, WaitTimeout
+from mtls_conformance.target import ObjectRef
 
 
 def scope(target):
     return target.change_scope.rsplit("/", 1)[-1]
 
 
-def waits_for_what_never_comes(mtls_target, mtls_namespace):
+def waits_for_b(mtls_target, mtls_namespace):
+    os.environ["A_NS"] = mtls_namespace
     yield
     event(f"a waits in {scope(mtls_target)}")
-    try:
-        mtls_target.wait_for(ObjectRef("ConfigMap", "nobody-makes-it", mtls_namespace, api_version="v1"),
-                             lambda obj: None if obj else "absent", what="a ConfigMap", timeout=3)
-    except WaitTimeout:
-        event(f"a gave up in {scope(mtls_target)}")
+    # A status wait as the scenarios' are, on what only b's setup makes: ended by b's
+    # change if b gets its turn meanwhile, by the timeout if b waits for a to finish.
+    mtls_target.wait_for(ObjectRef("ConfigMap", "from-b", mtls_namespace, api_version="v1"),
+                         lambda obj: None if obj else "absent", what="b's ConfigMap", timeout=60)
+    event(f"a saw b's change in {scope(mtls_target)}")
 
 
-@pytest.mark.configure_ahead(setup=waits_for_what_never_comes)
+@pytest.mark.configure_ahead(setup=waits_for_b)
 def test_a(mtls_configured):
     pass
 """
 
 CHANGES = """
 
-def changes(mtls_target, mtls_namespace):
+def changes(mtls_target):
     yield
     mtls_target.apply({"apiVersion": "v1", "kind": "ConfigMap",
-                       "metadata": {"name": "b-own", "namespace": mtls_namespace}, "data": {}})
+                       "metadata": {"name": "from-b", "namespace": os.environ["A_NS"]}, "data": {}})
     event(f"b changed in {mtls_target.change_scope.rsplit('/', 1)[-1]}")
 
 
@@ -390,7 +391,8 @@ def test_b(mtls_configured):
 def test_a_setup_that_waits_does_not_hold_back_the_changes_of_the_setups_after_it(tmp_path, monkeypatch, ahead):
     # Against a broken gateway a setup's check waits out its window; the setups after it
     # must make their changes meanwhile, or each of their tests waits a window more
-    # (_turns.py). Shown by order, not by time: b's change comes while a still waits.
+    # (_turns.py). Shown by order, not by time: a waits for what b's setup makes, after
+    # a's in the same turns; one after another, a would time out before b ran.
     # Without a lookahead only a module's own setups run together, so there b is a's.
     if ahead == "0":
         (tmp_path / "test_a.py").write_text(textwrap.dedent(WAITS + CHANGES))
@@ -404,5 +406,5 @@ def test_a_setup_that_waits_does_not_hold_back_the_changes_of_the_setups_after_i
     assert set(run.outcomes.values()) == {"passed"} and len(run.outcomes) == 2, run.stdout[-3000:]
     b_module = "test_a.py" if ahead == "0" else "test_b.py"
     assert events.read_text().splitlines() == [
-        "a waits in test_a.py::test_a", f"b changed in {b_module}::test_b", "a gave up in test_a.py::test_a",
+        "a waits in test_a.py::test_a", f"b changed in {b_module}::test_b", "a saw b's change in test_a.py::test_a",
     ], run.stdout[-3000:]
