@@ -709,13 +709,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--state", type=Path, default=testcluster._cache_root() / "node-cluster.json",
                     help="up: write the running cluster's kubeconfig, pids, addresses and images here "
                          "(removed at stop; default %(default)s)")
+    ap.add_argument("--lock-wait", type=float, default=LOCK_WAIT, metavar="SECONDS",
+                    help="up: how long to wait for another node cluster on this machine to stop "
+                         "(default %(default)g s; one runs at a time)")
     args = ap.parse_args(argv)
     if args.cmd == "build":
         print(ensure_node_binaries().parent)
         for name, (ref, tarball) in ensure_images().items():
             print(f"{name}: {ref} {tarball}")
         return 0
-    cluster = NodeCluster()
+    cluster = NodeCluster(lock_wait=args.lock_wait)
 
     def interrupt(*_):
         raise KeyboardInterrupt
