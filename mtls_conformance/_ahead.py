@@ -268,8 +268,8 @@ class Lookahead:
             except RESULTS:
                 pass  # the configuration failed: pytest raises it for the module's tests
         start = time.monotonic()
-        checked = _finish_setups(own, *theirs, ahead=True)
-        if checked > 1 or (checked and theirs):
+        checked = _finish_setups(own, *theirs)
+        if checked and theirs:
             self._progress(f"checked and changed the configuration of {checked} test(s) in "
                            f"{time.monotonic() - start:.1f} s (their setups' part after yield, together)")
 
@@ -468,9 +468,9 @@ class _Rest:
                                                   pytrace=False))
 
 
-def _finish_setups(own: dict[str, object], *others: dict[str, object], ahead: bool = False) -> int:
+def _finish_setups(own: dict[str, object], *others: dict[str, object]) -> int:
     """Run the rest of each setup stopped at its ``yield``: ``own``'s, the running
-    module's, and ``others``', modules configured ahead of it (``ahead``: not those that
+    module's, and ``others``', modules configured ahead of it (not those of theirs that
     run at their own module's start). How many there were.
 
     Together (_turns.py): their checks wait at the same time, taking turns. One after
@@ -480,7 +480,7 @@ def _finish_setups(own: dict[str, object], *others: dict[str, object], ahead: bo
     pending = [(configured, nodeid, rest)
                for group, configured in enumerate((own, *others))
                for nodeid, rest in configured.items()
-               if isinstance(rest, _Rest) and not (ahead and group and rest.at_module_start)]
+               if isinstance(rest, _Rest) and not (group and rest.at_module_start)]
     if len(pending) == 1:
         configured, nodeid, rest = pending[0]
         configured[nodeid] = rest.finish()

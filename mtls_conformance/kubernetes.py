@@ -490,10 +490,11 @@ class KubernetesTarget(KubernetesBackends, PortForwards, Target):
                 return
             watcher = watch.Watch()
             try:
-                for event in waiting_for(watcher.stream(resource.get, namespace=ref.namespace, field_selector=selector,
-                                            resource_version=version, serialize=False,
-                                            timeout_seconds=max(1, min(segment, math.ceil(remaining))),
-                                            _request_timeout=remaining + 10)):
+                events = watcher.stream(resource.get, namespace=ref.namespace, field_selector=selector,
+                                        resource_version=version, serialize=False,
+                                        timeout_seconds=max(1, min(segment, math.ceil(remaining))),
+                                        _request_timeout=remaining + 10)
+                for event in waiting_for(events):
                     kind = event.get("type")
                     if kind == "DELETED":
                         yield None
